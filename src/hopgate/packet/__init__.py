@@ -1,0 +1,1 @@
+"""Header views and builders over memoryview, and the Internet checksum."""

@@ -1,0 +1,62 @@
+"""UDP (RFC 768) and TCP (RFC 9293) headers, and their pseudo-header checksums."""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from hopgate.packet import checksum as cs
+from hopgate.packet.types import Buffer
+
+UDP_HEADER = Struct("!HHHH")  # source port, destination port, length, checksum
+UDP_HEADER_LEN = 8
+UDP_OFF_CSUM = 6
+
+# source port, destination port, sequence, acknowledgement, data offset/flags, window,
+# checksum, urgent pointer
+TCP_HEADER = Struct("!HHIIHHHH")
+TCP_HEADER_LEN = 20
+TCP_OFF_CSUM = 16
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+TCP_URG = 0x20
+
+PORTS = Struct("!HH")
+_U16 = Struct("!H")
+
+
+def ports(buf: Buffer, off: int) -> tuple[int, int]:
+    sport, dport = PORTS.unpack_from(buf, off)
+    return sport, dport
+
+
+def transport_checksum(segment: Buffer, pseudo: int) -> int:
+    """The checksum a TCP/UDP/ICMPv6 segment should carry (its own field read as zero)."""
+    return cs.checksum(segment, pseudo)
+
+
+def fill_checksum(
+    buf: bytearray | memoryview, off: int, end: int, csum_off: int, pseudo: int, udp: bool
+) -> None:
+    """Compute and store the checksum of the segment buf[off:end] at off + csum_off.
+
+    A UDP checksum that comes out as zero is sent as 0xFFFF (RFC 768), since
+    zero on the wire means "no checksum".
+    """
+    buf[off + csum_off] = 0
+    buf[off + csum_off + 1] = 0
+    value = cs.checksum(memoryview(buf)[off:end], pseudo)
+    if udp and value == 0:
+        value = 0xFFFF
+    _U16.pack_into(buf, off + csum_off, value)
+
+
+def tcp_header_len(buf: Buffer, off: int) -> int:
+    return (buf[off + 12] >> 4) << 2
+
+
+def tcp_flags(buf: Buffer, off: int) -> int:
+    return buf[off + 13] & 0x3F

@@ -1,0 +1,1 @@
+"""The sans-I/O pipeline: (frame, ingress port, now) in, actions out."""

@@ -1,0 +1,24 @@
+"""The one place where actions are produced, so that every one is counted."""
+
+from __future__ import annotations
+
+from hopgate.packet.types import Buffer
+from hopgate.pipeline.actions import Action, Drop, DropReason, Transmit
+from hopgate.pipeline.counters import Counters
+
+
+class Emitter:
+    __slots__ = ("counters",)
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    def transmit(self, port: int, frame: Buffer, out: list[Action]) -> None:
+        c = self.counters
+        c.tx_packets[port] += 1
+        c.tx_bytes[port] += len(frame)
+        out.append(Transmit(port, frame))
+
+    def drop(self, port: int, reason: DropReason, out: list[Action]) -> None:
+        self.counters.drops[(port, reason)] += 1
+        out.append(Drop(port, reason))

@@ -1,0 +1,72 @@
+"""The router's configuration as the pipeline sees it: plain, validated, frozen data.
+
+The control layer turns a TOML file and what the kernel says about each
+interface (its MAC, its MTU) into a ``RouterSpec``; tests build one directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from hopgate.pipeline.ratelimit import IcmpRateSettings
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    mac: bytes
+    mtu: int = 1500
+    addresses: tuple[IPInterface, ...] = ()
+    # The largest IP packet accepted from the link: the link's own MTU, which may
+    # be above the configured ``mtu`` (hopgate may send less than the link takes).
+    link_mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class NextHopSpec:
+    address: IPAddress
+    # Needed for link-local next hops ("fe80::1%gw-u"); found from the connected
+    # subnets otherwise.
+    interface: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    prefix: IPNetwork
+    via: tuple[NextHopSpec, ...]
+
+
+@dataclass(frozen=True)
+class NeighbourSettings:
+    """ARP and Neighbor Discovery timing, with Linux's defaults (net.ipv4.neigh.*)."""
+
+    reachable_time: float = 30.0  # base_reachable_time_ms
+    retrans_time: float = 1.0  # retrans_time_ms
+    delay_first_probe: float = 5.0  # delay_first_probe_time
+    multicast_solicit: int = 3  # mcast_solicit
+    unicast_solicit: int = 3  # ucast_solicit
+    queue_len: int = 64  # packets held per unresolved neighbour (unres_qlen)
+    max_entries: int = 4096  # gc_thresh3 (Linux's default is 1024)
+
+
+@dataclass(frozen=True)
+class ReassemblySettings:
+    """Reassembly of fragments addressed to the router itself (net.ipv4.ipfrag_*)."""
+
+    timeout: float = 30.0  # ipfrag_time
+    max_datagrams: int = 1024
+    max_bytes: int = 4 * 1024 * 1024  # ipfrag_high_thresh
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    ports: tuple[PortSpec, ...]
+    routes: tuple[RouteSpec, ...] = ()
+    icmp: IcmpRateSettings = field(default_factory=IcmpRateSettings)
+    neighbour: NeighbourSettings = field(default_factory=NeighbourSettings)
+    reassembly: ReassemblySettings = field(default_factory=ReassemblySettings)

@@ -1,0 +1,265 @@
+"""Neighbour resolution for ARP and Neighbor Discovery: one state machine, two families.
+
+The states and timers are Linux's (net/core/neighbour.c): INCOMPLETE while
+resolving with a queue of waiting packets; REACHABLE for ``reachable_time``
+after a confirmation; STALE afterwards, still used; DELAY then PROBE (unicast
+solicitations) once a STALE entry is used again.  An INCOMPLETE entry that
+gets no answer after ``multicast_solicit`` tries fails: its packets are
+dropped, each answered with host/address unreachable by the router.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple, Protocol
+
+from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.model import NeighbourSettings
+from hopgate.pipeline.timers import Timers
+
+# How long an unused STALE entry is kept (Linux's gc_stale_time).
+GC_STALE_TIME = 60.0
+
+
+class State(IntEnum):
+    INCOMPLETE = 1
+    REACHABLE = 2
+    STALE = 3
+    DELAY = 4
+    PROBE = 5
+
+
+class Pending(NamedTuple):
+    """A packet waiting for its next hop's link-layer address."""
+
+    frame: bytearray | memoryview  # ready to send but for the destination MAC
+    l3: int  # offset of the IP header in ``frame``
+    in_port: int  # where it came from, so an error can go back the same way
+    in_mac: bytes
+
+
+class NeighbourHooks(Protocol):
+    """What the table asks of the router: to speak ARP/ND, and to answer for the
+    packets it could not deliver."""
+
+    def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
+        """Send an ARP request / Neighbor Solicitation for ``addr`` on ``port``
+        (broadcast or multicast, or unicast to ``unicast_mac`` when probing)."""
+
+    def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
+        """``item`` is dropped: its next hop never answered."""
+
+    def flush(self, port: int, item: Pending, mac: bytes, out: list[Action]) -> None:
+        """Send ``item`` now that its next hop's address is known."""
+
+
+class Entry:
+    __slots__ = ("addr", "gen", "mac", "port", "probes", "queue", "state", "until", "used")
+
+    def __init__(self, port: int, addr: int, state: State, now: float) -> None:
+        self.port = port
+        self.addr = addr
+        self.state = state
+        self.mac: bytes | None = None
+        self.queue: list[Pending] = []
+        self.probes = 0
+        self.gen = 0
+        self.until = now  # end of REACHABLE
+        self.used = now
+
+
+class NeighbourTable:
+    def __init__(
+        self,
+        version: int,
+        settings: NeighbourSettings,
+        timers: Timers,
+        hooks: NeighbourHooks,
+    ) -> None:
+        self.version = version
+        self.settings = settings
+        self._timers = timers
+        self._hooks = hooks
+        self._entries: dict[tuple[int, int], Entry] = {}
+
+    # -- the per-packet path ------------------------------------------------
+
+    def mac_for(self, port: int, addr: int, now: float) -> bytes | None:
+        """The next hop's MAC if known (a STALE entry starts its re-probe here)."""
+        e = self._entries.get((port, addr))
+        if e is None or e.mac is None:
+            return None
+        e.used = now
+        state = e.state
+        if state == State.REACHABLE:
+            if now < e.until:
+                return e.mac
+            e.state = state = State.STALE
+        if state == State.STALE:
+            e.state = State.DELAY
+            self._arm(e, now + self.settings.delay_first_probe)
+        return e.mac
+
+    def enqueue(
+        self, port: int, addr: int, item: Pending, now: float, out: list[Action]
+    ) -> DropReason | None:
+        """Hold ``item`` until ``addr`` resolves.  Returns the reason a packet was
+        dropped to make room (the oldest goes, as Linux does), if one was."""
+        key = (port, addr)
+        e = self._entries.get(key)
+        if e is None:
+            if len(self._entries) >= self.settings.max_entries and not self._evict_one():
+                return DropReason.NEIGHBOUR_TABLE_FULL
+            e = Entry(port, addr, State.INCOMPLETE, now)
+            self._entries[key] = e
+            e.probes = 1
+            self._arm(e, now + self.settings.retrans_time)
+            self._arm_gc(e, now)
+            self._hooks.solicit(port, addr, None, out)
+        dropped = None
+        if len(e.queue) >= self.settings.queue_len:
+            e.queue.pop(0)
+            dropped = DropReason.NEIGHBOUR_QUEUE_FULL
+        e.queue.append(item)
+        return dropped
+
+    # -- what ARP and ND tell us ---------------------------------------------
+
+    def learn(
+        self,
+        port: int,
+        addr: int,
+        mac: bytes,
+        now: float,
+        out: list[Action],
+        *,
+        solicited: bool,
+        create: bool,
+        override: bool = True,
+    ) -> None:
+        """Record that ``addr`` on ``port`` is at ``mac``.
+
+        ``solicited``: an answer to our solicitation (makes the entry REACHABLE).
+        ``create``: make an entry if there is none (for solicitations addressed to
+        us, as Linux does; never for unsolicited replies).
+        ``override``: a changed MAC replaces the known one (the NA O flag).
+        """
+        key = (port, addr)
+        e = self._entries.get(key)
+        if e is None:
+            if not create or (
+                len(self._entries) >= self.settings.max_entries and not self._evict_one()
+            ):
+                return
+            e = Entry(port, addr, State.STALE, now)
+            e.mac = mac
+            self._entries[key] = e
+            self._arm_gc(e, now)
+            return
+        if e.state == State.INCOMPLETE:
+            e.mac = mac
+            self._confirm(e, now) if solicited else self._make_stale(e, now)
+            queue, e.queue = e.queue, []
+            for item in queue:
+                self._hooks.flush(port, item, mac, out)
+            return
+        if mac != e.mac:
+            if not override and e.mac is not None:
+                if solicited:
+                    self._make_stale(e, now)
+                return
+            e.mac = mac
+            if not solicited:
+                self._make_stale(e, now)
+                return
+        if solicited:
+            self._confirm(e, now)
+
+    # -- state changes and timers --------------------------------------------
+
+    def _confirm(self, e: Entry, now: float) -> None:
+        e.state = State.REACHABLE
+        e.probes = 0
+        e.until = now + self.settings.reachable_time
+        e.gen += 1  # cancels a pending probe timer
+
+    def _make_stale(self, e: Entry, now: float) -> None:
+        e.state = State.STALE
+        e.probes = 0
+        e.gen += 1
+
+    def _arm(self, e: Entry, deadline: float) -> None:
+        e.gen += 1
+        gen = e.gen
+
+        def fire(now: float, out: list[Action]) -> None:
+            if e.gen == gen and self._entries.get((e.port, e.addr)) is e:
+                self._timer(e, now, out)
+
+        self._timers.call_at(deadline, fire)
+
+    def _arm_gc(self, e: Entry, now: float) -> None:
+        """Once per entry: remove it when it has been stale and unused for
+        GC_STALE_TIME; the check re-arms itself until then."""
+
+        def collect(now: float, out: list[Action]) -> None:
+            if self._entries.get((e.port, e.addr)) is not e:
+                return
+            idle_since = max(e.until, e.used)
+            if (
+                e.state in (State.STALE, State.REACHABLE)
+                and now >= e.until
+                and now - idle_since >= GC_STALE_TIME
+            ):
+                del self._entries[(e.port, e.addr)]
+                return
+            self._timers.call_at(max(idle_since, now) + GC_STALE_TIME, collect)
+
+        self._timers.call_at(now + GC_STALE_TIME, collect)
+
+    def _timer(self, e: Entry, now: float, out: list[Action]) -> None:
+        s = self.settings
+        if e.state == State.INCOMPLETE:
+            if e.probes >= s.multicast_solicit:
+                self._fail(e, now, out)
+                return
+            e.probes += 1
+            self._hooks.solicit(e.port, e.addr, None, out)
+            self._arm(e, now + s.retrans_time)
+        elif e.state == State.DELAY:
+            e.state = State.PROBE
+            e.probes = 1
+            self._hooks.solicit(e.port, e.addr, e.mac, out)
+            self._arm(e, now + s.retrans_time)
+        elif e.state == State.PROBE:
+            if e.probes >= s.unicast_solicit:
+                del self._entries[(e.port, e.addr)]
+                return
+            e.probes += 1
+            self._hooks.solicit(e.port, e.addr, e.mac, out)
+            self._arm(e, now + s.retrans_time)
+
+    def _fail(self, e: Entry, now: float, out: list[Action]) -> None:
+        del self._entries[(e.port, e.addr)]
+        for item in e.queue:
+            self._hooks.unresolved(item, now, out)
+        e.queue = []
+
+    def _evict_one(self) -> bool:
+        """Make room in a full table by dropping one entry nobody waits on."""
+        for key, e in self._entries.items():
+            if e.state in (State.STALE, State.REACHABLE) and not e.queue:
+                del self._entries[key]
+                return True
+        return False
+
+    # -- for status and tests -------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def get(self, port: int, addr: int) -> Entry | None:
+        return self._entries.get((port, addr))
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,132 @@
+"""The router's interfaces ("ports") and the addresses it owns on them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from hopgate.packet import addr as A
+from hopgate.packet import ethernet
+from hopgate.pipeline.model import PortSpec
+
+# Room for an Ethernet header with two VLAN tags in front of the largest IP packet.
+_MAX_L2_OVERHEAD = ethernet.HEADER_LEN + ethernet.TAG_LEN * ethernet.MAX_TAGS
+
+
+class IfAddr(NamedTuple):
+    addr: int
+    prefixlen: int
+    network: int
+    mask: int
+    broadcast: int  # IPv4 directed broadcast; 0 where there is none (/31, /32, IPv6)
+
+    def contains(self, a: int) -> bool:
+        return a & self.mask == self.network
+
+
+@dataclass(slots=True)
+class Port:
+    index: int
+    name: str
+    mac: bytes
+    mtu: int
+    max_frame: int  # frames longer than this are not packets of this link (GRO super-frames)
+    v4: tuple[IfAddr, ...]
+    v6: tuple[IfAddr, ...]
+    link_local: int
+    # IPv6 multicast groups this port listens to: all-nodes, all-routers, solicited-node.
+    v6_groups: frozenset[int] = field(default_factory=frozenset)
+
+
+def _ifaddr(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> IfAddr:
+    version = iface.version
+    plen = iface.network.prefixlen
+    m = A.mask(version, plen)
+    a = int(iface.ip)
+    net = a & m
+    bcast = 0
+    if version == A.V4 and plen <= 30:
+        bcast = net | (~m & 0xFFFFFFFF)
+    return IfAddr(a, plen, net, m, bcast)
+
+
+def build_port(index: int, spec: PortSpec) -> Port:
+    v4 = tuple(_ifaddr(i) for i in spec.addresses if i.version == A.V4)
+    v6 = tuple(_ifaddr(i) for i in spec.addresses if i.version == A.V6)
+    link_local = A.v6_link_local_from_mac(spec.mac)
+    groups = {A.V6_ALL_NODES, A.V6_ALL_ROUTERS, A.v6_solicited_node(link_local)}
+    groups.update(A.v6_solicited_node(x.addr) for x in v6)
+    link_mtu = max(spec.link_mtu or spec.mtu, spec.mtu)
+    return Port(
+        index=index,
+        name=spec.name,
+        mac=spec.mac,
+        mtu=spec.mtu,
+        max_frame=link_mtu + _MAX_L2_OVERHEAD,
+        v4=v4,
+        v6=v6,
+        link_local=link_local,
+        v6_groups=frozenset(groups),
+    )
+
+
+class LocalAddresses:
+    """Which destination addresses are the router's own, and on which port."""
+
+    def __init__(self, ports: list[Port]) -> None:
+        self.v4: dict[int, int] = {}
+        self.v4_broadcast: set[int] = {A.V4_LIMITED_BROADCAST}
+        self.v6: dict[int, int] = {}
+        # Link-local addresses are only ours on their own link.
+        self.v6_link_local: set[tuple[int, int]] = set()
+        for p in ports:
+            for a in p.v4:
+                self.v4.setdefault(a.addr, p.index)
+                if a.broadcast:
+                    self.v4_broadcast.add(a.broadcast)
+            for a in p.v6:
+                self.v6.setdefault(a.addr, p.index)
+            self.v6_link_local.add((p.index, p.link_local))
+            for a in p.v6:
+                if A.v6_is_link_local(a.addr):
+                    self.v6_link_local.add((p.index, a.addr))
+
+    def is_v6_local(self, port: int, dst: int) -> bool:
+        if A.v6_is_link_local(dst):
+            return (port, dst) in self.v6_link_local
+        return dst in self.v6
+
+
+def v4_source_for(ports: list[Port], port: int, toward: int) -> int | None:
+    """The address hopgate speaks from on ``port`` to ``toward``: one on the same
+    subnet if there is one, else the port's first, else any of the router's."""
+    addrs = ports[port].v4
+    for a in addrs:
+        if a.contains(toward):
+            return a.addr
+    if addrs:
+        return addrs[0].addr
+    for p in ports:
+        if p.v4:
+            return p.v4[0].addr
+    return None
+
+
+def v6_source_for(ports: list[Port], port: int, toward: int) -> int | None:
+    """As ``v4_source_for``, keeping to the scope of ``toward`` (RFC 6724 rule 2):
+    link-local to link-local, a global address otherwise."""
+    p = ports[port]
+    if A.v6_is_link_local(toward):
+        return p.link_local
+    globals_ = [a for a in p.v6 if not A.v6_is_link_local(a.addr)]
+    for a in globals_:
+        if a.contains(toward):
+            return a.addr
+    if globals_:
+        return globals_[0].addr
+    for other in ports:
+        for a in other.v6:
+            if not A.v6_is_link_local(a.addr):
+                return a.addr
+    return None

@@ -1,0 +1,212 @@
+"""ARP (RFC 826) and Neighbor Discovery (RFC 4861): answering for the router's
+addresses, and resolving next hops through the shared neighbour table."""
+
+from __future__ import annotations
+
+from hopgate.packet import addr as A
+from hopgate.packet import arp, ethernet, icmp4, icmp6, ipv6
+from hopgate.packet.types import Buffer
+from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.emit import Emitter
+from hopgate.pipeline.icmp import IcmpOut, reply_l2
+from hopgate.pipeline.model import NeighbourSettings
+from hopgate.pipeline.neighbours import NeighbourTable, Pending
+from hopgate.pipeline.ports import Port, v4_source_for
+from hopgate.pipeline.timers import Timers
+
+
+class _Resolver:
+    def __init__(self, ports: list[Port], emit: Emitter, icmp: IcmpOut) -> None:
+        self._ports = ports
+        self._emit = emit
+        self._icmp = icmp
+
+    def flush(self, port: int, item: Pending, mac: bytes, out: list[Action]) -> None:
+        item.frame[0:6] = mac
+        self._emit.transmit(port, item.frame, out)
+
+
+class ArpResolver(_Resolver):
+    """IPv4 neighbours, over ARP."""
+
+    def __init__(
+        self,
+        ports: list[Port],
+        emit: Emitter,
+        icmp: IcmpOut,
+        settings: NeighbourSettings,
+        timers: Timers,
+    ) -> None:
+        super().__init__(ports, emit, icmp)
+        self.table = NeighbourTable(A.V4, settings, timers, self)
+
+    def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
+        p = self._ports[port]
+        spa = v4_source_for(self._ports, port, addr) or 0
+        frame = arp.frame(
+            unicast_mac or ethernet.BROADCAST, p.mac, arp.OP_REQUEST, spa, ethernet.ZERO_MAC, addr
+        )
+        self._emit.counters.arp_sent["request"] += 1
+        self._emit.transmit(port, frame, out)
+
+    def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
+        self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
+        self._icmp.error_v4(
+            item.frame,
+            item.l3,
+            item.in_port,
+            item.in_mac,
+            icmp4.DEST_UNREACH,
+            icmp4.HOST_UNREACH,
+            0,
+            now,
+            out,
+        )
+
+    def input(self, frame: Buffer, port: int, l3: int, now: float, out: list[Action]) -> None:
+        msg = arp.parse(frame, l3)
+        if msg is None or ethernet.is_group(msg.sha):
+            self._emit.drop(port, DropReason.ARP_MALFORMED, out)
+            return
+        p = self._ports[port]
+        target_is_ours = any(a.addr == msg.tpa for a in p.v4)
+        # Learn only senders on this link's subnets: an ARP packet must not
+        # install a next hop for an address that is not a neighbour.
+        if msg.spa and any(a.contains(msg.spa) for a in p.v4):
+            self.table.learn(
+                port,
+                msg.spa,
+                msg.sha,
+                now,
+                out,
+                solicited=msg.op == arp.OP_REPLY,
+                create=target_is_ours and msg.op == arp.OP_REQUEST,
+            )
+        if msg.op == arp.OP_REQUEST and target_is_ours:
+            reply = reply_l2(frame, l3, frame[6:12], p.mac)
+            reply += arp.build(arp.OP_REPLY, p.mac, msg.tpa, msg.sha, msg.spa)
+            reply += bytes(max(0, 60 - len(reply)))
+            self._emit.counters.arp_sent["reply"] += 1
+            self._emit.transmit(port, reply, out)
+        elif msg.op != arp.OP_REPLY:
+            self._emit.drop(port, DropReason.ARP_NOT_FOR_US, out)
+
+
+class NdResolver(_Resolver):
+    """IPv6 neighbours, over Neighbor Discovery."""
+
+    def __init__(
+        self,
+        ports: list[Port],
+        emit: Emitter,
+        icmp: IcmpOut,
+        settings: NeighbourSettings,
+        timers: Timers,
+    ) -> None:
+        super().__init__(ports, emit, icmp)
+        self.table = NeighbourTable(A.V6, settings, timers, self)
+
+    def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
+        p = self._ports[port]
+        src = _nd_source(p, addr)
+        if unicast_mac is None:
+            dst = A.v6_solicited_node(addr)
+            dst_mac = ethernet.multicast_mac_v6(dst)
+        else:
+            dst, dst_mac = addr, unicast_mac
+        body = icmp6.nd_body(addr, icmp6.OPT_SOURCE_LL, p.mac)
+        msg = icmp6.build(src, dst, icmp6.NEIGHBOR_SOLICITATION, 0, 0, body)
+        frame = bytearray(ethernet.header(dst_mac, p.mac, ethernet.ETH_P_IPV6))
+        frame += ipv6.build_header(src, dst, ipv6.NH_ICMPV6, len(msg), hop_limit=icmp6.ND_HOP_LIMIT)
+        frame += msg
+        self._emit.counters.nd_sent["solicitation"] += 1
+        self._emit.transmit(port, frame, out)
+
+    def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
+        self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
+        self._icmp.error_v6(
+            item.frame,
+            item.l3,
+            item.in_port,
+            item.in_mac,
+            icmp6.DEST_UNREACH,
+            icmp6.ADDR_UNREACH,
+            0,
+            now,
+            out,
+        )
+
+    def _owns(self, p: Port, target: int) -> bool:
+        return target == p.link_local or any(a.addr == target for a in p.v6)
+
+    def solicitation(
+        self,
+        frame: Buffer,
+        port: int,
+        l3: int,
+        msg: memoryview,
+        src: int,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        """A Neighbor Solicitation addressed to this router (RFC 4861 7.1.1, 7.2.3)."""
+        nd = icmp6.parse_nd(msg)
+        if nd is None or A.v6_is_multicast(nd.target) or (src == 0 and nd.lladdr is not None):
+            self._emit.drop(port, DropReason.ND_MALFORMED, out)
+            return
+        p = self._ports[port]
+        if not self._owns(p, nd.target):
+            self._emit.drop(port, DropReason.ND_NOT_FOR_US, out)
+            return
+        if src and nd.lladdr is not None:
+            self.table.learn(port, src, nd.lladdr, now, out, solicited=False, create=True)
+        # A solicitation from :: is duplicate address detection: answer all nodes.
+        if src == 0:
+            dst, dst_mac, flags = A.V6_ALL_NODES, ethernet.multicast_mac_v6(A.V6_ALL_NODES), 0
+        else:
+            dst, dst_mac = src, nd.lladdr or bytes(frame[6:12])
+            flags = icmp6.NA_SOLICITED
+        flags |= icmp6.NA_ROUTER | icmp6.NA_OVERRIDE
+        body = icmp6.nd_body(nd.target, icmp6.OPT_TARGET_LL, p.mac)
+        na = icmp6.build(nd.target, dst, icmp6.NEIGHBOR_ADVERTISEMENT, 0, flags, body)
+        reply = reply_l2(frame, l3, dst_mac, p.mac)
+        reply += ipv6.build_header(
+            nd.target, dst, ipv6.NH_ICMPV6, len(na), hop_limit=icmp6.ND_HOP_LIMIT
+        )
+        reply += na
+        self._emit.counters.nd_sent["advertisement"] += 1
+        self._emit.transmit(port, reply, out)
+
+    def advertisement(self, port: int, msg: memoryview, now: float, out: list[Action]) -> None:
+        """A Neighbor Advertisement (RFC 4861 7.1.2, 7.2.5)."""
+        nd = icmp6.parse_nd(msg)
+        if nd is None or A.v6_is_multicast(nd.target):
+            self._emit.drop(port, DropReason.ND_MALFORMED, out)
+            return
+        mac = nd.lladdr
+        if mac is None:
+            entry = self.table.get(port, nd.target)
+            mac = entry.mac if entry is not None else None
+            if mac is None:
+                return
+        self.table.learn(
+            port,
+            nd.target,
+            mac,
+            now,
+            out,
+            solicited=bool(nd.flags & icmp6.NA_SOLICITED),
+            create=False,
+            override=bool(nd.flags & icmp6.NA_OVERRIDE),
+        )
+
+
+def _nd_source(p: Port, target: int) -> int:
+    """An address of ``p`` itself to solicit from (RFC 4861 7.2.2): of the
+    target's scope, on its subnet if possible."""
+    if A.v6_is_link_local(target):
+        return p.link_local
+    for a in p.v6:
+        if a.contains(target):
+            return a.addr
+    return p.v6[0].addr if p.v6 else p.link_local

@@ -1,0 +1,447 @@
+"""The router pipeline: frame + ingress port + time in, actions out (ICMP-BEHAVIOUR section 1).
+
+Pure: no sockets, no clock.  The I/O layer calls ``process`` for each frame and
+``poll`` when ``next_deadline`` passes, and carries out the actions returned.
+"""
+
+from __future__ import annotations
+
+from hopgate.packet import addr as A
+from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
+from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.counters import Counters
+from hopgate.pipeline.emit import Emitter
+from hopgate.pipeline.icmp import IcmpOut
+from hopgate.pipeline.local import LocalDelivery
+from hopgate.pipeline.model import RouterSpec
+from hopgate.pipeline.neighbours import Pending
+from hopgate.pipeline.ports import LocalAddresses, Port, build_port
+from hopgate.pipeline.ratelimit import IcmpRateLimiter
+from hopgate.pipeline.reassembly import Head, Reassembler
+from hopgate.pipeline.resolvers import ArpResolver, NdResolver
+from hopgate.pipeline.routes import NextHop, Route, RouteTable, flow_hash
+from hopgate.pipeline.timers import Timers
+
+Frame = bytearray | memoryview
+
+_ETH_P_IP = ethernet.ETH_P_IP
+_ETH_P_IPV6 = ethernet.ETH_P_IPV6
+_ETH_P_ARP = ethernet.ETH_P_ARP
+_DF = ipv4.FLAG_DF
+_IPV4_CHECK = ipv4.check
+_IPV6_CHECK = ipv6.check
+
+
+class Router:
+    def __init__(self, spec: RouterSpec, now: float = 0.0) -> None:
+        self.spec = spec
+        self.ports: list[Port] = [build_port(i, p) for i, p in enumerate(spec.ports)]
+        self.port_by_name = {p.name: p.index for p in self.ports}
+        if len(self.port_by_name) != len(self.ports):
+            raise ValueError("two ports have the same name")
+        self.local = LocalAddresses(self.ports)
+        self.counters = Counters([p.name for p in self.ports])
+        self.emit = Emitter(self.counters)
+        self.timers = Timers()
+        self.limiter = IcmpRateLimiter(spec.icmp, now)
+        self.icmp = IcmpOut(self.ports, self.local, self.limiter, self.counters, self.emit)
+        self.arp = ArpResolver(self.ports, self.emit, self.icmp, spec.neighbour, self.timers)
+        self.nd = NdResolver(self.ports, self.emit, self.icmp, spec.neighbour, self.timers)
+        self.reassembler = Reassembler(spec.reassembly, self.timers, self._reassembly_expired)
+        self.delivery = LocalDelivery(self.ports, self.emit, self.icmp, self.nd, self.reassembler)
+        self.routes4 = RouteTable(A.V4)
+        self.routes6 = RouteTable(A.V6)
+        self._install_routes(spec)
+
+    # -- set-up ----------------------------------------------------------------
+
+    def _install_routes(self, spec: RouterSpec) -> None:
+        for p in self.ports:
+            for a in p.v4:
+                if self.routes4.lookup_exact(a.network, a.prefixlen) is None:
+                    self.routes4.add(
+                        Route(A.V4, a.network, a.prefixlen, (NextHop(p.index, 0),), True)
+                    )
+            for a in p.v6:
+                if self.routes6.lookup_exact(a.network, a.prefixlen) is None:
+                    self.routes6.add(
+                        Route(A.V6, a.network, a.prefixlen, (NextHop(p.index, 0),), True)
+                    )
+        for r in spec.routes:
+            version = r.prefix.version
+            table = self.routes4 if version == A.V4 else self.routes6
+            hops = []
+            for via in r.via:
+                gw = int(via.address)
+                if via.interface is not None:
+                    if via.interface not in self.port_by_name:
+                        raise ValueError(f"route {r.prefix}: no interface {via.interface!r}")
+                    port = self.port_by_name[via.interface]
+                else:
+                    connected = table.lookup(gw)
+                    if connected is None or not connected.connected:
+                        raise ValueError(
+                            f"route {r.prefix}: next hop {via.address} is not on a connected subnet"
+                        )
+                    port = connected.nexthops[0].port
+                hops.append(NextHop(port, gw))
+            table.add(
+                Route(
+                    version, int(r.prefix.network_address), r.prefix.prefixlen, tuple(hops), False
+                )
+            )
+
+    # -- the entry points --------------------------------------------------------
+
+    def process(self, frame: Frame, port: int, now: float) -> list[Action]:
+        """Handle one frame received on ``port``.  The pipeline owns ``frame`` from
+        here on: it may change it in place, send it, or keep it until a neighbour
+        answers, so the caller must not reuse its buffer."""
+        out: list[Action] = []
+        c = self.counters
+        c.rx_packets[port] += 1
+        c.rx_bytes[port] += len(frame)
+        p = self.ports[port]
+        if len(frame) > p.max_frame:
+            self.emit.drop(port, DropReason.FRAME_EXCEEDS_MTU, out)
+            return out
+        ethertype, l3 = ethernet.parse(frame)
+        if ethertype < 0 or frame[6] & 1:  # too short, too many tags, or a group source MAC
+            self.emit.drop(port, DropReason.FRAME_MALFORMED, out)
+            return out
+        # bytes compare by content with bytearray and memoryview; mypy's strict
+        # equality does not know that.
+        if not frame[0] & 1 and p.mac != frame[0:6]:  # type: ignore[comparison-overlap]
+            self.emit.drop(port, DropReason.L2_NOT_FOR_US, out)
+            return out
+        if ethertype == _ETH_P_IP:
+            self._ipv4(frame, port, p, l3, now, out)
+        elif ethertype == _ETH_P_IPV6:
+            self._ipv6(frame, port, p, l3, now, out)
+        elif ethertype == _ETH_P_ARP:
+            self.arp.input(frame, port, l3, now, out)
+        else:
+            self.emit.drop(port, DropReason.UNKNOWN_ETHERTYPE, out)
+        return out
+
+    def poll(self, now: float) -> list[Action]:
+        """Run the timers that are due (neighbour retries and expiry, reassembly)."""
+        out: list[Action] = []
+        self.timers.run_due(now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    # -- IPv4 --------------------------------------------------------------------
+
+    def _ipv4(
+        self, frame: Frame, port: int, p: Port, l3: int, now: float, out: list[Action]
+    ) -> None:
+        why = _IPV4_CHECK(frame, l3, len(frame))
+        if why is not None:
+            self.emit.drop(port, DropReason(why), out)
+            return
+        src, dst = ipv4.addrs(frame, l3)
+        local = self.local
+        if A.v4_is_martian_source(src) or src in local.v4 or src in local.v4_broadcast:
+            self.emit.drop(port, DropReason.MARTIAN_SOURCE, out)
+            return
+        if dst in local.v4:
+            self.delivery.ipv4(frame, port, l3, src, dst, now, out)
+            return
+        if dst in local.v4_broadcast:
+            # As Linux (icmp_echo_ignore_broadcasts, no directed-broadcast forwarding).
+            self.emit.drop(port, DropReason.BROADCAST_IGNORED, out)
+            return
+        if A.v4_is_multicast(dst):
+            self.emit.drop(port, DropReason.MULTICAST_NOT_ROUTED, out)
+            return
+        if A.v4_is_martian_destination(dst):
+            self.emit.drop(port, DropReason.MARTIAN_DESTINATION, out)
+            return
+        if frame[0] & 1:  # a unicast packet in a link-layer broadcast is not forwarded
+            self.emit.drop(port, DropReason.L2_BROADCAST_NOT_FORWARDED, out)
+            return
+        self._forward_v4(frame, port, l3, src, dst, now, out)
+
+    def _forward_v4(
+        self, frame: Frame, port: int, l3: int, src: int, dst: int, now: float, out: list[Action]
+    ) -> None:
+        route = self.routes4.lookup(dst)
+        if route is None:
+            self.emit.drop(port, DropReason.NO_ROUTE, out)
+            self.icmp.error_v4(
+                frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.NET_UNREACH, 0, now, out
+            )
+            return
+        if frame[l3 + ipv4.OFF_TTL] <= 1:
+            self.emit.drop(port, DropReason.TTL_EXCEEDED, out)
+            self.icmp.error_v4(
+                frame, l3, port, frame[6:12], icmp4.TIME_EXCEEDED, icmp4.TTL_EXCEEDED, 0, now, out
+            )
+            return
+        hops = route.nexthops
+        nh = hops[0] if len(hops) == 1 else hops[self._flow_v4(frame, l3, src, dst) % len(hops)]
+        egress = self.ports[nh.port]
+        total = ipv4.total_len(frame, l3)
+        end = l3 + total
+        if len(frame) > end:
+            frame = frame[:end]  # Ethernet padding is not part of the packet
+        if total > egress.mtu and ipv4.frag_field(frame, l3) & _DF:
+            self.emit.drop(port, DropReason.MTU_EXCEEDED, out)
+            self.icmp.error_v4(
+                frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.FRAG_NEEDED_CODE,
+                egress.mtu, now, out,
+            )  # fmt: skip
+            return
+        self.counters.forwarded[port] += 1
+        ipv4.decrement_ttl(frame, l3)
+        if total > egress.mtu:
+            pieces = ipv4.fragment(memoryview(frame)[l3:end], egress.mtu)
+            self.counters.fragments_created += len(pieces)
+            for piece in pieces:
+                self._to_neighbour(
+                    bytearray(frame[:l3]) + piece, l3, port, egress, nh, dst, 4, now, out
+                )
+            return
+        self._to_neighbour(frame, l3, port, egress, nh, dst, 4, now, out)
+
+    def _flow_v4(self, frame: Frame, l3: int, src: int, dst: int) -> int:
+        proto = frame[l3 + ipv4.OFF_PROTO]
+        at = l3 + ipv4.header_len(frame, l3)
+        end = l3 + ipv4.total_len(frame, l3)
+        if ipv4.is_fragment(ipv4.frag_field(frame, l3)):
+            return flow_hash(proto, src, 0, dst, 0)
+        if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) and end - at >= 4:
+            sport, dport = l4.ports(frame, at)
+            return flow_hash(proto, src, sport, dst, dport)
+        if proto == ipv4.PROTO_ICMP and end - at >= icmp4.HEADER_LEN:
+            t = frame[at]
+            if icmp4.is_error(t):
+                inner = at + icmp4.HEADER_LEN
+                if end - inner >= ipv4.HEADER_LEN and frame[inner] >> 4 == 4:
+                    isrc, idst = ipv4.addrs(frame, inner)
+                    iproto = frame[inner + ipv4.OFF_PROTO]
+                    iat = inner + ipv4.header_len(frame, inner)
+                    if iproto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) and end - iat >= 4:
+                        isport, idport = l4.ports(frame, iat)
+                        return flow_hash(iproto, isrc, isport, idst, idport)
+                    return flow_hash(iproto, isrc, 0, idst, 0)
+            elif t in (icmp4.ECHO_REQUEST, icmp4.ECHO_REPLY):
+                ident = l4.ports(frame, at + 4)[0]
+                return flow_hash(proto, src, ident, dst, ident)
+        return flow_hash(proto, src, 0, dst, 0)
+
+    # -- IPv6 --------------------------------------------------------------------
+
+    def _ipv6(
+        self, frame: Frame, port: int, p: Port, l3: int, now: float, out: list[Action]
+    ) -> None:
+        why = _IPV6_CHECK(frame, l3, len(frame))
+        if why is not None:
+            self.emit.drop(port, DropReason(why), out)
+            return
+        end = l3 + ipv6.HEADER_LEN + ipv6.payload_len(frame, l3)
+        src = ipv6.src(frame, l3)
+        dst = ipv6.dst(frame, l3)
+        if A.v6_is_multicast(src) or A.v6_is_loopback(src):
+            self.emit.drop(port, DropReason.MARTIAN_SOURCE, out)
+            return
+        if A.v6_is_multicast(dst):
+            if dst in p.v6_groups:
+                self.delivery.ipv6(frame, port, l3, end, src, dst, now, out, multicast=True)
+            else:
+                self.emit.drop(port, DropReason.MULTICAST_NOT_ROUTED, out)
+            return
+        if self.local.is_v6_local(port, dst):
+            self.delivery.ipv6(frame, port, l3, end, src, dst, now, out, multicast=False)
+            return
+        if src == 0 or src in self.local.v6:
+            self.emit.drop(port, DropReason.MARTIAN_SOURCE, out)
+            return
+        if A.v6_is_link_local(dst):
+            self.emit.drop(port, DropReason.LINK_LOCAL_NOT_FORWARDED, out)
+            return
+        if dst <= 1:  # :: and ::1
+            self.emit.drop(port, DropReason.MARTIAN_DESTINATION, out)
+            return
+        if frame[0] & 1:
+            self.emit.drop(port, DropReason.L2_BROADCAST_NOT_FORWARDED, out)
+            return
+        self._forward_v6(frame, port, l3, end, src, dst, now, out)
+
+    def _forward_v6(
+        self,
+        frame: Frame,
+        port: int,
+        l3: int,
+        end: int,
+        src: int,
+        dst: int,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        # The order of checks is Linux's (ip6_forward): route, hop limit, scope, MTU.
+        route = self.routes6.lookup(dst)
+        if route is None:
+            self.emit.drop(port, DropReason.NO_ROUTE, out)
+            self.icmp.error_v6(
+                frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.NO_ROUTE, 0, now, out
+            )
+            return
+        hop_limit = frame[l3 + ipv6.OFF_HOP_LIMIT]
+        if hop_limit <= 1:
+            self.emit.drop(port, DropReason.TTL_EXCEEDED, out)
+            self.icmp.error_v6(
+                frame, l3, port, frame[6:12], icmp6.TIME_EXCEEDED, icmp6.HOP_LIMIT_EXCEEDED, 0,
+                now, out,
+            )  # fmt: skip
+            return
+        if A.v6_is_link_local(src):
+            self.emit.drop(port, DropReason.SOURCE_BEYOND_SCOPE, out)
+            self.icmp.error_v6(
+                frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.BEYOND_SCOPE, 0, now, out
+            )
+            return
+        hops = route.nexthops
+        nh = (
+            hops[0] if len(hops) == 1 else hops[self._flow_v6(frame, l3, end, src, dst) % len(hops)]
+        )
+        egress = self.ports[nh.port]
+        if len(frame) > end:
+            frame = frame[:end]
+        if end - l3 > egress.mtu:
+            # Routers never fragment IPv6 (RFC 8200 5): Packet Too Big, always.
+            self.emit.drop(port, DropReason.MTU_EXCEEDED, out)
+            self.icmp.error_v6(
+                frame, l3, port, frame[6:12], icmp6.PACKET_TOO_BIG, 0, egress.mtu, now, out
+            )
+            return
+        self.counters.forwarded[port] += 1
+        frame[l3 + ipv6.OFF_HOP_LIMIT] = hop_limit - 1
+        self._to_neighbour(frame, l3, port, egress, nh, dst, 6, now, out)
+
+    def _flow_v6(self, frame: Frame, l3: int, end: int, src: int, dst: int) -> int:
+        chain = ipv6.walk(frame, l3, end)
+        if isinstance(chain, str) or chain.is_fragment:
+            return flow_hash(0, src, 0, dst, 0)
+        proto, at = chain.proto, chain.offset
+        if proto in (ipv6.NH_TCP, ipv6.NH_UDP) and end - at >= 4:
+            sport, dport = l4.ports(frame, at)
+            return flow_hash(proto, src, sport, dst, dport)
+        if proto == ipv6.NH_ICMPV6 and end - at >= icmp6.HEADER_LEN:
+            t = frame[at]
+            if icmp6.is_error(t):
+                inner = at + icmp6.HEADER_LEN
+                if end - inner >= ipv6.HEADER_LEN and frame[inner] >> 4 == 6:
+                    isrc, idst = ipv6.src(frame, inner), ipv6.dst(frame, inner)
+                    ichain = ipv6.walk(frame, inner, end)
+                    if not isinstance(ichain, str) and not ichain.is_fragment:
+                        iat = ichain.offset
+                        if ichain.proto in (ipv6.NH_TCP, ipv6.NH_UDP) and end - iat >= 4:
+                            isport, idport = l4.ports(frame, iat)
+                            return flow_hash(ichain.proto, isrc, isport, idst, idport)
+                        return flow_hash(ichain.proto, isrc, 0, idst, 0)
+                    return flow_hash(0, isrc, 0, idst, 0)
+            elif t in (icmp6.ECHO_REQUEST, icmp6.ECHO_REPLY):
+                ident = l4.ports(frame, at + 4)[0]
+                return flow_hash(proto, src, ident, dst, ident)
+        return flow_hash(proto, src, 0, dst, 0)
+
+    # -- to the next hop -----------------------------------------------------------
+
+    def _to_neighbour(
+        self,
+        frame: Frame,
+        l3: int,
+        in_port: int,
+        egress: Port,
+        nh: NextHop,
+        dst: int,
+        version: int,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        """Send a forwarded packet to its next hop, or queue it until the next hop answers."""
+        table = self.arp.table if version == A.V4 else self.nd.table
+        gateway = nh.gateway or dst
+        in_mac = bytes(frame[6:12])
+        frame[6:12] = egress.mac
+        mac = table.mac_for(egress.index, gateway, now)
+        if mac is not None:
+            frame[0:6] = mac
+            self.emit.transmit(egress.index, frame, out)
+            return
+        pending = Pending(frame, l3, in_port, in_mac)
+        dropped = table.enqueue(egress.index, gateway, pending, now, out)
+        if dropped is not None:
+            self.emit.drop(in_port, dropped, out)
+
+    def _reassembly_expired(self, head: Head, now: float, out: list[Action]) -> None:
+        self.emit.drop(head.in_port, DropReason.REASSEMBLY_TIMEOUT, out)
+        if head.frame[head.l3] >> 4 == 4:
+            self.icmp.error_v4(
+                head.frame, head.l3, head.in_port, head.in_mac, icmp4.TIME_EXCEEDED,
+                icmp4.REASSEMBLY_EXCEEDED, 0, now, out,
+            )  # fmt: skip
+        else:
+            self.icmp.error_v6(
+                head.frame, head.l3, head.in_port, head.in_mac, icmp6.TIME_EXCEEDED,
+                icmp6.REASSEMBLY_EXCEEDED, 0, now, out,
+            )  # fmt: skip
+
+    # -- state for status and tests ------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        """Routes, neighbours and table sizes as plain data (for the admin API)."""
+        neighbours = []
+        for version, table in ((4, self.arp.table), (6, self.nd.table)):
+            for e in table.entries():
+                neighbours.append(
+                    {
+                        "family": version,
+                        "interface": self.ports[e.port].name,
+                        "address": A.ip_str(version, e.addr),
+                        "mac": ethernet.format_mac(e.mac) if e.mac else None,
+                        "state": e.state.name.lower(),
+                        "queued": len(e.queue),
+                    }
+                )
+        routes = []
+        for table6 in (self.routes4, self.routes6):
+            for r in table6.routes():
+                routes.append(
+                    {
+                        "prefix": r.describe(),
+                        "connected": r.connected,
+                        "nexthops": [
+                            {
+                                "interface": self.ports[h.port].name,
+                                "via": A.ip_str(r.version, h.gateway) if h.gateway else None,
+                            }
+                            for h in r.nexthops
+                        ],
+                    }
+                )
+        return {
+            "interfaces": [
+                {
+                    "name": p.name,
+                    "mac": ethernet.format_mac(p.mac),
+                    "mtu": p.mtu,
+                    "addresses": [f"{A.v4_str(a.addr)}/{a.prefixlen}" for a in p.v4]
+                    + [f"{A.v6_str(a.addr)}/{a.prefixlen}" for a in p.v6]
+                    + [f"{A.v6_str(p.link_local)}/64"],
+                }
+                for p in self.ports
+            ],
+            "routes": routes,
+            "neighbours": neighbours,
+            "reassembly": {
+                "datagrams": len(self.reassembler),
+                "bytes": self.reassembler.bytes_held,
+            },
+            "icmp_rate_limit_destinations": len(self.limiter),
+            "timers": len(self.timers),
+        }
