@@ -5,6 +5,7 @@ from __future__ import annotations
 from struct import Struct
 
 from hopgate.packet import checksum as cs
+from hopgate.packet import ipv4, ipv6
 from hopgate.packet.types import Buffer
 
 UDP_HEADER = Struct("!HHHH")  # source port, destination port, length, checksum
@@ -60,3 +61,40 @@ def tcp_header_len(buf: Buffer, off: int) -> int:
 
 def tcp_flags(buf: Buffer, off: int) -> int:
     return buf[off + 13] & 0x3F
+
+
+def complete_partial_checksum(frame: bytearray | memoryview, l3: int, ethertype: int) -> bool:
+    """Finish the TCP/UDP checksum of a frame the kernel handed over with
+    CHECKSUM_PARTIAL (a veth peer or local socket offloading it): the field holds
+    only the pseudo-header sum.  Returns False if the frame is not TCP or UDP over
+    IP, or too short to hold the header it claims."""
+    end = len(frame)
+    if ethertype == 0x0800:
+        if end - l3 < ipv4.HEADER_LEN:
+            return False
+        ihl = ipv4.header_len(frame, l3)
+        total = ipv4.total_len(frame, l3)
+        if ipv4.is_later_fragment(ipv4.frag_field(frame, l3)) or l3 + total > end:
+            return False
+        proto = frame[l3 + ipv4.OFF_PROTO]
+        at, stop = l3 + ihl, l3 + total
+        src, dst = ipv4.addrs(frame, l3)
+        pseudo = cs.pseudo_sum_v4(src, dst, proto, stop - at)
+    elif ethertype == 0x86DD:
+        if end - l3 < ipv6.HEADER_LEN:
+            return False
+        stop = l3 + ipv6.HEADER_LEN + ipv6.payload_len(frame, l3)
+        chain = ipv6.walk(frame, l3, min(stop, end))
+        if isinstance(chain, str) or chain.frag_offset or stop > end:
+            return False
+        proto, at = chain.proto, chain.offset
+        pseudo = cs.pseudo_sum_v6(ipv6.src(frame, l3), ipv6.dst(frame, l3), proto, stop - at)
+    else:
+        return False
+    if proto == 6 and stop - at >= TCP_HEADER_LEN:
+        fill_checksum(frame, at, stop, TCP_OFF_CSUM, pseudo, udp=False)
+        return True
+    if proto == 17 and stop - at >= UDP_HEADER_LEN:
+        fill_checksum(frame, at, stop, UDP_OFF_CSUM, pseudo, udp=True)
+        return True
+    return False

@@ -6,6 +6,8 @@ Pure: no sockets, no clock.  The I/O layer calls ``process`` for each frame and
 
 from __future__ import annotations
 
+from typing import Any
+
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
 from hopgate.pipeline.actions import Action, DropReason
@@ -393,7 +395,7 @@ class Router:
 
     # -- state for status and tests ------------------------------------------------
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         """Routes, neighbours and table sizes as plain data (for the admin API)."""
         neighbours = []
         for version, table in ((4, self.arp.table), (6, self.nd.table)):

@@ -1,0 +1,3 @@
+from hopgate.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Configuration, the admin API, metrics and status."""

@@ -1,0 +1,365 @@
+"""The TOML configuration: its schema, its checks, and every error with its key path.
+
+Structure and types are checked by pydantic (unknown keys are errors); the
+relations between sections (a next hop on a connected subnet, no subnet on two
+interfaces, IPv6 needing an MTU of 1280) by ``_check_relations``.  Both report
+``ConfigIssue(path, message)``, so ``hopgate check-config`` can list them all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hopgate.pipeline.model import (
+    IPInterface,
+    NeighbourSettings,
+    NextHopSpec,
+    PortSpec,
+    ReassemblySettings,
+    RouterSpec,
+    RouteSpec,
+)
+from hopgate.pipeline.ratelimit import IcmpRateSettings
+
+DEFAULT_ADMIN_SOCKET = "/run/hopgate/hopgate.sock"
+_IFNAME = re.compile(r"^[^/\s:%]{1,15}$")
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        noun = "error" if len(issues) == 1 else "errors"
+        lines = [f"{source}: {len(issues)} {noun}"] + [f"  {i}" for i in issues]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _valid_interface_address(text: str) -> str:
+    _parse_interface_address(text)
+    return text
+
+
+def _valid_next_hop(text: str) -> str:
+    _parse_next_hop(text)
+    return text
+
+
+InterfaceAddress = Annotated[str, AfterValidator(_valid_interface_address)]
+NextHop = Annotated[str, AfterValidator(_valid_next_hop)]
+
+
+class InterfaceConfig(_Strict):
+    name: str
+    addresses: list[InterfaceAddress] = Field(default_factory=list)
+    # The IP MTU hopgate uses on this link; defaults to the link's own MTU.
+    mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _IFNAME.match(v):
+            raise ValueError("not a Linux interface name (1 to 15 characters, no '/', ':', '%')")
+        return v
+
+    def interfaces(self) -> list[IPInterface]:
+        return [_parse_interface_address(t) for t in self.addresses]
+
+
+class RouteConfig(_Strict):
+    prefix: str
+    via: Annotated[list[NextHop], Field(min_length=1)]
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        try:
+            ipaddress.ip_network(v, strict=True)
+        except ValueError:
+            raise ValueError(_explain_network(v)) from None
+        return v
+
+
+class IcmpConfig(_Strict):
+    """Named after Linux's sysctls; the defaults are Linux's.  0 turns a limit off."""
+
+    ratelimit_interval_ms: Annotated[int, Field(ge=0)] = 1000
+    ratelimit_burst: Annotated[int, Field(ge=1)] = 6
+    msgs_per_second: Annotated[int, Field(ge=0)] = 1000
+    msgs_burst: Annotated[int, Field(ge=1)] = 50
+
+
+class NeighbourConfig(_Strict):
+    """ARP/ND timing, named after net.ipv4.neigh.default.*; the defaults are Linux's."""
+
+    base_reachable_time_ms: Annotated[int, Field(ge=1000)] = 30000
+    retrans_time_ms: Annotated[int, Field(ge=100)] = 1000
+    delay_first_probe_time_ms: Annotated[int, Field(ge=0)] = 5000
+    mcast_solicit: Annotated[int, Field(ge=1, le=32)] = 3
+    ucast_solicit: Annotated[int, Field(ge=1, le=32)] = 3
+    unres_qlen: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_entries: Annotated[int, Field(ge=16)] = 4096
+
+
+class AdminConfig(_Strict):
+    socket: str = DEFAULT_ADMIN_SOCKET
+    # "address:port" for an HTTP listener serving /metrics and /status; off when absent.
+    metrics: str | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+
+class Config(_Strict):
+    interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
+    route: list[RouteConfig] = Field(default_factory=list)
+    icmp: IcmpConfig = Field(default_factory=IcmpConfig)
+    neighbour: NeighbourConfig = Field(default_factory=NeighbourConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+
+    def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
+        """The pipeline's spec, given each interface's (MAC, link MTU) from the kernel."""
+        ports = []
+        for iface in self.interface:
+            mac, link_mtu = links[iface.name]
+            ports.append(
+                PortSpec(
+                    name=iface.name,
+                    mac=mac,
+                    mtu=iface.mtu or link_mtu,
+                    addresses=tuple(iface.interfaces()),
+                    link_mtu=link_mtu,
+                )
+            )
+        routes = tuple(
+            RouteSpec(
+                ipaddress.ip_network(r.prefix),
+                tuple(_parse_next_hop(v) for v in r.via),
+            )
+            for r in self.route
+        )
+        i, n = self.icmp, self.neighbour
+        return RouterSpec(
+            ports=tuple(ports),
+            routes=routes,
+            icmp=IcmpRateSettings(
+                ratelimit_interval_ms=i.ratelimit_interval_ms,
+                ratelimit_burst=i.ratelimit_burst,
+                msgs_per_second=i.msgs_per_second,
+                msgs_burst=i.msgs_burst,
+            ),
+            neighbour=NeighbourSettings(
+                reachable_time=n.base_reachable_time_ms / 1000,
+                retrans_time=n.retrans_time_ms / 1000,
+                delay_first_probe=n.delay_first_probe_time_ms / 1000,
+                multicast_solicit=n.mcast_solicit,
+                unicast_solicit=n.ucast_solicit,
+                queue_len=n.unres_qlen,
+                max_entries=n.max_entries,
+            ),
+            reassembly=ReassemblySettings(),
+        )
+
+
+# -- parsing helpers -------------------------------------------------------------
+
+
+def _parse_interface_address(text: str) -> IPInterface:
+    if "/" not in text:
+        raise ValueError(f"{text!r} needs a prefix length, as in 198.18.1.1/24")
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an address with a prefix length") from None
+    ip = iface.ip
+    if ip.is_multicast or ip.is_loopback or ip.is_unspecified:
+        raise ValueError(f"{text!r} cannot be an interface address")
+    if iface.version == 6 and ip.is_link_local:
+        raise ValueError(f"{text!r}: link-local addresses are derived from the interface's MAC")
+    net = iface.network
+    if iface.version == 4 and net.prefixlen <= 30:
+        if ip == net.network_address:
+            raise ValueError(f"{text!r} is the network address of {net}")
+        if ip == net.broadcast_address:
+            raise ValueError(f"{text!r} is the broadcast address of {net}")
+    return iface
+
+
+def _parse_next_hop(text: str) -> NextHopSpec:
+    addr_text, _, ifname = text.partition("%")
+    try:
+        address = ipaddress.ip_address(addr_text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise ValueError(f"{text!r} cannot be a next hop")
+    if address.version == 6 and address.is_link_local and not ifname:
+        raise ValueError(f"{text!r} is link-local: name its interface, as in {text}%gw-u")
+    return NextHopSpec(address, ifname or None)
+
+
+def _explain_network(text: str) -> str:
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"{text!r} is not a prefix such as 198.18.0.0/15 or 2001:2::/48"
+    return f"{text!r} has host bits set; did you mean {net}?"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not address:port, as in 127.0.0.1:9469")
+    host = host.strip("[]") or "0.0.0.0"
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+# -- relations between sections ----------------------------------------------------
+
+
+def _check_relations(cfg: Config) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    names: dict[str, int] = {}
+    subnets: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str] = {}
+    owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+    for i, iface in enumerate(cfg.interface):
+        if iface.name in names:
+            issues.append(
+                ConfigIssue(
+                    f"interface[{i}].name",
+                    f"{iface.name!r} is already interface[{names[iface.name]}]",
+                )
+            )
+        names.setdefault(iface.name, i)
+        addrs = iface.interfaces()
+        for j, a in enumerate(addrs):
+            where = f"interface[{i}].addresses[{j}]"
+            if a.ip in owners:
+                issues.append(ConfigIssue(where, f"{a.ip} is already on {owners[a.ip]}"))
+            owners.setdefault(a.ip, iface.name)
+            if a.network in subnets and subnets[a.network] != iface.name:
+                issues.append(
+                    ConfigIssue(where, f"subnet {a.network} is already on {subnets[a.network]}")
+                )
+            subnets.setdefault(a.network, iface.name)
+        if iface.mtu is not None and iface.mtu < 1280 and any(a.version == 6 for a in addrs):
+            issues.append(
+                ConfigIssue(
+                    f"interface[{i}].mtu",
+                    f"{iface.mtu} is below 1280, the least IPv6 allows, and the interface has an"
+                    " IPv6 address",
+                )
+            )
+    seen_prefixes: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
+    for i, route in enumerate(cfg.route):
+        prefix = ipaddress.ip_network(route.prefix)
+        if prefix in seen_prefixes:
+            issues.append(
+                ConfigIssue(
+                    f"route[{i}].prefix", f"{prefix} is already route[{seen_prefixes[prefix]}]"
+                )
+            )
+        seen_prefixes.setdefault(prefix, i)
+        if prefix in subnets:
+            issues.append(
+                ConfigIssue(
+                    f"route[{i}].prefix", f"{prefix} is the connected subnet of {subnets[prefix]}"
+                )
+            )
+        for j, text in enumerate(route.via):
+            where = f"route[{i}].via[{j}]"
+            hop = _parse_next_hop(text)
+            if hop.address.version != prefix.version:
+                issues.append(ConfigIssue(where, f"{text} is not of the same family as {prefix}"))
+                continue
+            if hop.interface is not None:
+                if hop.interface not in names:
+                    issues.append(ConfigIssue(where, f"no interface named {hop.interface!r}"))
+                continue
+            if hop.address in owners:
+                issues.append(ConfigIssue(where, f"{hop.address} is hopgate's own address"))
+                continue
+            if not any(hop.address in net for net in subnets):
+                issues.append(
+                    ConfigIssue(
+                        where,
+                        f"{hop.address} is not on the subnet of any interface"
+                        " (next hops must be neighbours)",
+                    )
+                )
+    return issues
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _pydantic_issues(error: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for e in error.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "is required"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif "input" in e and e["type"].endswith("_type"):
+            msg = f"{msg} (got {e['input']!r})"
+        issues.append(ConfigIssue(_path(loc), msg))
+    return issues
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {e}")]) from None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(source, _pydantic_issues(e)) from None
+    issues = _check_relations(cfg)
+    if issues:
+        raise ConfigError(source, issues)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), [ConfigIssue("", f"cannot read: {e.strerror}")]) from None
+    return parse(text, str(p))

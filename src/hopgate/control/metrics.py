@@ -1,0 +1,101 @@
+"""Prometheus exposition of a status snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        per_port = {
+            "rx_packets": "Frames received",
+            "rx_bytes": "Bytes received",
+            "tx_packets": "Frames sent",
+            "tx_bytes": "Bytes sent",
+            "forwarded": "Packets forwarded, by ingress interface",
+        }
+        for key, doc in per_port.items():
+            fam = CounterMetricFamily(f"hopgate_{key}", doc, labels=["interface"])
+            for p in s["interfaces"]:
+                fam.add_metric([p["name"]], p[key])
+            yield fam
+        drops = CounterMetricFamily(
+            "hopgate_drops",
+            "Frames dropped, by interface and reason",
+            labels=["interface", "reason"],
+        )
+        for p in s["interfaces"]:
+            for reason, n in p["drops"].items():
+                drops.add_metric([p["name"], reason], n)
+        yield drops
+        io = CounterMetricFamily(
+            "hopgate_socket_events", "Events at the packet sockets", labels=["interface", "event"]
+        )
+        for p in s["interfaces"]:
+            for event, n in p.get("io", {}).items():
+                io.add_metric([p["name"], event], n)
+        yield io
+        sent = CounterMetricFamily(
+            "hopgate_icmp_sent", "ICMP messages sent", labels=["family", "type", "code"]
+        )
+        for e in s["icmp_sent"]:
+            sent.add_metric([f"ipv{e['family']}", str(e["type"]), str(e["code"])], e["count"])
+        yield sent
+        limited = CounterMetricFamily(
+            "hopgate_icmp_rate_limited",
+            "ICMP errors suppressed by a rate limit",
+            labels=["family", "type", "code", "limit"],
+        )
+        for e in s["icmp_rate_limited"]:
+            limited.add_metric(
+                [f"ipv{e['family']}", str(e["type"]), str(e["code"]), e["limit"]], e["count"]
+            )
+        yield limited
+        not_sent = CounterMetricFamily(
+            "hopgate_icmp_not_sent",
+            "ICMP errors not sent by rule (RFC 1812, RFC 4443)",
+            labels=["rule"],
+        )
+        for rule, n in s["icmp_not_sent"].items():
+            not_sent.add_metric([rule], n)
+        yield not_sent
+        yield CounterMetricFamily(
+            "hopgate_tcp_resets_sent", "TCP resets sent", value=s["tcp_resets_sent"]
+        )
+        neigh = GaugeMetricFamily(
+            "hopgate_neighbours",
+            "Neighbour entries by family and state",
+            labels=["family", "state"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for entry in s["neighbours"]:
+            slot = (f"ipv{entry['family']}", str(entry["state"]))
+            counts[slot] = counts.get(slot, 0) + 1
+        for (family, state), n in sorted(counts.items()):
+            neigh.add_metric([family, state], n)
+        yield neigh
+        yield CounterMetricFamily(
+            "hopgate_internal_errors",
+            "Frames that met a bug (each also dropped)",
+            value=s["internal_errors"],
+        )
+        yield GaugeMetricFamily(
+            "hopgate_uptime_seconds", "Seconds since start", value=s["uptime_seconds"]
+        )
+
+
+def render(state: dict[str, Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(state))
+    return generate_latest(registry)

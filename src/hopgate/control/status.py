@@ -1,0 +1,121 @@
+"""``hopgate status``: the running daemon's counters and state, as tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_ICMP_NAMES = {
+    (4, 0, 0): "echo reply",
+    (4, 3, 0): "destination unreachable: net",
+    (4, 3, 1): "destination unreachable: host",
+    (4, 3, 2): "destination unreachable: protocol",
+    (4, 3, 3): "destination unreachable: port",
+    (4, 3, 4): "fragmentation needed",
+    (4, 11, 0): "time exceeded: TTL",
+    (4, 11, 1): "time exceeded: reassembly",
+    (6, 1, 0): "destination unreachable: no route",
+    (6, 1, 2): "destination unreachable: beyond scope",
+    (6, 1, 3): "destination unreachable: address",
+    (6, 1, 4): "destination unreachable: port",
+    (6, 2, 0): "packet too big",
+    (6, 3, 0): "time exceeded: hop limit",
+    (6, 3, 1): "time exceeded: reassembly",
+    (6, 4, 0): "parameter problem: header",
+    (6, 4, 1): "parameter problem: next header",
+    (6, 4, 2): "parameter problem: option",
+    (6, 129, 0): "echo reply",
+}
+
+
+def icmp_name(family: int, icmp_type: int, code: int) -> str:
+    return _ICMP_NAMES.get((family, icmp_type, code), f"type {icmp_type} code {code}")
+
+
+def render(state: dict[str, Any], console: Console) -> None:
+    up = state["uptime_seconds"]
+    console.print(
+        f"[bold]hopgate {state['version']}[/bold]  pid {state['pid']}  up {up:.0f}s"
+        f"  config {state['config']}"
+    )
+    t = Table(title="Interfaces", title_justify="left")
+    for col in ("interface", "mtu", "addresses", "rx", "tx", "forwarded", "dropped"):
+        t.add_column(
+            col, justify="right" if col in ("mtu", "rx", "tx", "forwarded", "dropped") else "left"
+        )
+    for p in state["interfaces"]:
+        t.add_row(
+            p["name"],
+            str(p["mtu"]),
+            "\n".join(p["addresses"]),
+            f"{p['rx_packets']:,}",
+            f"{p['tx_packets']:,}",
+            f"{p['forwarded']:,}",
+            f"{sum(p['drops'].values()):,}",
+        )
+    console.print(t)
+
+    if state["drops"]:
+        t = Table(title="Drops by reason", title_justify="left")
+        t.add_column("reason")
+        names = [p["name"] for p in state["interfaces"]]
+        for n in names:
+            t.add_column(n, justify="right")
+        t.add_column("total", justify="right")
+        for reason, total in sorted(state["drops"].items(), key=lambda kv: -kv[1]):
+            per = [f"{p['drops'].get(reason, 0):,}" for p in state["interfaces"]]
+            t.add_row(reason, *per, f"{total:,}")
+        console.print(t)
+
+    t = Table(title="ICMP sent", title_justify="left")
+    t.add_column("family")
+    t.add_column("message")
+    t.add_column("type/code", justify="right")
+    t.add_column("sent", justify="right")
+    t.add_column("rate limited", justify="right")
+    limited: dict[tuple[int, int, int], int] = {}
+    for e in state["icmp_rate_limited"]:
+        key = (e["family"], e["type"], e["code"])
+        limited[key] = limited.get(key, 0) + e["count"]
+    keys = {(e["family"], e["type"], e["code"]) for e in state["icmp_sent"]} | set(limited)
+    sent = {(e["family"], e["type"], e["code"]): e["count"] for e in state["icmp_sent"]}
+    for key in sorted(keys):
+        f, ty, c = key
+        t.add_row(
+            f"IPv{f}",
+            icmp_name(f, ty, c),
+            f"{ty}/{c}",
+            f"{sent.get(key, 0):,}",
+            f"{limited.get(key, 0):,}",
+        )
+    console.print(t)
+    extra = [f"TCP resets sent: {state['tcp_resets_sent']:,}"]
+    if state["icmp_not_sent"]:
+        rules = ", ".join(f"{k} {v:,}" for k, v in sorted(state["icmp_not_sent"].items()))
+        extra.append(f"ICMP errors not sent by rule: {rules}")
+    if state["internal_errors"]:
+        extra.append(f"[red]internal errors: {state['internal_errors']:,}[/red]")
+    console.print("\n".join(extra))
+
+    if state["neighbours"]:
+        t = Table(title="Neighbours", title_justify="left")
+        for col in ("interface", "address", "mac", "state", "queued"):
+            t.add_column(col)
+        for n in state["neighbours"]:
+            t.add_row(n["interface"], n["address"], n["mac"] or "-", n["state"], str(n["queued"]))
+        console.print(t)
+
+    t = Table(title="Routes", title_justify="left")
+    t.add_column("prefix")
+    t.add_column("next hops")
+    for r in state["routes"]:
+        hops = ", ".join(
+            f"via {h['via']} dev {h['interface']}"
+            if h["via"]
+            else f"dev {h['interface']} (connected)"
+            for h in r["nexthops"]
+        )
+        t.add_row(r["prefix"], hops)
+    console.print(t)

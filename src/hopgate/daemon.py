@@ -1,0 +1,100 @@
+"""``hopgate run``: take the configured interfaces and route until told to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+from hopgate import __version__
+from hopgate.control.admin import AdminServer
+from hopgate.control.config import Config, parse_listen
+from hopgate.io.afpacket import PacketSocket
+from hopgate.io.loop import Loop
+from hopgate.io.netprep import Interfaces
+from hopgate.pipeline.router import Router
+
+log = logging.getLogger(__name__)
+
+
+def snapshot(
+    router: Router, loop: Loop, sockets: list[PacketSocket], started: float, config_path: str
+) -> dict[str, Any]:
+    """The daemon's whole visible state, as plain data (runs in the loop thread)."""
+    state = router.state()
+    counters = router.counters.snapshot()
+    interfaces = []
+    for iface, ports, sock in zip(state["interfaces"], counters["ports"], sockets, strict=True):
+        merged = dict(iface)
+        merged.update(ports)
+        merged["io"] = asdict(sock.counters)
+        interfaces.append(merged)
+    del counters["ports"]
+    out: dict[str, Any] = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "config": config_path,
+        "uptime_seconds": round(time.monotonic() - started, 3),
+        "interfaces": interfaces,
+        "routes": state["routes"],
+        "neighbours": state["neighbours"],
+        "reassembly": state["reassembly"],
+        "internal_errors": loop.internal_errors,
+    }
+    out.update(counters)
+    return out
+
+
+def run(cfg: Config, config_path: str) -> None:
+    names = [i.name for i in cfg.interface]
+    interfaces = Interfaces(names, {i.name: i.mtu for i in cfg.interface})
+    links = interfaces.inspect()
+    spec = cfg.router_spec({n: (link.mac, link.mtu) for n, link in links.items()})
+    started = time.monotonic()
+    router = Router(spec, now=started)
+    sockets: list[PacketSocket] = []
+    admin: AdminServer | None = None
+    loop: Loop | None = None
+    interfaces.take(links)
+    try:
+        for port in router.ports:
+            sockets.append(PacketSocket(port.name, links[port.name].index, port.max_frame))
+        loop = Loop(router, sockets)
+        loop.install_signal_handlers()
+        the_loop = loop
+        admin = AdminServer(
+            cfg.admin.socket,
+            lambda: the_loop.call(
+                lambda: snapshot(router, the_loop, sockets, started, config_path)
+            ),
+            parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
+        )
+        admin.start()
+        for iface in router.state()["interfaces"]:
+            log.info(
+                "%s: mac %s, mtu %d, addresses %s",
+                iface["name"],
+                iface["mac"],
+                iface["mtu"],
+                ", ".join(iface["addresses"]),
+            )
+        log.info(
+            "hopgate %s routing on %s; admin socket %s",
+            __version__,
+            ", ".join(names),
+            cfg.admin.socket,
+        )
+        loop.run()
+        log.info("stopped")
+    finally:
+        if admin is not None:
+            admin.stop()
+        for s in sockets:
+            s.close()
+        if loop is not None:
+            loop.close()
+        with contextlib.suppress(Exception):
+            interfaces.release()

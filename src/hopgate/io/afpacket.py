@@ -1,0 +1,151 @@
+"""One AF_PACKET socket per interface: frames in as the wire had them, frames out.
+
+What the kernel does to frames before a packet socket sees them, and how this
+module undoes it:
+- a VLAN tag taken out by receive offload is reported in PACKET_AUXDATA; it is
+  put back, so the pipeline sees the tag that was on the wire;
+- a TCP/UDP checksum left for offload (CHECKSUM_PARTIAL, a veth peer's or a
+  local socket's) is flagged TP_STATUS_CSUMNOTREADY; it is completed here;
+- a GRO super-frame is longer than any frame of the link; it arrives truncated
+  (MSG_TRUNC) and is passed on as too long, so the pipeline drops and counts it;
+- frames this host sends are not looped back (PACKET_IGNORE_OUTGOING, or the
+  packet type where that option is missing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+
+from hopgate.packet import ethernet, l4
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_ALLMULTI = 2
+PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23
+PACKET_OUTGOING = 4
+ETH_P_ALL = 0x0003
+
+TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+
+_AUXDATA = struct.Struct("IIIHHHH")
+_ANC_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
+_MREQ = struct.Struct("iHH8s")
+_RCVBUF = 4 * 1024 * 1024
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+
+
+@dataclass
+class IoCounters:
+    """What happened at the socket, below the pipeline."""
+
+    rx_truncated: int = 0  # frames longer than any frame of the link (GRO)
+    rx_csum_completed: int = 0
+    rx_vlan_restored: int = 0
+    tx_errors: int = 0
+    tx_dropped_busy: int = 0  # ENOBUFS / EAGAIN: the link's queue was full
+
+
+class PacketSocket:
+    def __init__(self, ifname: str, ifindex: int, max_frame: int) -> None:
+        self.ifname = ifname
+        self.ifindex = ifindex
+        self.counters = IoCounters()
+        # Bytes of buffer per receive: one more than the largest frame of the link,
+        # so that a longer one shows as truncated.
+        self._bufsize = max_frame + 1
+        # Protocol 0 receives nothing until bound to the interface: no frame of
+        # another interface slips in between socket() and bind().
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            # Kernels before 4.20 lack the option: outgoing frames are then
+            # skipped by their packet type in receive().
+            with contextlib.suppress(OSError):
+                s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            for opt, fallback in (
+                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            ):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, _RCVBUF)
+                except OSError:
+                    s.setsockopt(socket.SOL_SOCKET, fallback, _RCVBUF)
+            s.bind((ifname, ETH_P_ALL))
+            # Neighbor Discovery needs the solicited-node multicast groups: take all
+            # multicast, as NICs would otherwise filter it out.
+            s.setsockopt(
+                SOL_PACKET, PACKET_ADD_MEMBERSHIP, _MREQ.pack(ifindex, PACKET_MR_ALLMULTI, 0, b"")
+            )
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self) -> memoryview | None:
+        """The next frame, or None when there is none waiting.
+
+        Each frame gets its own buffer: the pipeline may keep it (a packet waiting
+        for its next hop's address) after this returns."""
+        buf = bytearray(self._bufsize)
+        while True:
+            try:
+                n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE)
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            break
+        if flags & socket.MSG_TRUNC:
+            self.counters.rx_truncated += 1
+            return memoryview(buf)  # the full buffer: longer than the pipeline accepts
+        frame = memoryview(buf)[:n]
+        for level, kind, data in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+                status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
+                if status & TP_STATUS_VLAN_VALID:
+                    frame = self._restore_vlan(frame, tci, tpid, status)
+                if status & TP_STATUS_CSUMNOTREADY:
+                    ethertype, l3 = ethernet.parse(frame)
+                    if l4.complete_partial_checksum(frame, l3, ethertype):
+                        self.counters.rx_csum_completed += 1
+        return frame
+
+    def _restore_vlan(self, frame: memoryview, tci: int, tpid: int, status: int) -> memoryview:
+        if not status & TP_STATUS_VLAN_TPID_VALID or not tpid:
+            tpid = ethernet.ETH_P_8021Q
+        tagged = bytearray(len(frame) + ethernet.TAG_LEN)
+        tagged[:12] = frame[:12]
+        tagged[12:16] = struct.pack("!HH", tpid, tci)
+        tagged[16:] = frame[12:]
+        self.counters.rx_vlan_restored += 1
+        return memoryview(tagged)
+
+    def send(self, frame: bytes | bytearray | memoryview) -> bool:
+        try:
+            self.sock.send(frame)
+            return True
+        except (BlockingIOError, InterruptedError):
+            self.counters.tx_dropped_busy += 1
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                self.counters.tx_dropped_busy += 1
+            else:
+                self.counters.tx_errors += 1
+        return False
+
+    def close(self) -> None:
+        self.sock.close()

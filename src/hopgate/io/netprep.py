@@ -1,0 +1,181 @@
+"""Taking interfaces from the kernel for hopgate, and giving them back.
+
+hopgate owns the IP addresses of the interfaces it runs on; the kernel must
+stay silent there, or two stacks would answer (two ARP replies, a kernel RST
+racing hopgate's).  So, on each interface, hopgate:
+- refuses to start if the kernel holds an IPv4 address or a non-link-local
+  IPv6 address on it, naming the interface and the address;
+- turns the kernel's IPv6 off (no link-local address, no Neighbor Discovery
+  answers), stops its ARP replies (arp_ignore=8), its forwarding, and its local
+  delivery of what arrives there (strict rp_filter: no kernel route points out
+  of these interfaces);
+- turns GRO and LRO off, so frames are seen as they were on the wire;
+- brings the link up.
+Everything changed is recorded and restored on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.ethtool import Ethtool
+
+log = logging.getLogger(__name__)
+
+ARPHRD_ETHER = 1
+# Receive offloads that merge frames; what hopgate must not be shown.
+MERGING_OFFLOADS = ("rx-gro", "rx-lro", "rx-gro-hw", "rx-gro-list", "rx-udp-gro-forwarding")
+_SYSCTLS = (
+    ("net/ipv6/conf/{}/disable_ipv6", "1"),
+    ("net/ipv4/conf/{}/arp_ignore", "8"),
+    ("net/ipv4/conf/{}/forwarding", "0"),
+    ("net/ipv4/conf/{}/rp_filter", "1"),
+)
+
+
+class PrepareError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    index: int
+    mac: bytes
+    mtu: int
+
+
+@dataclass
+class _Taken:
+    link: Link
+    sysctls: dict[str, str] = field(default_factory=dict)
+    features: dict[str, bool] = field(default_factory=dict)
+    was_down: bool = False
+
+
+def _attr(msg: object, name: str) -> object:
+    return msg.get_attr(name)  # type: ignore[attr-defined]
+
+
+class Interfaces:
+    """The interfaces hopgate runs on, in the current network namespace."""
+
+    def __init__(self, names: list[str], mtus: dict[str, int | None]) -> None:
+        self.names = names
+        self.mtus = mtus
+        self._taken: list[_Taken] = []
+
+    def inspect(self) -> dict[str, Link]:
+        """Check that every interface can be taken; raise one error naming all problems."""
+        problems: list[str] = []
+        links: dict[str, Link] = {}
+        with IPRoute() as ipr:
+            for name in self.names:
+                found = ipr.link_lookup(ifname=name)
+                if not found:
+                    problems.append(f"{name}: no such interface in this network namespace")
+                    continue
+                index = found[0]
+                msg = ipr.get_links(index)[0]
+                if msg["ifi_type"] != ARPHRD_ETHER:
+                    problems.append(f"{name}: not an Ethernet interface")
+                    continue
+                mac_text = str(_attr(msg, "IFLA_ADDRESS"))
+                mtu = int(str(_attr(msg, "IFLA_MTU")))
+                links[name] = Link(name, index, bytes.fromhex(mac_text.replace(":", "")), mtu)
+                want = self.mtus.get(name)
+                if want is not None and want > mtu:
+                    problems.append(
+                        f"{name}: the configured MTU {want} is above the link's MTU {mtu}"
+                        f" (raise it with: ip link set {name} mtu {want})"
+                    )
+                held = []
+                for a in ipr.get_addr(index=index):
+                    address = str(_attr(a, "IFA_ADDRESS"))
+                    if a["family"] == 10 and address.lower().startswith("fe80:"):
+                        continue  # the kernel's own link-local: goes with its IPv6
+                    held.append(f"{address}/{a['prefixlen']}")
+                if held:
+                    problems.append(
+                        f"{name}: the kernel holds {', '.join(held)} on it; hopgate owns the"
+                        f" addresses of its interfaces (remove them: ip address flush dev {name})"
+                    )
+        if problems:
+            raise PrepareError("cannot take the interfaces:\n  " + "\n  ".join(problems))
+        return links
+
+    def take(self, links: dict[str, Link]) -> None:
+        with IPRoute() as ipr:
+            ethtool = Ethtool()
+            try:
+                for name in self.names:
+                    taken = _Taken(links[name])
+                    self._taken.append(taken)
+                    for template, value in _SYSCTLS:
+                        path = Path("/proc/sys") / template.format(name)
+                        try:
+                            old = path.read_text().strip()
+                            if old != value:
+                                path.write_text(value)
+                                taken.sysctls[str(path)] = old
+                        except OSError as e:  # IPv6 compiled out, say
+                            log.debug("%s: %s", path, e)
+                    self._offloads_off(ethtool, taken)
+                    msg = ipr.get_links(taken.link.index)[0]
+                    if not msg["flags"] & 1:  # IFF_UP
+                        taken.was_down = True
+                        ipr.link("set", index=taken.link.index, state="up")
+            finally:
+                ethtool.close()
+
+    def _offloads_off(self, ethtool: Ethtool, taken: _Taken) -> None:
+        name = taken.link.name
+        try:
+            features = ethtool.get_features(name)
+        except Exception as e:  # noqa: BLE001 - no ethtool support: nothing to turn off
+            log.debug("%s: cannot read features: %s", name, e)
+            return
+        changed = False
+        for feature in MERGING_OFFLOADS:
+            f = features.features.get(feature)
+            if f is not None and f.enable and f.available:
+                taken.features[feature] = True
+                f.enable = False
+                changed = True
+        if changed:
+            try:
+                ethtool.set_features(name, features)
+            except Exception as e:  # noqa: BLE001 - a fixed feature: warn and go on
+                log.warning("%s: could not turn off %s: %s", name, ", ".join(taken.features), e)
+                taken.features.clear()
+
+    def release(self) -> None:
+        """Give every interface back as it was found."""
+        with IPRoute() as ipr:
+            ethtool = Ethtool()
+            try:
+                for taken in reversed(self._taken):
+                    if taken.was_down:
+                        try:
+                            ipr.link("set", index=taken.link.index, state="down")
+                        except Exception as e:  # noqa: BLE001 - the link may be gone
+                            log.debug("%s: %s", taken.link.name, e)
+                    if taken.features:
+                        try:
+                            features = ethtool.get_features(taken.link.name)
+                            for feature, enable in taken.features.items():
+                                features.features[feature].enable = enable
+                            ethtool.set_features(taken.link.name, features)
+                        except Exception as e:  # noqa: BLE001 - best effort on the way out
+                            log.debug("%s: %s", taken.link.name, e)
+                    for path, old in taken.sysctls.items():
+                        try:
+                            Path(path).write_text(old)
+                        except OSError as e:
+                            log.debug("%s: %s", path, e)
+            finally:
+                ethtool.close()
+        self._taken.clear()

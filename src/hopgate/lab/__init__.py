@@ -1,0 +1,1 @@
+"""Network-namespace labs: topologies and scenarios for tests, the demo and benchmarks."""

@@ -1,0 +1,240 @@
+"""The lab shapes hopgate is judged in.
+
+``RouterLab``: client — gw — r1 — server, dual stack.  ``gw`` is hopgate, or,
+as the reference, a Linux kernel router configured the same way.  The link
+between gw and r1 has an MTU of 1400 (in hopgate's config; on the link itself
+for the kernel), so path MTU discovery has something to discover.
+
+    client (eth0) ── (gw-c) gw (gw-u) ── (r1-d) r1 (r1-s) ── (eth0) server
+    198.18.1.0/24            198.18.2.0/24            198.18.3.0/24
+    2001:2:0:1::/64          2001:2:0:2::/64          2001:2:0:3::/64
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hopgate.control.admin import AdminError, fetch_status
+from hopgate.lab.netns import Lab, LabError, Namespace, Process
+
+# Linux's ICMP rate limits, turned off in reference routers so that what the
+# tools see is not thinned by the kernel's buckets.
+KERNEL_ICMP_UNLIMITED = {
+    "net.ipv4.icmp_ratelimit": 0,
+    "net.ipv4.icmp_msgs_per_sec": 1000000,
+    "net.ipv4.icmp_msgs_burst": 1000000,
+    "net.ipv6.icmp.ratelimit": 0,
+}
+KERNEL_ROUTER = {
+    "net.ipv4.ip_forward": 1,
+    "net.ipv6.conf.all.forwarding": 1,
+    **KERNEL_ICMP_UNLIMITED,
+}
+
+UPLINK_MTU = 1400
+HTTP_PORT = 80
+BIG_FILE = "10M.bin"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    client4: str = "198.18.1.10"
+    client6: str = "2001:2:0:1::10"
+    gw_c4: str = "198.18.1.1"
+    gw_c6: str = "2001:2:0:1::1"
+    gw_u4: str = "198.18.2.1"
+    gw_u6: str = "2001:2:0:2::1"
+    r1_d4: str = "198.18.2.2"
+    r1_d6: str = "2001:2:0:2::2"
+    r1_s4: str = "198.18.3.1"
+    r1_s6: str = "2001:2:0:3::1"
+    server4: str = "198.18.3.10"
+    server6: str = "2001:2:0:3::10"
+    # On a connected subnet of gw, but no host answers there.
+    absent4: str = "198.18.1.99"
+    absent6: str = "2001:2:0:1::99"
+    # Outside every route of gw: gw has no default route in this lab.
+    unrouted4: str = "198.18.200.1"
+    unrouted6: str = "2001:2:0:200::1"
+
+
+ADDR = Addresses()
+
+
+def hopgate_config(admin_socket: str, uplink_mtu: int = UPLINK_MTU) -> str:
+    a = ADDR
+    return f"""\
+# hopgate in the RouterLab: client side gw-c, upstream gw-u towards r1.
+[[interface]]
+name = "gw-c"
+addresses = ["{a.gw_c4}/24", "{a.gw_c6}/64"]
+
+[[interface]]
+name = "gw-u"
+addresses = ["{a.gw_u4}/24", "{a.gw_u6}/64"]
+mtu = {uplink_mtu}
+
+[[route]]
+prefix = "198.18.3.0/24"
+via = ["{a.r1_d4}"]
+
+[[route]]
+prefix = "2001:2:0:3::/64"
+via = ["{a.r1_d6}"]
+
+[admin]
+socket = "{admin_socket}"
+"""
+
+
+class RouterLab:
+    """client — gw — r1 — server, with gw either hopgate (``mode="hopgate"``) or
+    the Linux kernel (``mode="kernel"``)."""
+
+    def __init__(
+        self, mode: str = "hopgate", name: str | None = None, *, servers: bool = True
+    ) -> None:
+        if mode not in ("hopgate", "kernel"):
+            raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
+        self.mode = mode
+        self.lab = Lab(name)
+        self.hopgate: Process | None = None
+        self.admin_socket = str(self.lab.dir / "hopgate.sock")
+        self.config_path = self.lab.dir / "gateway.toml"
+        try:
+            self._build(servers)
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def __enter__(self) -> RouterLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.lab.name
+
+    def ns(self, role: str) -> Namespace:
+        return self.lab.namespaces[role]
+
+    @property
+    def client(self) -> Namespace:
+        return self.ns("client")
+
+    @property
+    def gw(self) -> Namespace:
+        return self.ns("gw")
+
+    @property
+    def r1(self) -> Namespace:
+        return self.ns("r1")
+
+    @property
+    def server(self) -> Namespace:
+        return self.ns("server")
+
+    def _build(self, servers: bool) -> None:
+        a = ADDR
+        lab = self.lab
+        client, gw, r1, server = (lab.namespace(r) for r in ("client", "gw", "r1", "server"))
+        lab.link(client, "eth0", gw, "gw-c")
+        # The kernel reference gets the 1400 MTU on the link itself; hopgate from its config.
+        gw_u_mtu = UPLINK_MTU if self.mode == "kernel" else 1500
+        lab.link(gw, "gw-u", r1, "r1-d", mtu=gw_u_mtu, b_mtu=UPLINK_MTU)
+        lab.link(r1, "r1-s", server, "eth0")
+
+        client.address("eth0", f"{a.client4}/24", f"{a.client6}/64")
+        client.route("default", a.gw_c4)
+        client.route("default", a.gw_c6)
+        r1.set_sysctls(KERNEL_ROUTER)
+        r1.address("r1-d", f"{a.r1_d4}/24", f"{a.r1_d6}/64")
+        r1.address("r1-s", f"{a.r1_s4}/24", f"{a.r1_s6}/64")
+        r1.route("198.18.1.0/24", a.gw_u4)
+        r1.route("2001:2:0:1::/64", a.gw_u6)
+        server.address("eth0", f"{a.server4}/24", f"{a.server6}/64")
+        server.route("default", a.r1_s4)
+        server.route("default", a.r1_s6)
+
+        if self.mode == "kernel":
+            gw.set_sysctls(KERNEL_ROUTER)
+            gw.address("gw-c", f"{a.gw_c4}/24", f"{a.gw_c6}/64")
+            gw.address("gw-u", f"{a.gw_u4}/24", f"{a.gw_u6}/64")
+            gw.route("198.18.3.0/24", a.r1_d4)
+            gw.route("2001:2:0:3::/64", a.r1_d6)
+        else:
+            self.config_path.write_text(hopgate_config(self.admin_socket))
+            self.start_hopgate()
+        if servers:
+            self._start_servers()
+        lab.note(topology="router", mode=self.mode, admin_socket=self.admin_socket)
+
+    def start_hopgate(self, timeout: float = 20.0) -> Process:
+        proc = self.gw.spawn(
+            "hopgate",
+            sys.executable,
+            "-m",
+            "hopgate",
+            "run",
+            "-c",
+            str(self.config_path),
+        )
+        self.hopgate = proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise LabError(f"hopgate exited at start:\n{proc.output()}")
+            try:
+                fetch_status(self.admin_socket)
+                return proc
+            except AdminError:
+                time.sleep(0.05)
+        raise LabError(
+            f"hopgate did not answer on {self.admin_socket} within {timeout}s:\n{proc.output()}"
+        )
+
+    def status(self) -> dict[str, object]:
+        return fetch_status(self.admin_socket)
+
+    def _start_servers(self) -> None:
+        www = self.lab.dir / "www"
+        www.mkdir()
+        with open(www / BIG_FILE, "wb") as f:
+            f.write(bytes(range(256)) * (10 * 1024 * 1024 // 256))
+        (www / "index.html").write_text("hello from the hopgate lab server\n")
+        self.server.spawn(
+            "http",
+            sys.executable,
+            "-m",
+            "http.server",
+            str(HTTP_PORT),
+            "--bind",
+            "::",
+            "--directory",
+            str(www),
+        )
+        self.server.spawn("iperf3", "iperf3", "-s")
+        _wait_for_listen(self.server, HTTP_PORT)
+        _wait_for_listen(self.server, 5201)
+
+    def close(self) -> None:
+        self.lab.close()
+
+
+def _wait_for_listen(ns: Namespace, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = ns.run("ss", "-Hltn", f"sport = :{port}", check=False).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    raise LabError(f"{ns.name}: nothing listens on port {port} after {timeout}s")
+
+
+def big_file_path(lab: RouterLab) -> Path:
+    return lab.lab.dir / "www" / BIG_FILE
