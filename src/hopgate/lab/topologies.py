@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hopgate.control.admin import AdminError, fetch_status
 from hopgate.lab.netns import Lab, LabError, Namespace, Process
@@ -53,9 +54,9 @@ class Addresses:
     r1_s6: str = "2001:2:0:3::1"
     server4: str = "198.18.3.10"
     server6: str = "2001:2:0:3::10"
-    # On a connected subnet of gw, but no host answers there.
-    absent4: str = "198.18.1.99"
-    absent6: str = "2001:2:0:1::99"
+    # On gw's connected upstream subnet (not the client's), where no host answers.
+    absent4: str = "198.18.2.99"
+    absent6: str = "2001:2:0:2::99"
     # Outside every route of gw: gw has no default route in this lab.
     unrouted4: str = "198.18.200.1"
     unrouted6: str = "2001:2:0:200::1"
@@ -64,7 +65,16 @@ class Addresses:
 ADDR = Addresses()
 
 
-def hopgate_config(admin_socket: str, uplink_mtu: int = UPLINK_MTU) -> str:
+# As the kernel routers of the lab: no per-destination ICMP limit.  Linux's
+# default (a burst of 6, then 1 a second per destination) would blank out a hop
+# when traceroutes run back to back, for hopgate and a kernel router alike.
+LAB_ICMP = """\
+[icmp]
+ratelimit_interval_ms = 0
+"""
+
+
+def hopgate_config(admin_socket: str, uplink_mtu: int = UPLINK_MTU, icmp: str = LAB_ICMP) -> str:
     a = ADDR
     return f"""\
 # hopgate in the RouterLab: client side gw-c, upstream gw-u towards r1.
@@ -87,7 +97,8 @@ via = ["{a.r1_d6}"]
 
 [admin]
 socket = "{admin_socket}"
-"""
+
+{icmp}"""
 
 
 class RouterLab:
@@ -95,16 +106,22 @@ class RouterLab:
     the Linux kernel (``mode="kernel"``)."""
 
     def __init__(
-        self, mode: str = "hopgate", name: str | None = None, *, servers: bool = True
+        self,
+        mode: str = "hopgate",
+        name: str | None = None,
+        *,
+        servers: bool = True,
+        icmp_config: str = LAB_ICMP,
     ) -> None:
         if mode not in ("hopgate", "kernel"):
             raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
         self.mode = mode
-        self.lab = Lab(name)
+        self.icmp_config = icmp_config
         self.hopgate: Process | None = None
-        self.admin_socket = str(self.lab.dir / "hopgate.sock")
-        self.config_path = self.lab.dir / "gateway.toml"
+        self.lab = Lab(name)
         try:
+            self.admin_socket = str(self.lab.dir / "hopgate.sock")
+            self.config_path = self.lab.dir / "gateway.toml"
             self._build(servers)
         except BaseException:
             self.lab.close()
@@ -168,7 +185,7 @@ class RouterLab:
             gw.route("198.18.3.0/24", a.r1_d4)
             gw.route("2001:2:0:3::/64", a.r1_d6)
         else:
-            self.config_path.write_text(hopgate_config(self.admin_socket))
+            self.config_path.write_text(hopgate_config(self.admin_socket, icmp=self.icmp_config))
             self.start_hopgate()
         if servers:
             self._start_servers()
@@ -198,7 +215,7 @@ class RouterLab:
             f"hopgate did not answer on {self.admin_socket} within {timeout}s:\n{proc.output()}"
         )
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
 
     def _start_servers(self) -> None:
