@@ -88,14 +88,18 @@ def is_later_fragment(frag: int) -> bool:
 
 
 def decrement_ttl(buf: bytearray | memoryview, off: int) -> None:
-    """TTL - 1 with the header checksum updated incrementally (RFC 1624)."""
-    ttl = buf[off + OFF_TTL]
-    proto = buf[off + OFF_PROTO]
-    old = (ttl << 8) | proto
-    new = old - 0x100
-    buf[off + OFF_TTL] = ttl - 1
-    hc = _U16.unpack_from(buf, off + OFF_CSUM)[0]
-    _U16.pack_into(buf, off + OFF_CSUM, cs.update16(hc, old, new))
+    """TTL - 1 with the header checksum updated incrementally.
+
+    RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with m the TTL/protocol word and
+    m' = m - 0x100: ~m + m' is the constant 0xFEFF, and one fold is enough.
+    """
+    buf[off + OFF_TTL] -= 1
+    at = off + OFF_CSUM
+    total = (~((buf[at] << 8) | buf[at + 1]) & 0xFFFF) + 0xFEFF
+    total = (total & 0xFFFF) + (total >> 16)
+    hc = ~total & 0xFFFF
+    buf[at] = hc >> 8
+    buf[at + 1] = hc & 0xFF
 
 
 def set_checksum(buf: bytearray | memoryview, off: int) -> None:
@@ -162,11 +166,15 @@ def fragment(packet: memoryview, mtu: int) -> list[bytearray]:
     later_options = _options_for_later_fragments(packet[HEADER_LEN:ihl])
     payload = packet[ihl:total]
 
+    if total <= mtu:
+        return [bytearray(packet[:total])]
     pieces: list[bytearray] = []
     pos = 0
     hlen = ihl
     while pos < len(payload):
-        room = (mtu - hlen) & ~7
+        left = len(payload) - pos
+        # Only the last piece may end off an 8-byte boundary (offsets count in 8s).
+        room = left if hlen + left <= mtu else (mtu - hlen) & ~7
         if room <= 0:
             raise ValueError(f"MTU {mtu} too small to fragment a {hlen}-byte header")
         chunk = payload[pos : pos + room]

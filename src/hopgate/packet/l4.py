@@ -65,21 +65,24 @@ def tcp_flags(buf: Buffer, off: int) -> int:
 
 def complete_partial_checksum(frame: bytearray | memoryview, l3: int, ethertype: int) -> bool:
     """Finish the TCP/UDP checksum of a frame the kernel handed over with
-    CHECKSUM_PARTIAL (a veth peer or local socket offloading it): the field holds
-    only the pseudo-header sum.  Returns False if the frame is not TCP or UDP over
-    IP, or too short to hold the header it claims."""
+    CHECKSUM_PARTIAL (a veth peer or a local socket offloading it).
+
+    The sender's stack left the pseudo-header sum, uncomplemented, in the
+    checksum field, computed with the right final destination even under
+    source routing; what is missing is the sum of the segment.  So, as the
+    kernel's skb_checksum_help() does: sum the segment as it stands and store
+    the complement.  Returns False if the frame is not TCP or UDP over IP, or
+    too short to hold the header it claims.
+    """
     end = len(frame)
     if ethertype == 0x0800:
         if end - l3 < ipv4.HEADER_LEN:
             return False
-        ihl = ipv4.header_len(frame, l3)
-        total = ipv4.total_len(frame, l3)
-        if ipv4.is_later_fragment(ipv4.frag_field(frame, l3)) or l3 + total > end:
+        stop = l3 + ipv4.total_len(frame, l3)
+        if ipv4.is_later_fragment(ipv4.frag_field(frame, l3)) or stop > end:
             return False
         proto = frame[l3 + ipv4.OFF_PROTO]
-        at, stop = l3 + ihl, l3 + total
-        src, dst = ipv4.addrs(frame, l3)
-        pseudo = cs.pseudo_sum_v4(src, dst, proto, stop - at)
+        at = l3 + ipv4.header_len(frame, l3)
     elif ethertype == 0x86DD:
         if end - l3 < ipv6.HEADER_LEN:
             return False
@@ -88,13 +91,15 @@ def complete_partial_checksum(frame: bytearray | memoryview, l3: int, ethertype:
         if isinstance(chain, str) or chain.frag_offset or stop > end:
             return False
         proto, at = chain.proto, chain.offset
-        pseudo = cs.pseudo_sum_v6(ipv6.src(frame, l3), ipv6.dst(frame, l3), proto, stop - at)
     else:
         return False
     if proto == 6 and stop - at >= TCP_HEADER_LEN:
-        fill_checksum(frame, at, stop, TCP_OFF_CSUM, pseudo, udp=False)
-        return True
-    if proto == 17 and stop - at >= UDP_HEADER_LEN:
-        fill_checksum(frame, at, stop, UDP_OFF_CSUM, pseudo, udp=True)
-        return True
-    return False
+        field = at + TCP_OFF_CSUM
+    elif proto == 17 and stop - at >= UDP_HEADER_LEN:
+        field = at + UDP_OFF_CSUM
+    else:
+        return False
+    # A sum of zero goes out as 0xFFFF: the same in ones' complement, and never
+    # UDP's "no checksum" (CSUM_MANGLED_0 in the kernel).
+    _U16.pack_into(frame, field, cs.checksum(memoryview(frame)[at:stop]) or 0xFFFF)
+    return True
