@@ -30,7 +30,7 @@ def snapshot(
     for iface, ports, sock in zip(state["interfaces"], counters["ports"], sockets, strict=True):
         merged = dict(iface)
         merged.update(ports)
-        merged["io"] = asdict(sock.counters)
+        merged["io"] = asdict(sock.update_stats())
         interfaces.append(merged)
     del counters["ports"]
     out: dict[str, Any] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from scapy.layers.l2 import Ether  # type: ignore[attr-defined]
+from scapy.layers.l2 import Ether
 
 from hopgate.pipeline.actions import Action, Drop, DropReason, Transmit
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RouterSpec, RouteSpec

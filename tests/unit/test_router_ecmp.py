@@ -5,11 +5,13 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[attr-defined]
-from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6  # type: ignore[attr-defined]
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+from scapy.packet import Packet
 
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.model import NextHopSpec, RouteSpec
+from hopgate.pipeline.router import Router
 from tests.unit.frames import CLIENT4, CLIENT6, SERVER4, SERVER6, C, U, from_client, router, sent
 
 HOPS4 = ("198.18.2.2", "198.18.2.3", "198.18.2.4")
@@ -17,7 +19,7 @@ HOPS6 = ("2001:2:0:2::2", "2001:2:0:2::3")
 MACS = {h: f"02:00:00:00:02:{i + 2:02x}" for i, h in enumerate(HOPS4 + HOPS6)}
 
 
-def ecmp_router():  # type: ignore[no-untyped-def]
+def ecmp_router() -> Router:
     routes = (
         RouteSpec(
             ipaddress.ip_network("0.0.0.0/0"),
@@ -52,7 +54,7 @@ def ecmp_router():  # type: ignore[no-untyped-def]
     return r
 
 
-def hop_of(r, pkt) -> str:  # type: ignore[no-untyped-def]
+def hop_of(r: Router, pkt: Packet) -> str:
     (f,) = sent(r.process(from_client(pkt), C, 1.0), U)
     return str(f.dst)
 

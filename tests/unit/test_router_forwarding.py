@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror  # type: ignore[attr-defined]
-from scapy.layers.inet6 import (  # type: ignore[attr-defined]
+from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
+from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoRequest,
     ICMPv6PacketTooBig,
@@ -11,7 +11,7 @@ from scapy.layers.inet6 import (  # type: ignore[attr-defined]
     IPerror6,
     IPv6,
 )
-from scapy.layers.l2 import Dot1Q, Ether  # type: ignore[attr-defined]
+from scapy.layers.l2 import Dot1Q, Ether
 
 from hopgate.pipeline.actions import DropReason
 from tests.unit.frames import (

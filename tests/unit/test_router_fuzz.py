@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[attr-defined]
-from scapy.layers.inet6 import (  # type: ignore[attr-defined]
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
     ICMPv6ND_NS,
     ICMPv6NDOptSrcLLAddr,
@@ -14,7 +14,7 @@ from scapy.layers.inet6 import (  # type: ignore[attr-defined]
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
 )
-from scapy.layers.l2 import ARP, Dot1Q, Ether  # type: ignore[attr-defined]
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from hopgate.pipeline.actions import Drop, Transmit
 from tests.unit.frames import (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, UDP  # type: ignore[attr-defined]
-from scapy.layers.inet6 import (  # type: ignore[attr-defined]
+from typing import Any
+
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoRequest,
     ICMPv6PacketTooBig,
@@ -26,8 +28,8 @@ from tests.unit.frames import (
 )
 
 
-def ttl1(**ip: object) -> IP:
-    fields = {"src": CLIENT4, "dst": SERVER4, "ttl": 1}
+def ttl1(**ip: Any) -> IP:
+    fields: dict[str, Any] = {"src": CLIENT4, "dst": SERVER4, "ttl": 1}
     fields.update(ip)
     return IP(**fields)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, fragment  # type: ignore[attr-defined]
-from scapy.layers.inet6 import (  # type: ignore[attr-defined]
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, fragment
+from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
@@ -16,9 +16,9 @@ from scapy.layers.inet6 import (  # type: ignore[attr-defined]
     IPv6ExtHdrFragment,
     fragment6,
 )
-from scapy.layers.l2 import ARP, Ether  # type: ignore[attr-defined]
+from scapy.layers.l2 import ARP, Ether
 
-from hopgate.pipeline.actions import DropReason
+from hopgate.pipeline.actions import Action, DropReason
 from tests.unit.frames import (
     CLIENT4,
     CLIENT6,
@@ -80,8 +80,8 @@ def test_echo_to_all_nodes_is_answered_from_a_unicast_address() -> None:
 def test_large_fragmented_echo_is_reassembled_and_answered_in_fragments() -> None:
     r = router()
     req = IP(src=CLIENT4, dst=GW_C4, id=99) / ICMP(id=3, seq=4) / (b"L" * 3000)
-    frags = fragment(req, fragsize=1480)
-    out = []
+    frags = fragment(req, fragsize=1480)  # type: ignore[no-untyped-call]
+    out: list[Action] = []
     for f in frags:
         out += r.process(from_client(f), C, 1.0)
     replies = sent(out)
@@ -97,8 +97,8 @@ def test_large_fragmented_echo_v6_is_reassembled_and_answered_in_fragments() -> 
         / IPv6ExtHdrFragment(id=7)
         / ICMPv6EchoRequest(id=1, data=b"M" * 3000)
     )
-    out = []
-    for f in fragment6(req, 1280):
+    out: list[Action] = []
+    for f in fragment6(req, 1280):  # type: ignore[no-untyped-call]
         out += r.process(from_client(f), C, 1.0)
     replies = sent(out)
     assert len(replies) >= 3 and r.counters.reassembled == 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, UDP, IPerror  # type: ignore[attr-defined]
-from scapy.layers.inet6 import (  # type: ignore[attr-defined]
+from scapy.layers.inet import ICMP, IP, UDP, IPerror
+from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -11,9 +11,9 @@ from scapy.layers.inet6 import (  # type: ignore[attr-defined]
     ICMPv6NDOptSrcLLAddr,
     IPv6,
 )
-from scapy.layers.l2 import ARP, Ether  # type: ignore[attr-defined]
+from scapy.layers.l2 import ARP, Ether
 
-from hopgate.pipeline.actions import DropReason
+from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.neighbours import State
 from tests.unit.frames import (
     CLIENT4,
@@ -58,7 +58,8 @@ def test_unresolved_next_hop_is_arped_and_the_packet_waits() -> None:
     out = r.process(bytearray(bytes(reply)), U, 0.2)
     (fwd,) = sent(out, U)
     assert fwd.dst == UPSTREAM_MAC and fwd[IP].dst == SERVER4 and fwd[IP].ttl == 63
-    assert r.arp.table.get(U, _ip(UPSTREAM4)).state == State.REACHABLE  # type: ignore[union-attr]
+    entry = r.arp.table.get(U, _ip(UPSTREAM4))
+    assert entry is not None and entry.state == State.REACHABLE
 
 
 def test_next_hop_that_never_answers_gives_host_unreachable_after_3_tries() -> None:
@@ -120,7 +121,7 @@ def test_queue_is_bounded_and_drops_the_oldest() -> None:
 
 def test_stale_entry_is_reprobed_by_unicast_and_removed_if_silent() -> None:
     r = router()
-    out: list = []
+    out: list[Action] = []
     r.arp.table.learn(
         U, _ip(UPSTREAM4), bytes.fromhex("020000000202"), 0.0, out, solicited=True, create=True
     )
@@ -141,7 +142,7 @@ def test_stale_entry_is_reprobed_by_unicast_and_removed_if_silent() -> None:
 
 def test_probe_answered_keeps_entry() -> None:
     r = router()
-    out: list = []
+    out: list[Action] = []
     r.arp.table.learn(
         U, _ip(UPSTREAM4), bytes.fromhex("020000000202"), 0.0, out, solicited=True, create=True
     )
@@ -158,7 +159,7 @@ def test_probe_answered_keeps_entry() -> None:
 
 def test_unused_entries_are_garbage_collected() -> None:
     r = router()
-    out: list = []
+    out: list[Action] = []
     r.arp.table.learn(
         C, _ip(CLIENT4), bytes.fromhex("02000000010a"), 0.0, out, solicited=True, create=True
     )

@@ -25,6 +25,7 @@ from hopgate.packet import ethernet, l4
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_ALLMULTI = 2
+PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
@@ -37,6 +38,10 @@ TP_STATUS_VLAN_TPID_VALID = 1 << 6
 _AUXDATA = struct.Struct("IIIHHHH")
 _ANC_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
 _MREQ = struct.Struct("iHH8s")
+_STATS = struct.Struct("II")  # struct tpacket_stats: packets, drops
+# A plain int: socket.MSG_TRUNC is an IntFlag, and testing it costs an enum
+# operation per frame.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 _RCVBUF = 4 * 1024 * 1024
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
@@ -46,6 +51,7 @@ SO_SNDBUFFORCE = 32
 class IoCounters:
     """What happened at the socket, below the pipeline."""
 
+    rx_socket_drops: int = 0  # frames the kernel dropped because hopgate fell behind
     rx_truncated: int = 0  # frames longer than any frame of the link (GRO)
     rx_csum_completed: int = 0
     rx_vlan_restored: int = 0
@@ -109,7 +115,7 @@ class PacketSocket:
             if addr[2] == PACKET_OUTGOING:
                 continue
             break
-        if flags & socket.MSG_TRUNC:
+        if flags & _MSG_TRUNC:
             self.counters.rx_truncated += 1
             return memoryview(buf)  # the full buffer: longer than the pipeline accepts
         frame = memoryview(buf)[:n]
@@ -146,6 +152,16 @@ class PacketSocket:
             else:
                 self.counters.tx_errors += 1
         return False
+
+    def update_stats(self) -> IoCounters:
+        """Fold in the kernel's count of frames dropped at this socket (reading it
+        resets the kernel's counters, so the totals are kept here)."""
+        with contextlib.suppress(OSError):
+            _, drops = _STATS.unpack(
+                self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+            )
+            self.counters.rx_socket_drops += drops
+        return self.counters
 
     def close(self) -> None:
         self.sock.close()

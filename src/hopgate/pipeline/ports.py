@@ -77,6 +77,9 @@ class LocalAddresses:
     def __init__(self, ports: list[Port]) -> None:
         self.v4: dict[int, int] = {}
         self.v4_broadcast: set[int] = {A.V4_LIMITED_BROADCAST}
+        # What no packet from the wire may claim as its source: our addresses and
+        # the broadcasts (one set, one membership test per packet).
+        self.v4_not_source: frozenset[int] = frozenset()
         self.v6: dict[int, int] = {}
         # Link-local addresses are only ours on their own link.
         self.v6_link_local: set[tuple[int, int]] = set()
@@ -91,6 +94,7 @@ class LocalAddresses:
             for a in p.v6:
                 if A.v6_is_link_local(a.addr):
                     self.v6_link_local.add((p.index, a.addr))
+        self.v4_not_source = frozenset(self.v4) | frozenset(self.v4_broadcast)
 
     def is_v6_local(self, port: int, dst: int) -> bool:
         if A.v6_is_link_local(dst):

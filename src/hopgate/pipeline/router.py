@@ -31,6 +31,8 @@ _ETH_P_IPV6 = ethernet.ETH_P_IPV6
 _ETH_P_ARP = ethernet.ETH_P_ARP
 _DF = ipv4.FLAG_DF
 _IPV4_CHECK = ipv4.check
+_IPV4_HEADER = ipv4.HEADER
+_MARTIAN_TOP = frozenset({0, 127})  # first octets of "this network" and loopback
 _IPV6_CHECK = ipv6.check
 
 
@@ -107,7 +109,10 @@ class Router:
         if len(frame) > p.max_frame:
             self.emit.drop(port, DropReason.FRAME_EXCEEDS_MTU, out)
             return out
-        ethertype, l3 = ethernet.parse(frame)
+        if len(frame) >= 34 and frame[12] == 0x08 and frame[13] == 0x00:
+            ethertype, l3 = _ETH_P_IP, 14  # untagged IPv4: most of the traffic
+        else:
+            ethertype, l3 = ethernet.parse(frame)
         if ethertype < 0 or frame[6] & 1:  # too short, too many tags, or a group source MAC
             self.emit.drop(port, DropReason.FRAME_MALFORMED, out)
             return out
@@ -140,35 +145,62 @@ class Router:
     def _ipv4(
         self, frame: Frame, port: int, p: Port, l3: int, now: float, out: list[Action]
     ) -> None:
-        why = _IPV4_CHECK(frame, l3, len(frame))
-        if why is not None:
-            self.emit.drop(port, DropReason(why), out)
+        end = len(frame)
+        if end - l3 < ipv4.HEADER_LEN:
+            self.emit.drop(port, DropReason.IPV4_TRUNCATED, out)
             return
-        src, dst = ipv4.addrs(frame, l3)
+        vihl, _, total, _, frag, ttl, _, _, src, dst = _IPV4_HEADER.unpack_from(frame, l3)
+        if vihl == 0x45:  # no options: the checks of ipv4.check, inline
+            if total < ipv4.HEADER_LEN or l3 + total > end:
+                self.emit.drop(port, DropReason.IPV4_BAD_TOTAL_LENGTH, out)
+                return
+            # The header sums to 0xFFFF, i.e. reads as a multiple of 0xFFFF (checksum.py).
+            if int.from_bytes(frame[l3 : l3 + 20], "big") % 0xFFFF:
+                self.emit.drop(port, DropReason.IPV4_BAD_CHECKSUM, out)
+                return
+        else:
+            why = _IPV4_CHECK(frame, l3, end)
+            if why is not None:
+                self.emit.drop(port, DropReason(why), out)
+                return
         local = self.local
-        if A.v4_is_martian_source(src) or src in local.v4 or src in local.v4_broadcast:
+        top = src >> 24
+        if top in _MARTIAN_TOP or top >= 224 or src in local.v4_not_source:
             self.emit.drop(port, DropReason.MARTIAN_SOURCE, out)
             return
         if dst in local.v4:
             self.delivery.ipv4(frame, port, l3, src, dst, now, out)
             return
-        if dst in local.v4_broadcast:
+        top = dst >> 24
+        if top >= 224 or top in _MARTIAN_TOP or dst in local.v4_broadcast or frame[0] & 1:
+            self._ipv4_not_forwarded(port, dst, out)
+            return
+        self._forward_v4(frame, port, l3, src, dst, total, frag, ttl, now, out)
+
+    def _ipv4_not_forwarded(self, port: int, dst: int, out: list[Action]) -> None:
+        if dst in self.local.v4_broadcast:
             # As Linux (icmp_echo_ignore_broadcasts, no directed-broadcast forwarding).
-            self.emit.drop(port, DropReason.BROADCAST_IGNORED, out)
-            return
-        if A.v4_is_multicast(dst):
-            self.emit.drop(port, DropReason.MULTICAST_NOT_ROUTED, out)
-            return
-        if A.v4_is_martian_destination(dst):
-            self.emit.drop(port, DropReason.MARTIAN_DESTINATION, out)
-            return
-        if frame[0] & 1:  # a unicast packet in a link-layer broadcast is not forwarded
-            self.emit.drop(port, DropReason.L2_BROADCAST_NOT_FORWARDED, out)
-            return
-        self._forward_v4(frame, port, l3, src, dst, now, out)
+            reason = DropReason.BROADCAST_IGNORED
+        elif A.v4_is_multicast(dst):
+            reason = DropReason.MULTICAST_NOT_ROUTED
+        elif A.v4_is_martian_destination(dst):
+            reason = DropReason.MARTIAN_DESTINATION
+        else:  # a unicast packet in a link-layer broadcast is not forwarded
+            reason = DropReason.L2_BROADCAST_NOT_FORWARDED
+        self.emit.drop(port, reason, out)
 
     def _forward_v4(
-        self, frame: Frame, port: int, l3: int, src: int, dst: int, now: float, out: list[Action]
+        self,
+        frame: Frame,
+        port: int,
+        l3: int,
+        src: int,
+        dst: int,
+        total: int,
+        frag: int,
+        ttl: int,
+        now: float,
+        out: list[Action],
     ) -> None:
         route = self.routes4.lookup(dst)
         if route is None:
@@ -177,7 +209,7 @@ class Router:
                 frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.NET_UNREACH, 0, now, out
             )
             return
-        if frame[l3 + ipv4.OFF_TTL] <= 1:
+        if ttl <= 1:
             self.emit.drop(port, DropReason.TTL_EXCEEDED, out)
             self.icmp.error_v4(
                 frame, l3, port, frame[6:12], icmp4.TIME_EXCEEDED, icmp4.TTL_EXCEEDED, 0, now, out
@@ -186,11 +218,10 @@ class Router:
         hops = route.nexthops
         nh = hops[0] if len(hops) == 1 else hops[self._flow_v4(frame, l3, src, dst) % len(hops)]
         egress = self.ports[nh.port]
-        total = ipv4.total_len(frame, l3)
         end = l3 + total
         if len(frame) > end:
             frame = frame[:end]  # Ethernet padding is not part of the packet
-        if total > egress.mtu and ipv4.frag_field(frame, l3) & _DF:
+        if total > egress.mtu and frag & _DF:
             self.emit.drop(port, DropReason.MTU_EXCEEDED, out)
             self.icmp.error_v4(
                 frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.FRAG_NEEDED_CODE,
@@ -368,13 +399,16 @@ class Router:
         """Send a forwarded packet to its next hop, or queue it until the next hop answers."""
         table = self.arp.table if version == A.V4 else self.nd.table
         gateway = nh.gateway or dst
-        in_mac = bytes(frame[6:12])
-        frame[6:12] = egress.mac
         mac = table.mac_for(egress.index, gateway, now)
         if mac is not None:
             frame[0:6] = mac
+            frame[6:12] = egress.mac
             self.emit.transmit(egress.index, frame, out)
             return
+        # Keep the neighbour it came from: if the next hop never answers, the
+        # error goes back to it.
+        in_mac = bytes(frame[6:12])
+        frame[6:12] = egress.mac
         pending = Pending(frame, l3, in_port, in_mac)
         dropped = table.enqueue(egress.index, gateway, pending, now, out)
         if dropped is not None:
