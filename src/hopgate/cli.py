@@ -112,5 +112,90 @@ def status(socket_path: str | None, config_path: str | None, as_json: bool) -> N
         status_view.render(state, Console())
 
 
+def _need_root() -> None:
+    import os
+
+    if os.geteuid() != 0:
+        _fail("the lab creates network namespaces: run as root")
+
+
+@main.command()
+@click.option(
+    "--kernel", is_flag=True, help="Run the same demo with a Linux router in hopgate's place."
+)
+@click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
+def demo(kernel: bool, keep: bool) -> None:
+    """Build a lab, run ping, traceroute, tracepath and curl through hopgate, show the results."""
+    from rich.console import Console
+
+    from hopgate.lab.demo import run_demo
+
+    _need_root()
+    ok = run_demo(Console(), kernel=kernel, keep=keep)
+    sys.exit(0 if ok else 1)
+
+
+@main.group()
+def lab() -> None:
+    """Keep a lab running for exploration."""
+
+
+@lab.command("up")
+@click.option("--name", help="Lab name (default: a random hgXXXXXX).")
+@click.option("--kernel", is_flag=True, help="A Linux router as gw instead of hopgate.")
+def lab_up(name: str | None, kernel: bool) -> None:
+    """Build client — gw — r1 — server and leave it running."""
+    from hopgate.lab.netns import LabError
+    from hopgate.lab.topologies import ADDR, RouterLab
+
+    _need_root()
+    try:
+        rl = RouterLab("kernel" if kernel else "hopgate", name)
+    except LabError as e:
+        _fail(str(e))
+    # Leave it running: the lab's processes are in their own sessions and survive us.
+    click.echo(f"lab {rl.name} is up ({'kernel' if kernel else 'hopgate'} as gw)")
+    for ns in rl.lab.namespaces.values():
+        click.echo(f"  {ns.role:7} ip netns exec {ns.name} ...")
+    click.echo(f"  try:    ip netns exec {rl.client.name} traceroute -n {ADDR.server4}")
+    if not kernel:
+        click.echo(f"  status: hopgate status -s {rl.admin_socket}")
+        click.echo(f"  config: {rl.config_path}")
+    click.echo(f"  remove: hopgate lab down {rl.name}")
+
+
+@lab.command("down")
+@click.argument("names", nargs=-1, required=True)
+def lab_down(names: tuple[str, ...]) -> None:
+    """Stop a lab's processes and delete its namespaces."""
+    from hopgate.lab.netns import destroy
+
+    _need_root()
+    unknown = [n for n in names if not destroy(n)]
+    for n in names:
+        if n not in unknown:
+            click.echo(f"lab {n} removed")
+    if unknown:
+        _fail(f"no lab named {', '.join(unknown)} (see hopgate lab list)")
+
+
+@lab.command("list")
+def lab_list() -> None:
+    """The labs on this machine."""
+    from hopgate.lab.netns import list_labs
+
+    labs = list_labs()
+    if not labs:
+        click.echo("no labs")
+    for rec in labs:
+        info = rec.get("info", {})
+        running = ", ".join(p["name"] for p in rec["processes_running"]) or "none"
+        click.echo(
+            f"{rec['name']}: {info.get('topology', '?')} ({info.get('mode', '?')}), "
+            f"{len(rec['namespaces_present'])}/{len(rec['namespaces'])} namespaces,"
+            f" processes: {running}"
+        )
+
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ class ToolRun:
 
     @property
     def command(self) -> str:
-        return " ".join(self.argv)
+        return shlex.join(self.argv)
 
     @property
     def output(self) -> str:
@@ -223,7 +224,7 @@ class Download:
 def curl(ns: Namespace, url: str, *, timeout: float = 60.0) -> Download:
     r = run(
         ns,
-        "curl", "-g", "-s", "-o", "/dev/null", "--max-time", str(timeout),
+        "curl", "-g", "-s", "-o", "/dev/null", "--max-time", f"{timeout:g}",
         "-w", "%{http_code} %{size_download} %{time_total}", url,
         timeout=timeout + 10,
     )  # fmt: skip
