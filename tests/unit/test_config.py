@@ -1,0 +1,176 @@
+"""The TOML config: the issue's example works, and every mistake is named by key path."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hopgate.cli import main
+from hopgate.control.config import ConfigError, load, parse
+
+EXAMPLE = """
+[[interface]]
+name = "gw-c"
+addresses = ["198.18.1.1/24", "2001:2:0:1::1/64"]
+
+[[interface]]
+name = "gw-u"
+addresses = ["198.18.2.1/24", "2001:2:0:2::1/64"]
+mtu = 1400
+
+[[route]]
+prefix = "0.0.0.0/0"
+via = ["198.18.2.2"]
+
+[[route]]
+prefix = "::/0"
+via = ["2001:2:0:2::2"]
+
+[icmp]                        # named after Linux's sysctls; these are the defaults
+ratelimit_interval_ms = 1000  # per destination, as net.ipv4.icmp_ratelimit; 0 turns it off
+ratelimit_burst = 6
+msgs_per_second = 1000        # global, as net.ipv4.icmp_msgs_per_sec
+msgs_burst = 50
+"""
+
+
+def issues(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse(text, "t.toml")
+    return [str(i) for i in e.value.issues]
+
+
+def test_the_issues_example_parses_into_a_router_spec() -> None:
+    cfg = parse(EXAMPLE)
+    spec = cfg.router_spec({"gw-c": (b"\x02" * 6, 1500), "gw-u": (b"\x04" * 6, 1500)})
+    assert [p.mtu for p in spec.ports] == [1500, 1400]
+    assert spec.ports[1].link_mtu == 1500
+    assert spec.routes[0].via[0].address == ipaddress.ip_address("198.18.2.2")
+    assert spec.icmp.ratelimit_burst == 6 and spec.icmp.msgs_per_second == 1000
+    assert spec.neighbour.retrans_time == 1.0
+
+
+def test_mtu_defaults_to_the_links() -> None:
+    cfg = parse('[[interface]]\nname = "a"\naddresses = ["198.18.0.1/24"]\n')
+    assert cfg.router_spec({"a": (b"\x02" * 6, 9000)}).ports[0].mtu == 9000
+
+
+def test_unknown_keys_are_errors_with_their_path() -> None:
+    got = issues(EXAMPLE + '\ncolour = "red"\n[icmp2]\n')
+    assert got == ["icmp.colour: unknown key", "icmp2: unknown key"]
+    got = issues(EXAMPLE.replace("mtu = 1400", "mtu = 1400\nspeed = 10"))
+    assert got == ["interface[1].speed: unknown key"]
+
+
+def test_every_problem_is_listed_with_its_key_path() -> None:
+    text = """
+[[interface]]
+name = "gw-c"
+addresses = ["198.18.1.1", "2001:2:0:1::1/64", "198.18.1.0/24", "fe80::1/64"]
+mtu = "big"
+
+[[route]]
+prefix = "10.0.0.1/8"
+via = ["fe80::1", "not-an-ip"]
+
+[icmp]
+ratelimit_burst = 0
+"""
+    assert issues(text) == [
+        "interface[0].addresses[0]: '198.18.1.1' needs a prefix length, as in 198.18.1.1/24",
+        "interface[0].addresses[2]: '198.18.1.0/24' is the network address of 198.18.1.0/24",
+        "interface[0].addresses[3]: 'fe80::1/64': link-local addresses are derived from"
+        " the interface's MAC",
+        "interface[0].mtu: Input should be a valid integer (got 'big')",
+        "route[0].prefix: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?",
+        "route[0].via[0]: 'fe80::1' is link-local: name its interface, as in fe80::1%gw-u",
+        "route[0].via[1]: 'not-an-ip' is not an IP address",
+        "icmp.ratelimit_burst: Input should be greater than or equal to 1",
+    ]
+
+
+def test_relations_between_sections_are_checked() -> None:
+    text = """
+[[interface]]
+name = "gw-c"
+addresses = ["198.18.1.1/24", "2001:2:0:1::1/64"]
+mtu = 1000
+
+[[interface]]
+name = "gw-c"
+addresses = ["198.18.1.1/24"]
+
+[[interface]]
+name = "gw-x"
+addresses = ["198.18.1.7/24"]
+
+[[route]]
+prefix = "198.18.9.0/24"
+via = ["198.18.99.9", "198.18.1.1", "2001:2::1", "fe80::1%nope"]
+
+[[route]]
+prefix = "198.18.9.0/24"
+via = ["198.18.1.2"]
+"""
+    assert issues(text) == [
+        "interface[0].mtu: 1000 is below 1280, the least IPv6 allows, and the interface has"
+        " an IPv6 address",
+        "interface[1].name: 'gw-c' is already interface[0]",
+        "interface[1].addresses[0]: 198.18.1.1 is already on gw-c",
+        "interface[2].addresses[0]: subnet 198.18.1.0/24 is already on gw-c",
+        "route[0].via[0]: 198.18.99.9 is not on the subnet of any interface"
+        " (next hops must be neighbours)",
+        "route[0].via[1]: 198.18.1.1 is hopgate's own address",
+        "route[0].via[2]: 2001:2::1 is not of the same family as 198.18.9.0/24",
+        "route[0].via[3]: fe80::1%nope is not of the same family as 198.18.9.0/24",
+        "route[1].prefix: 198.18.9.0/24 is already route[0]",
+    ]
+
+
+def test_link_local_next_hop_names_its_interface() -> None:
+    text = EXAMPLE.replace('via = ["2001:2:0:2::2"]', 'via = ["fe80::2%gw-u"]')
+    spec = parse(text).router_spec({"gw-c": (b"\x02" * 6, 1500), "gw-u": (b"\x04" * 6, 1500)})
+    hop = spec.routes[1].via[0]
+    assert hop.interface == "gw-u" and str(hop.address) == "fe80::2"
+
+
+def test_admin_metrics_listen_is_checked() -> None:
+    assert issues(EXAMPLE + '\n[admin]\nmetrics = "localhost"\n') == [
+        "admin.metrics: 'localhost' is not address:port, as in 127.0.0.1:9469"
+    ]
+    assert parse(EXAMPLE + '\n[admin]\nmetrics = "[::1]:9469"\n').admin.metrics == "[::1]:9469"
+
+
+def test_bad_toml_is_reported_with_its_position() -> None:
+    got = issues("[[interface]\nname=")
+    assert len(got) == 1 and got[0].startswith("not valid TOML:") and "line 1" in got[0]
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(EXAMPLE)
+    result = CliRunner().invoke(main, ["check-config", str(good)])
+    assert result.exit_code == 0 and "ok (2 interfaces, 2 routes)" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.replace("mtu = 1400", "mtu = 10"))
+    result = CliRunner().invoke(main, ["check-config", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.toml: 1 error" in result.output
+    assert "interface[1].mtu: Input should be greater than or equal to 68" in result.output
+    missing = CliRunner().invoke(main, ["check-config", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 1 and "cannot read" in missing.output
+
+
+def test_load_reads_files(tmp_path: Path) -> None:
+    p = tmp_path / "g.toml"
+    p.write_text(EXAMPLE)
+    assert load(p).interface[0].name == "gw-c"
+
+
+def test_the_shipped_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
+    cfg = load(example)
+    assert [i.name for i in cfg.interface] == ["gw-c", "gw-u"]
