@@ -78,9 +78,10 @@ def test_big_ping_to_hopgate_is_reassembled_and_answered(hopgate_lab: RouterLab)
     assert p6.received == 2, p6.run.output
 
 
+@pytest.mark.parametrize("mode", ["udp", "udp-fixed"])
 @pytest.mark.parametrize("dst", [A.gw_c4, A.gw_c6])
-def test_udp_traceroute_to_hopgate_ends_there(hopgate_lab: RouterLab, dst: str) -> None:
-    t = tools.traceroute(hopgate_lab.client, dst, "udp")
+def test_udp_traceroute_to_hopgate_ends_there(hopgate_lab: RouterLab, dst: str, mode: str) -> None:
+    t = tools.traceroute(hopgate_lab.client, dst, mode)
     assert t.path == [dst], t.run.output
 
 

@@ -68,7 +68,8 @@ def traceroute(
     max_hops: int = 8,
     wait: float = 1.0,
 ) -> Trace:
-    """Run ``traceroute -n`` in UDP (default), ICMP (-I) or TCP (-T) mode."""
+    """Run ``traceroute -n`` in UDP (default: a new port per probe), UDP to one
+    port (-U, port 53 unless given), ICMP (-I) or TCP (-T) mode."""
     argv = [
         "traceroute",
         _family(dst),
@@ -80,7 +81,7 @@ def traceroute(
         "-m",
         str(max_hops),
     ]
-    argv += {"udp": [], "icmp": ["-I"], "tcp": ["-T"]}[mode]
+    argv += {"udp": [], "udp-fixed": ["-U"], "icmp": ["-I"], "tcp": ["-T"]}[mode]
     if port is not None:
         argv += ["-p", str(port)]
     argv.append(dst)

@@ -16,6 +16,8 @@ Every error:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hopgate.packet import addr as A
 from hopgate.packet import icmp4, icmp6, ipv4, ipv6
 from hopgate.packet.types import Buffer
@@ -94,33 +96,28 @@ class IcmpOut:
         l2_group: bool = False,
     ) -> None:
         """Answer the IPv4 packet at frame[l3:] with an ICMP error, if the rules allow."""
-        c = self._counters
-        why = self._v4_rule(frame, l3, l2_group)
-        if why is not None:
-            c.icmp_not_sent[why] += 1
-            return
         orig_src = ipv4.addrs(frame, l3)[0]
-        port = self._ports[in_port]
-        src = v4_source_for(self._ports, in_port, orig_src)
+        src = self._may_send(
+            4,
+            self._v4_rule(frame, l3, l2_group),
+            orig_src,
+            lambda: v4_source_for(self._ports, in_port, orig_src),
+            icmp_type,
+            code,
+            now,
+        )
         if src is None:
-            c.icmp_not_sent[NotSent.NO_SOURCE_ADDRESS] += 1
             return
-        limited = self._limiter.check(4, orig_src, icmp_type, code, now)
-        if limited is not None:
-            c.icmp_rate_limited[(4, icmp_type, code, limited.value)] += 1
-            return
+        port = self._ports[in_port]
         room = min(V4_ERROR_MAX, port.mtu) - ipv4.HEADER_LEN - icmp4.HEADER_LEN
         ihl = ipv4.header_len(frame, l3)
         end = min(l3 + ipv4.total_len(frame, l3), len(frame))
         quote = memoryview(frame)[l3 : min(end, l3 + max(room, ihl + 8))]
         msg = icmp4.build(icmp_type, code, rest, quote)
-        out_frame = reply_l2(frame, l3, in_mac, port.mac)
-        out_frame += ipv4.build_header(
+        header = ipv4.build_header(
             src, orig_src, ipv4.PROTO_ICMP, len(msg), tos=ERROR_TOS, ident=self.next_ident()
         )
-        out_frame += msg
-        c.icmp_sent[(4, icmp_type, code)] += 1
-        self._emit.transmit(in_port, out_frame, out)
+        self._send(4, frame, l3, in_port, in_mac, header, msg, out)
 
     # -- IPv6 ----------------------------------------------------------------
 
@@ -167,29 +164,71 @@ class IcmpOut:
         *,
         l2_group: bool = False,
     ) -> None:
-        c = self._counters
-        why = self._v6_rule(frame, l3, l2_group, icmp_type, code)
-        if why is not None:
-            c.icmp_not_sent[why] += 1
-            return
+        """Answer the IPv6 packet at frame[l3:] with an ICMPv6 error, if the rules allow."""
         orig_src = ipv6.src(frame, l3)
-        port = self._ports[in_port]
-        src = v6_source_for(self._ports, in_port, orig_src)
+        src = self._may_send(
+            6,
+            self._v6_rule(frame, l3, l2_group, icmp_type, code),
+            orig_src,
+            lambda: v6_source_for(self._ports, in_port, orig_src),
+            icmp_type,
+            code,
+            now,
+        )
         if src is None:
-            c.icmp_not_sent[NotSent.NO_SOURCE_ADDRESS] += 1
             return
-        limited = self._limiter.check(6, orig_src, icmp_type, code, now)
-        if limited is not None:
-            c.icmp_rate_limited[(6, icmp_type, code, limited.value)] += 1
-            return
+        port = self._ports[in_port]
         room = min(V6_ERROR_MAX, port.mtu) - ipv6.HEADER_LEN - icmp6.HEADER_LEN
         end = min(l3 + ipv6.HEADER_LEN + ipv6.payload_len(frame, l3), len(frame))
         quote = memoryview(frame)[l3 : min(end, l3 + room)]
         msg = icmp6.build(src, orig_src, icmp_type, code, rest, quote)
-        out_frame = reply_l2(frame, l3, in_mac, port.mac)
-        out_frame += ipv6.build_header(src, orig_src, ipv6.NH_ICMPV6, len(msg), hop_limit=TTL)
+        header = ipv6.build_header(src, orig_src, ipv6.NH_ICMPV6, len(msg), hop_limit=TTL)
+        self._send(6, frame, l3, in_port, in_mac, header, msg, out)
+
+    # -- shared ----------------------------------------------------------------
+
+    def _may_send(
+        self,
+        version: int,
+        why: NotSent | None,
+        orig_src: int,
+        source: Callable[[], int | None],
+        icmp_type: int,
+        code: int,
+        now: float,
+    ) -> int | None:
+        """The address to send the error from, or None (counted) when a rule, the
+        lack of an address or a rate limit says no."""
+        c = self._counters
+        if why is not None:
+            c.icmp_not_sent[why] += 1
+            return None
+        src = source()
+        if src is None:
+            c.icmp_not_sent[NotSent.NO_SOURCE_ADDRESS] += 1
+            return None
+        limited = self._limiter.check(version, orig_src, icmp_type, code, now)
+        if limited is not None:
+            c.icmp_rate_limited[(version, icmp_type, code, limited.value)] += 1
+            return None
+        return src
+
+    def _send(
+        self,
+        version: int,
+        frame: Buffer,
+        l3: int,
+        in_port: int,
+        in_mac: Buffer,
+        header: bytearray,
+        msg: bytearray,
+        out: list[Action],
+    ) -> None:
+        """Back out of the ingress port, to the neighbour the offending packet came from."""
+        out_frame = reply_l2(frame, l3, in_mac, self._ports[in_port].mac)
+        out_frame += header
         out_frame += msg
-        c.icmp_sent[(6, icmp_type, code)] += 1
+        self._counters.icmp_sent[(version, msg[0], msg[1])] += 1
         self._emit.transmit(in_port, out_frame, out)
 
     def sent_echo_reply(self, version: int) -> None:

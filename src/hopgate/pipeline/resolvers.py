@@ -3,6 +3,8 @@ addresses, and resolving next hops through the shared neighbour table."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from hopgate.packet import addr as A
 from hopgate.packet import arp, ethernet, icmp4, icmp6, ipv6
 from hopgate.packet.types import Buffer
@@ -15,19 +17,11 @@ from hopgate.pipeline.ports import Port, v4_source_for
 from hopgate.pipeline.timers import Timers
 
 
-class _Resolver:
-    def __init__(self, ports: list[Port], emit: Emitter, icmp: IcmpOut) -> None:
-        self._ports = ports
-        self._emit = emit
-        self._icmp = icmp
+class _Resolver(ABC):
+    """What ARP and ND share: the neighbour table, and what to do with the packets
+    that waited on it."""
 
-    def flush(self, port: int, item: Pending, mac: bytes, out: list[Action]) -> None:
-        item.frame[0:6] = mac
-        self._emit.transmit(port, item.frame, out)
-
-
-class ArpResolver(_Resolver):
-    """IPv4 neighbours, over ARP."""
+    version: int
 
     def __init__(
         self,
@@ -37,8 +31,34 @@ class ArpResolver(_Resolver):
         settings: NeighbourSettings,
         timers: Timers,
     ) -> None:
-        super().__init__(ports, emit, icmp)
-        self.table = NeighbourTable(A.V4, settings, timers, self)
+        self._ports = ports
+        self._emit = emit
+        self._icmp = icmp
+        self.table = NeighbourTable(self.version, settings, timers, self)
+
+    @abstractmethod
+    def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
+        """Ask for ``addr``'s link-layer address (ARP request / Neighbor Solicitation)."""
+
+    def flush(self, port: int, item: Pending, mac: bytes, out: list[Action]) -> None:
+        item.frame[0:6] = mac
+        self._emit.transmit(port, item.frame, out)
+
+    def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
+        """The next hop never answered: drop the packet and tell its sender,
+        host unreachable (IPv4) or address unreachable (IPv6)."""
+        self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
+        if self.version == A.V4:
+            error, icmp_type, code = self._icmp.error_v4, icmp4.DEST_UNREACH, icmp4.HOST_UNREACH
+        else:
+            error, icmp_type, code = self._icmp.error_v6, icmp6.DEST_UNREACH, icmp6.ADDR_UNREACH
+        error(item.frame, item.l3, item.in_port, item.in_mac, icmp_type, code, 0, now, out)
+
+
+class ArpResolver(_Resolver):
+    """IPv4 neighbours, over ARP."""
+
+    version = A.V4
 
     def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
         p = self._ports[port]
@@ -48,20 +68,6 @@ class ArpResolver(_Resolver):
         )
         self._emit.counters.arp_sent["request"] += 1
         self._emit.transmit(port, frame, out)
-
-    def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
-        self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
-        self._icmp.error_v4(
-            item.frame,
-            item.l3,
-            item.in_port,
-            item.in_mac,
-            icmp4.DEST_UNREACH,
-            icmp4.HOST_UNREACH,
-            0,
-            now,
-            out,
-        )
 
     def input(self, frame: Buffer, port: int, l3: int, now: float, out: list[Action]) -> None:
         msg = arp.parse(frame, l3)
@@ -95,16 +101,7 @@ class ArpResolver(_Resolver):
 class NdResolver(_Resolver):
     """IPv6 neighbours, over Neighbor Discovery."""
 
-    def __init__(
-        self,
-        ports: list[Port],
-        emit: Emitter,
-        icmp: IcmpOut,
-        settings: NeighbourSettings,
-        timers: Timers,
-    ) -> None:
-        super().__init__(ports, emit, icmp)
-        self.table = NeighbourTable(A.V6, settings, timers, self)
+    version = A.V6
 
     def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
         p = self._ports[port]
@@ -121,20 +118,6 @@ class NdResolver(_Resolver):
         frame += msg
         self._emit.counters.nd_sent["solicitation"] += 1
         self._emit.transmit(port, frame, out)
-
-    def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
-        self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
-        self._icmp.error_v6(
-            item.frame,
-            item.l3,
-            item.in_port,
-            item.in_mac,
-            icmp6.DEST_UNREACH,
-            icmp6.ADDR_UNREACH,
-            0,
-            now,
-            out,
-        )
 
     def _owns(self, p: Port, target: int) -> bool:
         return target == p.link_local or any(a.addr == target for a in p.v6)
