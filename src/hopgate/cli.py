@@ -112,6 +112,62 @@ def status(socket_path: str | None, config_path: str | None, as_json: bool) -> N
         status_view.render(state, Console())
 
 
+@main.command()
+@click.option("-s", "--socket", "socket_path", help="Admin socket of the daemon.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Find the socket in this config.",
+)
+@click.option("--family", type=click.Choice(["4", "6"]), help="IPv4 or IPv6 only.")
+@click.option("--protocol", help="tcp, udp, icmp, icmpv6, or a number.")
+@click.option(
+    "--address", help="Connections with this address, on either side, before or after translation."
+)
+@click.option(
+    "--port", help="Connections with this port, on either side, before or after translation."
+)
+@click.option("--state", help="TCP state, as shown (established, time-wait, ...).")
+@click.option("--limit", default=1000, show_default=True, help="Show at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+def conns(
+    socket_path: str | None,
+    config_path: str | None,
+    family: str | None,
+    protocol: str | None,
+    address: str | None,
+    port: str | None,
+    state: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List the connections the NAT tracks."""
+    from rich.console import Console
+
+    from hopgate.control import status as status_view
+    from hopgate.control.admin import AdminError, fetch_conns
+
+    path = _socket_for(socket_path, config_path)
+    filters = {
+        "family": family or "",
+        "protocol": protocol or "",
+        "address": address or "",
+        "port": port or "",
+        "state": state or "",
+        "limit": str(limit),
+    }
+    try:
+        result = fetch_conns(path, filters)
+    except AdminError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        status_view.render_conns(result, Console())
+
+
 def _need_root() -> None:
     import os
 

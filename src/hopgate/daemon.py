@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hopgate import __version__
+from hopgate.control import conns
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
 from hopgate.io.afpacket import PacketSocket
@@ -42,6 +43,7 @@ def snapshot(
         "routes": state["routes"],
         "neighbours": state["neighbours"],
         "reassembly": state["reassembly"],
+        "nat": state["nat"],
         "internal_errors": loop.internal_errors,
     }
     out.update(counters)
@@ -71,6 +73,7 @@ def run(cfg: Config, config_path: str) -> None:
                 lambda: snapshot(router, the_loop, sockets, started, config_path)
             ),
             parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
+            lambda query: the_loop.call(lambda: conns.listing(router.nat, time.monotonic(), query)),
         )
         admin.start()
         for iface in router.state()["interfaces"]:

@@ -29,6 +29,7 @@ from tests.unit.frames import (
     C,
     resolved_router,
 )
+from tests.unit.nat_frames import nat_router
 
 SEEDS = [
     bytes(Ether(src=CLIENT_MAC, dst=GW_C_MAC) / p)
@@ -49,12 +50,23 @@ SEEDS = [
         / ICMPv6NDOptSrcLLAddr(lladdr=CLIENT_MAC),
         Dot1Q(vlan=3) / IP(src=CLIENT4, dst=SERVER4) / UDP(),
         ARP(op=1, hwsrc=CLIENT_MAC, psrc=CLIENT4, pdst=GW_C4),
+        IP(src=CLIENT4, dst=SERVER4) / UDP(sport=40000, dport=53) / (b"d" * 8),
+        IP(src=CLIENT4, dst=SERVER4) / ICMP(type=8, id=7),
+        IP(src="198.18.2.2", dst="198.18.2.1")
+        / ICMP(type=11)
+        / IP(src="198.18.2.1", dst=SERVER4)
+        / UDP(sport=40000, dport=53),
+        IPv6(src="2001:2:0:2::2", dst="2001:2:0:2::1")
+        / ICMPv6EchoRequest()
+        / IPv6(src="2001:2:0:2::1", dst=SERVER6)
+        / UDP(sport=40000, dport=53),
+        IP(src=SERVER4, dst="198.18.2.1", flags="MF") / UDP(sport=53, dport=40000) / (b"f" * 16),
     )
 ]
 
 
-def _run(frames: list[bytes], poll_at: float) -> None:
-    r = resolved_router()
+def _run(frames: list[bytes], poll_at: float, nat: bool = False) -> None:
+    r = nat_router() if nat else resolved_router()
     for i, frame in enumerate(frames):
         out = r.process(bytearray(frame), C, float(i) * 0.01)
         assert all(isinstance(a, (Transmit, Drop)) for a in out)
@@ -65,9 +77,9 @@ def _run(frames: list[bytes], poll_at: float) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.binary(min_size=0, max_size=200), max_size=20), st.floats(0, 100))
-def test_random_bytes_never_raise(frames: list[bytes], poll_at: float) -> None:
-    _run(frames, poll_at)
+@given(st.lists(st.binary(min_size=0, max_size=200), max_size=20), st.floats(0, 100), st.booleans())
+def test_random_bytes_never_raise(frames: list[bytes], poll_at: float, nat: bool) -> None:
+    _run(frames, poll_at, nat)
 
 
 @st.composite
@@ -81,6 +93,6 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(mutated(), min_size=1, max_size=8), st.floats(0, 100))
-def test_mutated_valid_frames_never_raise(frames: list[bytes], poll_at: float) -> None:
-    _run(frames, poll_at)
+@given(st.lists(mutated(), min_size=1, max_size=8), st.floats(0, 100), st.booleans())
+def test_mutated_valid_frames_never_raise(frames: list[bytes], poll_at: float, nat: bool) -> None:
+    _run(frames, poll_at, nat)

@@ -16,6 +16,7 @@ import os
 import socket
 import socketserver
 import threading
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,7 @@ from hopgate.control import metrics
 log = logging.getLogger(__name__)
 
 Snapshot = Callable[[], "Future[dict[str, Any]]"]
+Query = Callable[[dict[str, str]], "Future[Any]"]
 SNAPSHOT_TIMEOUT = 5.0
 
 
@@ -34,24 +36,32 @@ class AdminError(Exception):
     pass
 
 
-def _handler(snapshot: Snapshot) -> type[BaseHTTPRequestHandler]:
+def _handler(snapshot: Snapshot, conns: Query | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "hopgate"
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path not in ("/status", "/metrics"):
-                self._reply(404, "text/plain", b"not found: try /status or /metrics\n")
+            url = urllib.parse.urlsplit(self.path)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            if url.path == "/conns" and conns is not None:
+                future: Future[Any] = conns(query)
+            elif url.path in ("/status", "/metrics"):
+                future = snapshot()
+            else:
+                self._reply(404, "text/plain", b"not found: try /status, /metrics or /conns\n")
                 return
             try:
-                state = snapshot().result(timeout=SNAPSHOT_TIMEOUT)
-            except Exception as e:  # noqa: BLE001 - reported to the client
-                self._reply(503, "text/plain", f"no snapshot: {e}\n".encode())
+                result = future.result(timeout=SNAPSHOT_TIMEOUT)
+            except ValueError as e:  # a filter that does not parse
+                self._reply(400, "text/plain", f"{e}\n".encode())
                 return
-            if path == "/status":
-                self._reply(200, "application/json", json.dumps(state).encode())
+            except Exception as e:  # noqa: BLE001 - reported to the client
+                self._reply(503, "text/plain", f"no answer from the loop: {e}\n".encode())
+                return
+            if url.path == "/metrics":
+                self._reply(200, metrics.CONTENT_TYPE, metrics.render(result))
             else:
-                self._reply(200, metrics.CONTENT_TYPE, metrics.render(state))
+                self._reply(200, "application/json", json.dumps(result).encode())
 
         def _reply(self, code: int, ctype: str, body: bytes) -> None:
             self.send_response(code)
@@ -83,10 +93,15 @@ class _V6HTTPServer(ThreadingHTTPServer):
 
 class AdminServer:
     def __init__(
-        self, socket_path: str, snapshot: Snapshot, metrics_listen: tuple[str, int] | None = None
+        self,
+        socket_path: str,
+        snapshot: Snapshot,
+        metrics_listen: tuple[str, int] | None = None,
+        conns: Query | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._snapshot = snapshot
+        self._conns = conns
         self._metrics_listen = metrics_listen
         self._servers: list[socketserver.BaseServer] = []
 
@@ -99,7 +114,7 @@ class AdminServer:
                     f"another hopgate answers on {path}; give this one its own [admin] socket"
                 )
             path.unlink()
-        handler = _handler(self._snapshot)
+        handler = _handler(self._snapshot, self._conns)
         old_umask = os.umask(0o077)  # the state is for root and the operator only
         try:
             unix = _UnixHTTPServer(str(path), handler)
@@ -173,4 +188,10 @@ def fetch(socket_path: str, path: str = "/status", timeout: float = 10.0) -> byt
 
 def fetch_status(socket_path: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(fetch(socket_path, "/status"))
+    return data
+
+
+def fetch_conns(socket_path: str, filters: dict[str, str]) -> dict[str, Any]:
+    query = urllib.parse.urlencode({k: v for k, v in filters.items() if v})
+    data: dict[str, Any] = json.loads(fetch(socket_path, "/conns?" + query))
     return data

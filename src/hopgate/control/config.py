@@ -13,18 +13,23 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hopgate.pipeline.conntrack import Timeouts
 from hopgate.pipeline.model import (
+    DnatSpec,
+    IPAddress,
     IPInterface,
+    NatSpec,
     NeighbourSettings,
     NextHopSpec,
     PortSpec,
     ReassemblySettings,
     RouterSpec,
     RouteSpec,
+    SnatSpec,
 )
 from hopgate.pipeline.ratelimit import IcmpRateSettings
 
@@ -133,11 +138,76 @@ class AdminConfig(_Strict):
         return v
 
 
+def _valid_network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise ValueError(_explain_network(text)) from None
+    return text
+
+
+def _valid_address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    return text
+
+
+def _valid_endpoint(text: str) -> str:
+    parse_endpoint(text)
+    return text
+
+
+Network = Annotated[str, AfterValidator(_valid_network)]
+Address = Annotated[str, AfterValidator(_valid_address)]
+Endpoint = Annotated[str, AfterValidator(_valid_endpoint)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class SnatConfig(_Strict):
+    inside: Annotated[list[Network], Field(min_length=1)]
+    interface: str
+    # Outside addresses to use; the interface's own when absent (masquerade).
+    pool: list[Address] = Field(default_factory=list)
+
+
+class DnatConfig(_Strict):
+    protocol: Literal["tcp", "udp", "all"]
+    published: Endpoint  # "198.18.2.1:8080", "[2001:2::1]:8080", or an address alone
+    inside: Endpoint
+
+
+class TimeoutsConfig(_Strict):
+    """Seconds; named after net.netfilter.nf_conntrack_*_timeout, with their defaults."""
+
+    tcp_syn_sent: Seconds = 120
+    tcp_syn_recv: Seconds = 60
+    tcp_established: Seconds = 432000
+    tcp_fin_wait: Seconds = 120
+    tcp_close_wait: Seconds = 60
+    tcp_last_ack: Seconds = 30
+    tcp_time_wait: Seconds = 120
+    tcp_close: Seconds = 10
+    udp: Seconds = 30
+    udp_stream: Seconds = 120
+    icmp: Seconds = 30
+    generic: Seconds = 600
+
+
+class NatConfig(_Strict):
+    max_connections: Annotated[int, Field(ge=1)] = 65536  # nf_conntrack_max
+    snat: list[SnatConfig] = Field(default_factory=list)
+    dnat: list[DnatConfig] = Field(default_factory=list)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+
+
 class Config(_Strict):
     interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
     route: list[RouteConfig] = Field(default_factory=list)
     icmp: IcmpConfig = Field(default_factory=IcmpConfig)
     neighbour: NeighbourConfig = Field(default_factory=NeighbourConfig)
+    nat: NatConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
@@ -181,6 +251,30 @@ class Config(_Strict):
                 max_entries=n.max_entries,
             ),
             reassembly=ReassemblySettings(),
+            nat=self._nat_spec(),
+        )
+
+    def _nat_spec(self) -> NatSpec | None:
+        n = self.nat
+        if n is None:
+            return None
+        dnat = []
+        for d in n.dnat:
+            pub, pub_port = parse_endpoint(d.published)
+            ins, ins_port = parse_endpoint(d.inside)
+            dnat.append(DnatSpec(d.protocol, pub, ins, pub_port, ins_port))
+        return NatSpec(
+            snat=tuple(
+                SnatSpec(
+                    tuple(ipaddress.ip_network(x) for x in sn.inside),
+                    sn.interface,
+                    tuple(ipaddress.ip_address(x) for x in sn.pool),
+                )
+                for sn in n.snat
+            ),
+            dnat=tuple(dnat),
+            max_connections=n.max_connections,
+            timeouts=Timeouts(**n.timeouts.model_dump()),
         )
 
 
@@ -227,6 +321,33 @@ def _explain_network(text: str) -> str:
     except ValueError:
         return f"{text!r} is not a prefix such as 198.18.0.0/15 or 2001:2::/48"
     return f"{text!r} has host bits set; did you mean {net}?"
+
+
+def parse_endpoint(text: str) -> tuple[IPAddress, int | None]:
+    """ "198.18.2.1:8080", "[2001:2::1]:8080", or an address alone."""
+    port: int | None = None
+    host = text
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [address]:port")
+        if rest:
+            port = _port(text, rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = _port(text, port_text)
+    try:
+        return ipaddress.ip_address(host), port
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an address, address:port or [IPv6 address]:port"
+        ) from None
+
+
+def _port(text: str, port: str) -> int:
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be 1 to 65535")
+    return int(port)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -311,6 +432,71 @@ def _check_relations(cfg: Config) -> list[ConfigIssue]:
                         " (next hops must be neighbours)",
                     )
                 )
+    if cfg.nat is not None:
+        issues += _check_nat(cfg, cfg.nat, names)
+    return issues
+
+
+def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    nets = {i.name: [a for a in i.interfaces()] for i in cfg.interface}
+    all_ifaces = [a for addrs in nets.values() for a in addrs]
+    for i, sn in enumerate(nat.snat):
+        where = f"nat.snat[{i}]"
+        if sn.interface not in names:
+            issues.append(ConfigIssue(f"{where}.interface", f"no interface named {sn.interface!r}"))
+            continue
+        own = nets[sn.interface]
+        for j, text in enumerate(sn.pool):
+            a = ipaddress.ip_address(text)
+            if not any(a in x.network for x in own if x.version == a.version):
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.pool[{j}]",
+                        f"{a} is not on a subnet of {sn.interface} (hopgate answers ARP/ND"
+                        " for pool addresses there)",
+                    )
+                )
+        for j, text in enumerate(sn.inside):
+            net = ipaddress.ip_network(text)
+            has = any(x.version == net.version for x in own) or any(
+                ipaddress.ip_address(p).version == net.version for p in sn.pool
+            )
+            if not has:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.inside[{j}]",
+                        f"{sn.interface} has no IPv{net.version} address (nor the pool one) to"
+                        f" translate {net} to",
+                    )
+                )
+    seen: dict[tuple[str, str, int | None], int] = {}
+    for i, d in enumerate(nat.dnat):
+        where = f"nat.dnat[{i}]"
+        pub, pub_port = parse_endpoint(d.published)
+        ins, ins_port = parse_endpoint(d.inside)
+        if pub.version != ins.version:
+            issues.append(ConfigIssue(f"{where}.inside", f"{ins} is not of the family of {pub}"))
+        if d.protocol == "all" and (pub_port or ins_port):
+            issues.append(
+                ConfigIssue(f"{where}.protocol", '"all" publishes whole addresses: give no ports')
+            )
+        if d.protocol != "all" and pub_port is None and ins_port is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.published", "give the published port too, as in 198.18.2.1:8080"
+                )
+            )
+        if not any(pub == x.ip or pub in x.network for x in all_ifaces if x.version == pub.version):
+            issues.append(
+                ConfigIssue(f"{where}.published", f"{pub} is not on a subnet of any interface")
+            )
+        key = (d.protocol, str(pub), pub_port)
+        if key in seen:
+            issues.append(
+                ConfigIssue(f"{where}.published", f"already published by nat.dnat[{seen[key]}]")
+            )
+        seen.setdefault(key, i)
     return issues
 
 

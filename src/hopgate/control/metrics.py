@@ -85,6 +85,23 @@ class _SnapshotCollector(Collector):
         for (family, state), n in sorted(counts.items()):
             neigh.add_metric([family, state], n)
         yield neigh
+        nat = s.get("nat")
+        if nat:
+            yield GaugeMetricFamily(
+                "hopgate_nat_connections", "Tracked connections", value=nat["connections"]
+            )
+            yield GaugeMetricFamily(
+                "hopgate_nat_connections_limit",
+                "Most tracked connections",
+                value=nat["max_connections"],
+            )
+            yield GaugeMetricFamily(
+                "hopgate_nat_mappings", "Source mappings", value=nat["mappings"]
+            )
+            events = CounterMetricFamily("hopgate_nat_events", "NAT events", labels=["event"])
+            for event, n in sorted(nat["counters"].items()):
+                events.add_metric([event], n)
+            yield events
         yield CounterMetricFamily(
             "hopgate_internal_errors",
             "Frames that met a bug (each also dropped)",

@@ -99,6 +99,18 @@ def render(state: dict[str, Any], console: Console) -> None:
         extra.append(f"[red]internal errors: {state['internal_errors']:,}[/red]")
     console.print("\n".join(extra))
 
+    nat = state.get("nat")
+    if nat:
+        c = nat["counters"]
+        console.print(
+            f"[bold]NAT[/bold]: {nat['connections']:,} connections"
+            f" (limit {nat['max_connections']:,}),"
+            f" {nat['mappings']:,} mappings; created {c.get('connections-created', 0):,},"
+            f" expired {c.get('connections-expired', 0):,};"
+            f" ICMP errors translated {c.get('icmp-errors-translated', 0):,}"
+            "  (hopgate conns lists them)"
+        )
+
     if state["neighbours"]:
         t = Table(title="Neighbours", title_justify="left")
         for col in ("interface", "address", "mac", "state", "queued"):
@@ -118,4 +130,26 @@ def render(state: dict[str, Any], console: Console) -> None:
             for h in r["nexthops"]
         )
         t.add_row(r["prefix"], hops)
+    console.print(t)
+
+
+def render_conns(result: dict[str, Any], console: Console) -> None:
+    if not result["nat"]:
+        console.print("NAT is not configured: no connections are tracked.")
+        return
+    t = Table(
+        title=f"Connections: {result['shown']:,} of {result['total']:,} shown",
+        title_justify="left",
+    )
+    for col in ("proto", "state", "original", "translated", "expires", "packets (o/r)"):
+        t.add_column(col, justify="right" if col in ("expires", "packets (o/r)") else "left")
+    for c in result["connections"]:
+        t.add_row(
+            f"{c['protocol']}/{c['family']}",
+            (c["state"] or ("assured" if c["assured"] else "unreplied")),
+            " → ".join(c["original"]),
+            " → ".join(c["translated"]),
+            f"{c['expires_in']:.0f}s",
+            f"{c['packets'][0]:,}/{c['packets'][1]:,}",
+        )
     console.print(t)

@@ -58,6 +58,12 @@ class DropReason(StrEnum):
     REASSEMBLY_TIMEOUT = "reassembly-timeout"
     REASSEMBLY_INVALID = "reassembly-invalid"
     REASSEMBLY_TABLE_FULL = "reassembly-table-full"
+    # NAT
+    CONNTRACK_FULL = "conntrack-table-full"
+    NAT_PORTS_EXHAUSTED = "nat-ports-exhausted"
+    NAT_ICMP_UNMATCHED = "nat-icmp-unmatched"
+    NAT_FRAGMENT_UNMATCHED = "nat-fragment-unmatched"
+    NAT_INVALID = "nat-invalid"
     # The last resort: a bug, caught so that one packet cannot stop the router.
     INTERNAL_ERROR = "internal-error"
 

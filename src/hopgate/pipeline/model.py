@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from hopgate.pipeline.conntrack import Timeouts
 from hopgate.pipeline.ratelimit import IcmpRateSettings
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -64,9 +65,41 @@ class ReassemblySettings:
 
 
 @dataclass(frozen=True)
+class SnatSpec:
+    """Packets from ``inside`` leaving by ``interface`` take an address of
+    ``pool``, or of the interface itself when the pool is empty (masquerade)."""
+
+    inside: tuple[IPNetwork, ...]
+    interface: str
+    pool: tuple[IPAddress, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnatSpec:
+    """Packets to ``published`` (and ``published_port``, if given) go to
+    ``inside`` (and ``inside_port``; the same port if not given)."""
+
+    protocol: str  # "tcp", "udp", or "all" (no ports: TCP, UDP and ICMP echo)
+    published: IPAddress
+    inside: IPAddress
+    published_port: int | None = None
+    inside_port: int | None = None
+
+
+@dataclass(frozen=True)
+class NatSpec:
+    snat: tuple[SnatSpec, ...] = ()
+    dnat: tuple[DnatSpec, ...] = ()
+    max_connections: int = 65536  # net.netfilter.nf_conntrack_max
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    seed: int = 0  # for port choice: tests pass a fixed one
+
+
+@dataclass(frozen=True)
 class RouterSpec:
     ports: tuple[PortSpec, ...]
     routes: tuple[RouteSpec, ...] = ()
     icmp: IcmpRateSettings = field(default_factory=IcmpRateSettings)
     neighbour: NeighbourSettings = field(default_factory=NeighbourSettings)
     reassembly: ReassemblySettings = field(default_factory=ReassemblySettings)
+    nat: NatSpec | None = None

@@ -37,6 +37,10 @@ class Port:
     link_local: int
     # IPv6 multicast groups this port listens to: all-nodes, all-routers, solicited-node.
     v6_groups: frozenset[int] = field(default_factory=frozenset)
+    # Every address the port answers ARP / Neighbor Discovery for: its own, and
+    # extra host addresses on its subnets (NAT pools, published addresses).
+    v4_owned: frozenset[int] = field(default_factory=frozenset)
+    v6_owned: frozenset[int] = field(default_factory=frozenset)
 
 
 def _ifaddr(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> IfAddr:
@@ -51,12 +55,15 @@ def _ifaddr(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> IfAddr:
     return IfAddr(a, plen, net, m, bcast)
 
 
-def build_port(index: int, spec: PortSpec) -> Port:
+def build_port(
+    index: int, spec: PortSpec, extra: tuple[int, ...] = (), extra6: tuple[int, ...] = ()
+) -> Port:
     v4 = tuple(_ifaddr(i) for i in spec.addresses if i.version == A.V4)
     v6 = tuple(_ifaddr(i) for i in spec.addresses if i.version == A.V6)
     link_local = A.v6_link_local_from_mac(spec.mac)
     groups = {A.V6_ALL_NODES, A.V6_ALL_ROUTERS, A.v6_solicited_node(link_local)}
     groups.update(A.v6_solicited_node(x.addr) for x in v6)
+    groups.update(A.v6_solicited_node(x) for x in extra6)
     link_mtu = max(spec.link_mtu or spec.mtu, spec.mtu)
     return Port(
         index=index,
@@ -68,6 +75,8 @@ def build_port(index: int, spec: PortSpec) -> Port:
         v6=v6,
         link_local=link_local,
         v6_groups=frozenset(groups),
+        v4_owned=frozenset(a.addr for a in v4) | frozenset(extra),
+        v6_owned=frozenset(a.addr for a in v6) | frozenset(extra6),
     )
 
 
@@ -85,11 +94,12 @@ class LocalAddresses:
         self.v6_link_local: set[tuple[int, int]] = set()
         for p in ports:
             for a in p.v4:
-                self.v4.setdefault(a.addr, p.index)
                 if a.broadcast:
                     self.v4_broadcast.add(a.broadcast)
-            for a in p.v6:
-                self.v6.setdefault(a.addr, p.index)
+            for x in sorted(p.v4_owned):
+                self.v4.setdefault(x, p.index)
+            for x in sorted(p.v6_owned):
+                self.v6.setdefault(x, p.index)
             self.v6_link_local.add((p.index, p.link_local))
             for a in p.v6:
                 if A.v6_is_link_local(a.addr):

@@ -4,11 +4,13 @@ addresses, and resolving next hops through the shared neighbour table."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from hopgate.packet import addr as A
 from hopgate.packet import arp, ethernet, icmp4, icmp6, ipv6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.conntrack import Conn
 from hopgate.pipeline.emit import Emitter
 from hopgate.pipeline.icmp import IcmpOut, reply_l2
 from hopgate.pipeline.model import NeighbourSettings
@@ -35,6 +37,8 @@ class _Resolver(ABC):
         self._emit = emit
         self._icmp = icmp
         self.table = NeighbourTable(self.version, settings, timers, self)
+        # Set when NAT is on: undoes a translation on a copy of a packet.
+        self.restore: Callable[[bytearray, int, Conn, int], None] | None = None
 
     @abstractmethod
     def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
@@ -52,7 +56,11 @@ class _Resolver(ABC):
             error, icmp_type, code = self._icmp.error_v4, icmp4.DEST_UNREACH, icmp4.HOST_UNREACH
         else:
             error, icmp_type, code = self._icmp.error_v6, icmp6.DEST_UNREACH, icmp6.ADDR_UNREACH
-        error(item.frame, item.l3, item.in_port, item.in_mac, icmp_type, code, 0, now, out)
+        frame = item.frame
+        if item.nat is not None and self.restore is not None:
+            frame = bytearray(frame)
+            self.restore(frame, item.l3, *item.nat)
+        error(frame, item.l3, item.in_port, item.in_mac, icmp_type, code, 0, now, out)
 
 
 class ArpResolver(_Resolver):
@@ -75,7 +83,7 @@ class ArpResolver(_Resolver):
             self._emit.drop(port, DropReason.ARP_MALFORMED, out)
             return
         p = self._ports[port]
-        target_is_ours = any(a.addr == msg.tpa for a in p.v4)
+        target_is_ours = msg.tpa in p.v4_owned
         # Learn only senders on this link's subnets: an ARP packet must not
         # install a next hop for an address that is not a neighbour.
         if msg.spa and any(a.contains(msg.spa) for a in p.v4):
@@ -120,7 +128,7 @@ class NdResolver(_Resolver):
         self._emit.transmit(port, frame, out)
 
     def _owns(self, p: Port, target: int) -> bool:
-        return target == p.link_local or any(a.addr == target for a in p.v6)
+        return target == p.link_local or target in p.v6_owned
 
     def solicitation(
         self,

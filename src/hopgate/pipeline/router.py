@@ -6,16 +6,18 @@ Pure: no sockets, no clock.  The I/O layer calls ``process`` for each frame and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
 from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.conntrack import Conn
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
 from hopgate.pipeline.icmp import IcmpOut
 from hopgate.pipeline.local import LocalDelivery
 from hopgate.pipeline.model import RouterSpec
+from hopgate.pipeline.nat import Nat, Plan
 from hopgate.pipeline.neighbours import Pending
 from hopgate.pipeline.ports import LocalAddresses, Port, build_port
 from hopgate.pipeline.ratelimit import IcmpRateLimiter
@@ -39,7 +41,10 @@ _IPV6_CHECK = ipv6.check
 class Router:
     def __init__(self, spec: RouterSpec, now: float = 0.0) -> None:
         self.spec = spec
-        self.ports: list[Port] = [build_port(i, p) for i, p in enumerate(spec.ports)]
+        extra = _nat_host_addresses(spec)
+        self.ports: list[Port] = [
+            build_port(i, p, extra[i][A.V4], extra[i][A.V6]) for i, p in enumerate(spec.ports)
+        ]
         self.port_by_name = {p.name: p.index for p in self.ports}
         if len(self.port_by_name) != len(self.ports):
             raise ValueError("two ports have the same name")
@@ -56,6 +61,10 @@ class Router:
         self.routes4 = RouteTable(A.V4)
         self.routes6 = RouteTable(A.V6)
         self._install_routes(spec)
+        self.nat: Nat | None = None
+        if spec.nat is not None:
+            self.nat = Nat(spec.nat, self.ports, self.port_by_name, self.timers, now)
+            self.arp.restore = self.nd.restore = self.nat.restore
 
     # -- set-up ----------------------------------------------------------------
 
@@ -168,14 +177,23 @@ class Router:
         if top in _MARTIAN_TOP or top >= 224 or src in local.v4_not_source:
             self.emit.drop(port, DropReason.MARTIAN_SOURCE, out)
             return
-        if dst in local.v4:
+        plan = None
+        if self.nat is not None:
+            got = self.nat.inbound(A.V4, frame, l3, l3 + total, src, dst, now)
+            if isinstance(got, DropReason):
+                self.emit.drop(port, got, out)
+                return
+            plan = got
+        if plan is None and dst in local.v4:
             self.delivery.ipv4(frame, port, l3, src, dst, now, out)
             return
         top = dst >> 24
         if top >= 224 or top in _MARTIAN_TOP or dst in local.v4_broadcast or frame[0] & 1:
             self._ipv4_not_forwarded(port, dst, out)
             return
-        self._forward_v4(frame, port, l3, src, dst, total, frag, ttl, now, out)
+        if plan is not None:
+            dst = plan.route_dst
+        self._forward_v4(frame, port, l3, src, dst, total, frag, ttl, now, out, plan)
 
     def _ipv4_not_forwarded(self, port: int, dst: int, out: list[Action]) -> None:
         if dst in self.local.v4_broadcast:
@@ -201,6 +219,7 @@ class Router:
         ttl: int,
         now: float,
         out: list[Action],
+        plan: Plan | None = None,
     ) -> None:
         route = self.routes4.lookup(dst)
         if route is None:
@@ -228,6 +247,14 @@ class Router:
                 egress.mtu, now, out,
             )  # fmt: skip
             return
+        nat = None
+        if self.nat is not None:
+            translated = self._translate(
+                A.V4, frame, l3, end, src, dst, egress, port, plan, now, out
+            )
+            if translated is False:
+                return
+            nat = translated
         self.counters.forwarded[port] += 1
         ipv4.decrement_ttl(frame, l3)
         if total > egress.mtu:
@@ -235,10 +262,10 @@ class Router:
             self.counters.fragments_created += len(pieces)
             for piece in pieces:
                 self._to_neighbour(
-                    bytearray(frame[:l3]) + piece, l3, port, egress, nh, dst, 4, now, out
+                    bytearray(frame[:l3]) + piece, l3, port, egress, nh, dst, 4, now, out, nat
                 )
             return
-        self._to_neighbour(frame, l3, port, egress, nh, dst, 4, now, out)
+        self._to_neighbour(frame, l3, port, egress, nh, dst, 4, now, out, nat)
 
     def _flow_v4(self, frame: Frame, l3: int, src: int, dst: int) -> int:
         proto = frame[l3 + ipv4.OFF_PROTO]
@@ -287,7 +314,14 @@ class Router:
             else:
                 self.emit.drop(port, DropReason.MULTICAST_NOT_ROUTED, out)
             return
-        if self.local.is_v6_local(port, dst):
+        plan = None
+        if self.nat is not None:
+            got = self.nat.inbound(A.V6, frame, l3, end, src, dst, now)
+            if isinstance(got, DropReason):
+                self.emit.drop(port, got, out)
+                return
+            plan = got
+        if plan is None and self.local.is_v6_local(port, dst):
             self.delivery.ipv6(frame, port, l3, end, src, dst, now, out, multicast=False)
             return
         if src == 0 or src in self.local.v6:
@@ -302,7 +336,9 @@ class Router:
         if frame[0] & 1:
             self.emit.drop(port, DropReason.L2_BROADCAST_NOT_FORWARDED, out)
             return
-        self._forward_v6(frame, port, l3, end, src, dst, now, out)
+        if plan is not None:
+            dst = plan.route_dst
+        self._forward_v6(frame, port, l3, end, src, dst, now, out, plan)
 
     def _forward_v6(
         self,
@@ -314,6 +350,7 @@ class Router:
         dst: int,
         now: float,
         out: list[Action],
+        plan: Plan | None = None,
     ) -> None:
         # The order of checks is Linux's (ip6_forward): route, hop limit, scope, MTU.
         route = self.routes6.lookup(dst)
@@ -351,9 +388,17 @@ class Router:
                 frame, l3, port, frame[6:12], icmp6.PACKET_TOO_BIG, 0, egress.mtu, now, out
             )
             return
+        nat = None
+        if self.nat is not None:
+            translated = self._translate(
+                A.V6, frame, l3, end, src, dst, egress, port, plan, now, out
+            )
+            if translated is False:
+                return
+            nat = translated
         self.counters.forwarded[port] += 1
         frame[l3 + ipv6.OFF_HOP_LIMIT] = hop_limit - 1
-        self._to_neighbour(frame, l3, port, egress, nh, dst, 6, now, out)
+        self._to_neighbour(frame, l3, port, egress, nh, dst, 6, now, out, nat)
 
     def _flow_v6(self, frame: Frame, l3: int, end: int, src: int, dst: int) -> int:
         chain = ipv6.walk(frame, l3, end)
@@ -382,6 +427,41 @@ class Router:
                 return flow_hash(proto, src, ident, dst, ident)
         return flow_hash(proto, src, 0, dst, 0)
 
+    # -- NAT -------------------------------------------------------------------------
+
+    def _translate(
+        self,
+        version: int,
+        frame: Frame,
+        l3: int,
+        end: int,
+        src: int,
+        dst: int,
+        egress: Port,
+        port: int,
+        plan: Plan | None,
+        now: float,
+        out: list[Action],
+    ) -> Literal[False] | tuple[Conn, int] | None:
+        """Translate a packet that passed every check and is about to leave.
+        Returns the connection and direction it was translated for (None if it
+        needed no translation), or False when NAT dropped it."""
+        nat = self.nat
+        assert nat is not None
+        if plan is None:
+            got = nat.outbound(version, frame, l3, end, src, dst, egress.index)
+            if isinstance(got, DropReason):
+                self.emit.drop(port, got, out)
+                return False
+            if got is None:
+                return None
+            plan = got
+        done = nat.apply(plan, frame, l3, end, now)
+        if isinstance(done, DropReason):
+            self.emit.drop(port, done, out)
+            return False
+        return done
+
     # -- to the next hop -----------------------------------------------------------
 
     def _to_neighbour(
@@ -395,6 +475,7 @@ class Router:
         version: int,
         now: float,
         out: list[Action],
+        nat: tuple[Conn, int] | None = None,
     ) -> None:
         """Send a forwarded packet to its next hop, or queue it until the next hop answers."""
         table = self.arp.table if version == A.V4 else self.nd.table
@@ -409,7 +490,7 @@ class Router:
         # error goes back to it.
         in_mac = bytes(frame[6:12])
         frame[6:12] = egress.mac
-        pending = Pending(frame, l3, in_port, in_mac)
+        pending = Pending(frame, l3, in_port, in_mac, nat)
         dropped = table.enqueue(egress.index, gateway, pending, now, out)
         if dropped is not None:
             self.emit.drop(in_port, dropped, out)
@@ -480,4 +561,23 @@ class Router:
             },
             "icmp_rate_limit_destinations": len(self.limiter),
             "timers": len(self.timers),
+            "nat": self.nat.state() if self.nat is not None else None,
         }
+
+
+def _nat_host_addresses(spec: RouterSpec) -> list[dict[int, tuple[int, ...]]]:
+    """For each port, the NAT addresses (pools, published addresses) that are not
+    its own but lie on its subnets: it answers ARP / ND for them."""
+    extra: list[dict[int, list[int]]] = [{A.V4: [], A.V6: []} for _ in spec.ports]
+    if spec.nat is not None:
+        wanted = [a for s in spec.nat.snat for a in s.pool] + [d.published for d in spec.nat.dnat]
+        for a in wanted:
+            for i, p in enumerate(spec.ports):
+                own = [x for x in p.addresses if x.version == a.version]
+                if any(a == x.ip for x in own):
+                    break
+                if any(a in x.network for x in own):
+                    if int(a) not in extra[i][a.version]:
+                        extra[i][a.version].append(int(a))
+                    break
+    return [{v: tuple(addrs) for v, addrs in e.items()} for e in extra]

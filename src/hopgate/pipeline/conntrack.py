@@ -1,0 +1,256 @@
+"""Connection tracking for translated flows (the state netfilter keeps in nf_conntrack).
+
+A connection is known by two keys: the tuple of its first packet as it arrived
+(``orig``) and the tuple its replies will arrive with after translation
+(``reply``).  A tuple is (family, protocol, source, source port, destination,
+destination port); for ICMP echo the identifier is the source port of a request
+and the destination port of a reply, so that a reply's tuple is the reverse of
+its request's.
+
+Timeouts are Linux's defaults (net.netfilter.nf_conntrack_*_timeout).  Expiry
+runs on timers: each connection has one pending timer; a packet only moves the
+connection's deadline, and the timer, when it fires early, re-arms itself for
+the new deadline.  Nothing ever scans the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from hopgate.packet import l4
+from hopgate.pipeline.actions import Action
+from hopgate.pipeline.timers import Timers
+
+ORIG = 0
+REPLY = 1
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMPV6 = 58
+
+Tuple = tuple[int, int, int, int, int, int]  # family, proto, src, sport, dst, dport
+
+
+def reverse(t: Tuple) -> Tuple:
+    return (t[0], t[1], t[4], t[5], t[2], t[3])
+
+
+class TcpState(IntEnum):
+    NONE = 0
+    SYN_SENT = 1
+    SYN_RECV = 2
+    ESTABLISHED = 3
+    FIN_WAIT = 4
+    CLOSE_WAIT = 5
+    LAST_ACK = 6
+    TIME_WAIT = 7
+    CLOSE = 8
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds, with Linux's defaults."""
+
+    tcp_syn_sent: float = 120
+    tcp_syn_recv: float = 60
+    tcp_established: float = 432000
+    tcp_fin_wait: float = 120
+    tcp_close_wait: float = 60
+    tcp_last_ack: float = 30
+    tcp_time_wait: float = 120
+    tcp_close: float = 10
+    udp: float = 30  # unreplied
+    udp_stream: float = 120  # replied
+    icmp: float = 30
+    generic: float = 600
+
+    def tcp(self, state: TcpState) -> float:
+        return {
+            TcpState.SYN_SENT: self.tcp_syn_sent,
+            TcpState.SYN_RECV: self.tcp_syn_recv,
+            TcpState.ESTABLISHED: self.tcp_established,
+            TcpState.FIN_WAIT: self.tcp_fin_wait,
+            TcpState.CLOSE_WAIT: self.tcp_close_wait,
+            TcpState.LAST_ACK: self.tcp_last_ack,
+            TcpState.TIME_WAIT: self.tcp_time_wait,
+            TcpState.CLOSE: self.tcp_close,
+        }.get(state, self.generic)
+
+
+class Translation(NamedTuple):
+    """What a connection's original-direction packets become (t_*)."""
+
+    src: int
+    sport: int
+    dst: int
+    dport: int
+
+
+class Conn:
+    __slots__ = (
+        "assured",
+        "bytes",
+        "created",
+        "expires",
+        "fin_from",
+        "key_orig",
+        "key_reply",
+        "mapping",
+        "packets",
+        "state",
+        "to",
+    )
+
+    def __init__(self, orig: Tuple, to: Translation, now: float) -> None:
+        self.key_orig = orig
+        self.to = to
+        fam, proto = orig[0], orig[1]
+        self.key_reply: Tuple = (fam, proto, to.dst, to.dport, to.src, to.sport)
+        self.state = TcpState.NONE
+        self.assured = False
+        self.fin_from = -1  # the direction that sent the first FIN
+        self.created = now
+        self.expires = now
+        self.packets = [0, 0]
+        self.bytes = [0, 0]
+        # The source mapping this connection holds (released when it expires).
+        self.mapping: object | None = None
+
+    @property
+    def family(self) -> int:
+        return self.key_orig[0]
+
+    @property
+    def proto(self) -> int:
+        return self.key_orig[1]
+
+    def rewrite_for(self, direction: int) -> tuple[int, int, int, int]:
+        """(src, sport, dst, dport) a packet of ``direction`` leaves with."""
+        o = self.key_orig
+        t = self.to
+        if direction == ORIG:
+            return t.src, t.sport, t.dst, t.dport
+        return o[4], o[5], o[2], o[3]
+
+    def arrives_as(self, direction: int) -> Tuple:
+        return self.key_orig if direction == ORIG else self.key_reply
+
+
+def tcp_next(state: TcpState, direction: int, flags: int, fin_from: int) -> tuple[TcpState, int]:
+    """The next TCP state after a segment with ``flags`` in ``direction`` (a
+    simplification of Linux's tcp_conntracks table: states from flags, no
+    sequence-window checks).  Returns (state, direction of the first FIN)."""
+    if flags & l4.TCP_RST:
+        return TcpState.CLOSE, fin_from
+    syn, ack, fin = flags & l4.TCP_SYN, flags & l4.TCP_ACK, flags & l4.TCP_FIN
+    if syn and not ack:
+        if state in (TcpState.NONE, TcpState.SYN_SENT):
+            return TcpState.SYN_SENT, -1
+        if state in (TcpState.TIME_WAIT, TcpState.CLOSE) and direction == ORIG:
+            return TcpState.SYN_SENT, -1  # the port is reused: a new connection
+        return state, fin_from
+    if syn and ack:
+        if state == TcpState.SYN_SENT and direction == REPLY:
+            return TcpState.SYN_RECV, fin_from
+        return state, fin_from
+    if state == TcpState.NONE:
+        # Picked up in mid-stream (nf_conntrack_tcp_loose, Linux's default).
+        state = TcpState.ESTABLISHED
+    if fin:
+        if state in (TcpState.SYN_RECV, TcpState.ESTABLISHED):
+            return TcpState.FIN_WAIT, direction
+        if state in (TcpState.FIN_WAIT, TcpState.CLOSE_WAIT) and direction != fin_from:
+            return TcpState.LAST_ACK, fin_from
+        return state, fin_from
+    if ack:
+        if state == TcpState.SYN_RECV and direction == ORIG:
+            return TcpState.ESTABLISHED, fin_from
+        if state == TcpState.FIN_WAIT and direction != fin_from:
+            return TcpState.CLOSE_WAIT, fin_from
+        if state == TcpState.LAST_ACK and direction == fin_from:
+            return TcpState.TIME_WAIT, fin_from
+    return state, fin_from
+
+
+Released = Callable[[Conn], None]
+
+
+class ConnTable:
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        max_connections: int,
+        timers: Timers,
+        released: Released,
+    ) -> None:
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self._timers = timers
+        self._released = released
+        self._by_key: dict[Tuple, tuple[Conn, int]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def lookup(self, key: Tuple) -> tuple[Conn, int] | None:
+        return self._by_key.get(key)
+
+    def full(self) -> bool:
+        return self._count >= self.max_connections
+
+    def insert(self, conn: Conn, now: float) -> None:
+        self._by_key[conn.key_orig] = (conn, ORIG)
+        self._by_key[conn.key_reply] = (conn, REPLY)
+        self._count += 1
+        self._arm(conn, conn.expires)
+
+    def taken(self, key: Tuple) -> bool:
+        return key in self._by_key
+
+    def seen(self, conn: Conn, direction: int, size: int, tcp_flags: int, now: float) -> None:
+        """Account a packet of ``conn`` and move its state and deadline."""
+        conn.packets[direction] += 1
+        conn.bytes[direction] += size
+        t = self.timeouts
+        proto = conn.key_orig[1]
+        if proto == PROTO_TCP:
+            conn.state, conn.fin_from = tcp_next(conn.state, direction, tcp_flags, conn.fin_from)
+            if conn.state == TcpState.ESTABLISHED:
+                conn.assured = True
+            conn.expires = now + t.tcp(conn.state)
+        elif proto == PROTO_UDP:
+            if direction == REPLY:
+                conn.assured = True
+            conn.expires = now + (t.udp_stream if conn.assured else t.udp)
+        elif proto in (PROTO_ICMP, PROTO_ICMPV6):
+            if direction == REPLY:
+                conn.assured = True
+            conn.expires = now + t.icmp
+        else:
+            conn.expires = now + t.generic
+
+    def _arm(self, conn: Conn, deadline: float) -> None:
+        def fire(now: float, out: list[Action]) -> None:
+            if self._by_key.get(conn.key_orig, (None, 0))[0] is not conn:
+                return
+            if now < conn.expires:
+                self._arm(conn, conn.expires)
+                return
+            self.remove(conn)
+
+        self._timers.call_at(deadline, fire)
+
+    def remove(self, conn: Conn) -> None:
+        if self._by_key.get(conn.key_orig, (None, 0))[0] is conn:
+            del self._by_key[conn.key_orig]
+            self._by_key.pop(conn.key_reply, None)
+            self._count -= 1
+            self._released(conn)
+
+    def connections(self) -> list[Conn]:
+        return [c for c, d in self._by_key.values() if d == ORIG]

@@ -1,0 +1,570 @@
+"""Source and destination NAT for IPv4 and IPv6 (ICMP-BEHAVIOUR section 3).
+
+- SNAT ("masquerade" when no pool is given): flows from inside prefixes leaving
+  an interface take an outside address and port.  Mappings are
+  endpoint-independent (RFC 4787 REQ-1, RFC 5382 REQ-1): an inside endpoint keeps
+  one outside endpoint whatever it talks to, and keeps its own port when that is
+  free.  The outside address is chosen by the inside address, so a host always
+  appears from the same one (REQ-2, "paired").  Filtering is address-and-port
+  dependent: only replies come back in, as with nftables masquerade.
+- DNAT: flows to a published address (and port) go to an inside address (and port).
+- Hairpinning (REQ-9): an inside host reaching a published endpoint, or another
+  inside host's outside mapping, is translated both ways.
+- ICMP echo identifiers are mapped like ports.  ICMP errors are translated by
+  the packet they quote (RFC 5508): the quote restored to what its sender sent,
+  the outer header to match, never creating a mapping; an error that matches no
+  connection but is about a translated address is dropped and counted.
+
+The router asks three things: ``inbound`` (is this packet part of, or does it
+start, a translated flow?), ``outbound`` (once routed: does leaving by this
+interface need a source translation?), and ``apply`` (the packet passed every
+check and leaves: commit the connection and rewrite the packet).  Connections are
+only committed by ``apply``, so a packet dropped on the way (a traceroute probe
+whose TTL runs out here) leaves no state behind.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, OrderedDict
+from struct import Struct
+from typing import NamedTuple
+
+from hopgate.packet import addr as A
+from hopgate.packet import checksum as cs
+from hopgate.packet import flows, icmp6, ipv4, ipv6, l4, rewrite
+from hopgate.packet.types import Buffer
+from hopgate.pipeline.actions import DropReason
+from hopgate.pipeline.conntrack import (
+    ORIG,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Conn,
+    ConnTable,
+    Translation,
+    Tuple,
+)
+from hopgate.pipeline.model import NatSpec
+from hopgate.pipeline.ports import Port
+from hopgate.pipeline.timers import Timers
+
+_U16 = Struct("!H")
+MAX_FRAGMENT_FLOWS = 4096
+FRAGMENT_TIMEOUT = 30.0  # as ipfrag_time
+PORT_TRIES = 64  # random picks before a linear search for a free port
+
+
+class SnatRule(NamedTuple):
+    family: int
+    prefixes: tuple[tuple[int, int], ...]  # (network, mask)
+    port: int  # egress port index
+    pool: tuple[int, ...]  # outside addresses
+
+    def covers(self, a: int) -> bool:
+        return any(a & m == n for n, m in self.prefixes)
+
+
+class DnatRule(NamedTuple):
+    family: int
+    proto: int  # 0: TCP, UDP and ICMP echo
+    addr: int
+    port: int  # 0: any
+    to_addr: int
+    to_port: int  # 0: the same port
+
+
+class Mapping:
+    """One inside endpoint's outside endpoint (RFC 4787 endpoint-independent)."""
+
+    __slots__ = ("inside", "outside", "refs")
+
+    def __init__(self, inside: Tuple, outside: Tuple) -> None:
+        self.inside = inside  # (family, proto, address, port, 0, 0)
+        self.outside = outside
+        self.refs = 0
+
+
+class Plan:
+    """How a packet is translated; decided before the router's checks, carried out after."""
+
+    __slots__ = ("conn", "direction", "flow", "inner", "key", "kind", "route_dst", "snat", "to")
+
+    def __init__(
+        self,
+        kind: int,
+        flow: flows.Flow,
+        route_dst: int,
+        *,
+        conn: Conn | None = None,
+        direction: int = ORIG,
+        key: Tuple | None = None,
+        to: Translation | None = None,
+        snat: SnatRule | None = None,
+        inner: tuple[int, flows.Flow] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.flow = flow
+        self.route_dst = route_dst  # the destination the packet will have
+        self.conn = conn  # None: a new connection, created by apply()
+        self.direction = direction
+        self.key = key  # a new connection's original tuple
+        self.to = to  # a new connection's destination translation (DNAT, hairpin)
+        self.snat = snat  # a new connection's source translation, chosen in apply()
+        self.inner = inner  # ICMP error: (offset of the quoted IP header, its flow)
+
+
+def _fragment_ident(version: int, buf: Buffer, l3: int, end: int) -> int | None:
+    if version == A.V4:
+        if ipv4.is_fragment(ipv4.frag_field(buf, l3)):
+            return int(_U16.unpack_from(buf, l3 + ipv4.OFF_ID)[0])
+        return None
+    fh = ipv6.fragment_header(buf, l3, end)
+    return fh.ident if fh is not None else None
+
+
+class Nat:
+    def __init__(
+        self,
+        spec: NatSpec,
+        ports: list[Port],
+        port_by_name: dict[str, int],
+        timers: Timers,
+        now: float = 0.0,
+    ) -> None:
+        self.spec = spec
+        self.counters: Counter[str] = Counter()
+        self.table = ConnTable(spec.timeouts, spec.max_connections, timers, self._released)
+        self._rng = random.Random(spec.seed)
+        self.snat: list[SnatRule] = []
+        self.dnat: list[DnatRule] = []
+        # Outside addresses: traffic to them is looked up here before the router
+        # takes it for its own.
+        self.addresses: dict[int, set[int]] = {A.V4: set(), A.V6: set()}
+        for s in spec.snat:
+            p = ports[port_by_name[s.interface]]
+            for fam in (A.V4, A.V6):
+                prefixes = tuple(
+                    (int(n.network_address), int(n.netmask)) for n in s.inside if n.version == fam
+                )
+                if not prefixes:
+                    continue
+                pool = tuple(int(a) for a in s.pool if a.version == fam)
+                if not pool:  # masquerade: the interface's own addresses
+                    pool = tuple(a.addr for a in (p.v4 if fam == A.V4 else p.v6))
+                if pool:
+                    self.snat.append(SnatRule(fam, prefixes, p.index, pool))
+                    self.addresses[fam].update(pool)
+        for d in spec.dnat:
+            proto = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "all": 0}[d.protocol]
+            fam = d.published.version
+            self.dnat.append(
+                DnatRule(
+                    fam,
+                    proto,
+                    int(d.published),
+                    d.published_port or 0,
+                    int(d.inside),
+                    d.inside_port or 0,
+                )
+            )
+            self.addresses[fam].add(int(d.published))
+        # Published endpoints no mapping may take.
+        self._reserved = {
+            (r.family, p, r.addr, r.port)
+            for r in self.dnat
+            for p in ((r.proto,) if r.proto else (PROTO_TCP, PROTO_UDP))
+            if r.port
+        }
+        self._reserved_addrs = {(r.family, r.addr) for r in self.dnat if not r.port}
+        self._by_inside: dict[Tuple, Mapping] = {}
+        self._by_outside: dict[Tuple, Mapping] = {}
+        self._fragments: OrderedDict[tuple[int, int, int, int, int], tuple[Conn, int, float]] = (
+            OrderedDict()
+        )
+
+    # -- what the router asks ------------------------------------------------------
+
+    def inbound(
+        self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, now: float
+    ) -> Plan | DropReason | None:
+        """A packet just arrived: part of a known connection, a new DNAT or hairpin
+        flow, an ICMP error about a translated flow, or none of NAT's business."""
+        flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
+        kind = flow.kind
+        if kind == flows.ERROR:
+            return self._error_plan(version, frame, flow, dst)
+        if kind == flows.LATER_FRAGMENT:
+            return self._fragment_plan(version, frame, l3, end, src, dst, flow, now)
+        if kind == flows.UNREADABLE:
+            return None
+        key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
+        hit = self.table.lookup(key)
+        if hit is not None:
+            conn, direction = hit
+            return Plan(kind, flow, conn.rewrite_for(direction)[2], conn=conn, direction=direction)
+        if dst not in self.addresses[version] or not self._may_start(kind, flow, frame):
+            return None
+        rule = self._dnat_rule(version, flow.proto, dst, flow.dport, kind)
+        if rule is not None:
+            to_port = rule.to_port or flow.dport
+            to = Translation(src, flow.sport, rule.to_addr, to_port)
+            return Plan(
+                kind, flow, rule.to_addr, key=key, to=to, snat=self._inside_rule(version, src)
+            )
+        if kind == flows.PORTS:
+            # Hairpinning: an inside host reaching another's outside mapping.
+            m = self._by_outside.get((version, flow.proto, dst, flow.dport, 0, 0))
+            snat = self._inside_rule(version, src)
+            if m is not None and snat is not None:
+                to = Translation(src, flow.sport, m.inside[2], m.inside[3])
+                return Plan(kind, flow, m.inside[2], key=key, to=to, snat=snat)
+        return None
+
+    def outbound(
+        self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, egress: int
+    ) -> Plan | DropReason | None:
+        """A routed packet with no translation yet is about to leave by ``egress``."""
+        rule = None
+        for r in self.snat:
+            if r.port == egress and r.family == version and r.covers(src):
+                rule = r
+                break
+        if rule is None:
+            return None
+        flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
+        # Whatever leaves by a translating interface from inside is translated or
+        # dropped: never leaked with its inside address.
+        if flow.kind == flows.ERROR:
+            return DropReason.NAT_ICMP_UNMATCHED
+        if flow.kind == flows.LATER_FRAGMENT:
+            return DropReason.NAT_FRAGMENT_UNMATCHED
+        if flow.kind == flows.UNREADABLE or not self._may_start(flow.kind, flow, frame):
+            return DropReason.NAT_INVALID
+        key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
+        return Plan(flow.kind, flow, dst, key=key, snat=rule)
+
+    def apply(
+        self, plan: Plan, frame: bytearray | memoryview, l3: int, end: int, now: float
+    ) -> tuple[Conn, int] | DropReason | None:
+        """The packet leaves: commit a new connection, account, and rewrite it.
+        Returns the connection and direction it was translated for (None for an
+        ICMP error, which has no direction of its own), or why it is dropped."""
+        version = A.V4 if frame[l3] >> 4 == 4 else A.V6
+        if plan.kind == flows.ERROR:
+            self._translate_error(version, plan, frame, l3, end)
+            self.counters["icmp-errors-translated"] += 1
+            return None
+        conn = plan.conn
+        if conn is None:
+            made = self._commit(plan, now)
+            if isinstance(made, DropReason):
+                return made
+            conn = made
+        direction = plan.direction
+        flags = 0
+        flow = plan.flow
+        if flow.proto == PROTO_TCP and flow.kind == flows.PORTS and flow.at + 14 <= end:
+            flags = l4.tcp_flags(frame, flow.at)
+        self.table.seen(conn, direction, end - l3, flags, now)
+        arrived = conn.arrives_as(direction)
+        src, sport, dst, dport = conn.rewrite_for(direction)
+        if version == A.V4:
+            old, new = rewrite.ipv4_addresses(frame, l3, src, dst)
+        else:
+            old, new = rewrite.ipv6_addresses(frame, l3, src, dst)
+        if flow.kind != flows.LATER_FRAGMENT:
+            rewrite.transport(
+                frame, flow.at, end, flow.proto, old, new,
+                (arrived[3], sport) if arrived[3] != sport else None,
+                (arrived[5], dport) if arrived[5] != dport else None,
+            )  # fmt: skip
+            ident = _fragment_ident(version, frame, l3, end)
+            if ident is not None:  # a first fragment: its followers go the same way
+                self._remember_fragment(version, arrived, ident, conn, direction, now)
+        return conn, direction
+
+    # -- new connections -------------------------------------------------------------
+
+    @staticmethod
+    def _may_start(kind: int, flow: flows.Flow, frame: Buffer) -> bool:
+        """Whether a packet can open a connection: not an echo reply, not a TCP
+        segment with RST (Linux's conntrack calls those invalid)."""
+        if kind == flows.QUERY:
+            return flow.dport == 0  # a request: the identifier is the source port
+        if flow.proto == PROTO_TCP and flow.at + 14 <= flow.end:
+            return not l4.tcp_flags(frame, flow.at) & l4.TCP_RST
+        return True
+
+    def _dnat_rule(
+        self, version: int, proto: int, dst: int, dport: int, kind: int
+    ) -> DnatRule | None:
+        best = None
+        for r in self.dnat:
+            if r.family != version or r.addr != dst:
+                continue
+            if r.port:
+                if r.proto == proto and r.port == dport and kind == flows.PORTS:
+                    return r
+            elif r.proto in (0, proto) and kind in (flows.PORTS, flows.QUERY):
+                best = r
+        return best
+
+    def _inside_rule(self, version: int, src: int) -> SnatRule | None:
+        for r in self.snat:
+            if r.family == version and r.covers(src):
+                return r
+        return None
+
+    def _commit(self, plan: Plan, now: float) -> Conn | DropReason:
+        table = self.table
+        if table.full():
+            return DropReason.CONNTRACK_FULL
+        key = plan.key
+        assert key is not None
+        fam, proto, src, sport, dst, dport = key
+        to = plan.to or Translation(src, sport, dst, dport)
+        mapping = None
+        if plan.snat is not None:
+            if plan.flow.kind == flows.OTHER:
+                # No ports: the address alone, if the reply tuple is free.
+                out = plan.snat.pool[src % len(plan.snat.pool)]
+                to = Translation(out, 0, to.dst, to.dport)
+            else:
+                mapping = self._mapping(fam, proto, src, sport, plan.snat)
+                if mapping is None:
+                    return DropReason.NAT_PORTS_EXHAUSTED
+                to = Translation(mapping.outside[2], mapping.outside[3], to.dst, to.dport)
+        conn = Conn(key, to, now)
+        if table.taken(conn.key_reply) or table.taken(key):
+            if mapping is not None and mapping.refs == 0:
+                self._release_mapping(mapping)  # made for this connection only
+            return DropReason.NAT_PORTS_EXHAUSTED
+        if mapping is not None:
+            mapping.refs += 1
+            conn.mapping = mapping
+        table.insert(conn, now)
+        self.counters["connections-created"] += 1
+        return conn
+
+    def _mapping(
+        self, fam: int, proto: int, addr: int, port: int, rule: SnatRule
+    ) -> Mapping | None:
+        inside: Tuple = (fam, proto, addr, port, 0, 0)
+        m = self._by_inside.get(inside)
+        if m is not None:
+            return m
+        pool = rule.pool
+        first = (addr * 2654435761) % len(pool)  # the same inside address, the same outside one
+        for i in range(len(pool)):
+            out_addr = pool[(first + i) % len(pool)]
+            if (fam, out_addr) in self._reserved_addrs:
+                continue
+            out_port = self._free_port(fam, proto, out_addr, port)
+            if out_port is not None:
+                m = Mapping(inside, (fam, proto, out_addr, out_port, 0, 0))
+                self._by_inside[inside] = m
+                self._by_outside[m.outside] = m
+                self.counters["mappings-created"] += 1
+                return m
+        return None
+
+    def _free_port(self, fam: int, proto: int, addr: int, want: int) -> int | None:
+        def free(p: int) -> bool:
+            return (fam, proto, addr, p, 0, 0) not in self._by_outside and (
+                fam,
+                proto,
+                addr,
+                p,
+            ) not in self._reserved
+
+        if free(want):
+            return want  # the port kept (RFC 4787 REQ-3's port preservation)
+        # The same class of port as Linux chooses: echo identifiers anywhere;
+        # privileged ports among privileged ones; others from 1024 up.
+        if proto in (PROTO_ICMP, PROTO_ICMPV6):
+            low, high = 0, 65535
+        elif want < 512:
+            low, high = 1, 511
+        elif want < 1024:
+            low, high = 600, 1023
+        else:
+            low, high = 1024, 65535
+        for _ in range(PORT_TRIES):
+            p = self._rng.randint(low, high)
+            if free(p):
+                return p
+        start = self._rng.randint(low, high)
+        span = high - low + 1
+        for i in range(span):
+            p = low + (start - low + i) % span
+            if free(p):
+                return p
+        return None
+
+    def _released(self, conn: Conn) -> None:
+        self.counters["connections-expired"] += 1
+        m = conn.mapping
+        if isinstance(m, Mapping):
+            m.refs -= 1
+            if m.refs <= 0:
+                self._release_mapping(m)
+
+    def _release_mapping(self, m: Mapping) -> None:
+        if self._by_inside.get(m.inside) is m:
+            del self._by_inside[m.inside]
+            self._by_outside.pop(m.outside, None)
+
+    # -- fragments ---------------------------------------------------------------------
+
+    def _remember_fragment(
+        self, version: int, arrived: Tuple, ident: int, conn: Conn, direction: int, now: float
+    ) -> None:
+        key = (version, arrived[2], arrived[4], arrived[1], ident)
+        self._fragments[key] = (conn, direction, now + FRAGMENT_TIMEOUT)
+        self._fragments.move_to_end(key)
+        while len(self._fragments) > MAX_FRAGMENT_FLOWS:
+            self._fragments.popitem(last=False)
+
+    def _fragment_plan(
+        self,
+        version: int,
+        frame: Buffer,
+        l3: int,
+        end: int,
+        src: int,
+        dst: int,
+        flow: flows.Flow,
+        now: float,
+    ) -> Plan | DropReason | None:
+        ident = _fragment_ident(version, frame, l3, end)
+        if ident is None:
+            return None
+        hit = self._fragments.get((version, src, dst, flow.proto, ident))
+        if hit is None or hit[2] < now:
+            # Only our business if it is addressed to a translated address.
+            return DropReason.NAT_FRAGMENT_UNMATCHED if dst in self.addresses[version] else None
+        conn, direction, _ = hit
+        return Plan(
+            flows.LATER_FRAGMENT,
+            flow,
+            conn.rewrite_for(direction)[2],
+            conn=conn,
+            direction=direction,
+        )
+
+    # -- ICMP errors (RFC 5508) ----------------------------------------------------------
+
+    def _error_plan(
+        self, version: int, frame: Buffer, flow: flows.Flow, dst: int
+    ) -> Plan | DropReason | None:
+        inner = flow.at + 8
+        if version == A.V4:
+            if flow.end - inner < ipv4.HEADER_LEN or frame[inner] >> 4 != 4:
+                return None
+            iflow = flows.v4(frame, inner, flow.end)
+            isrc, idst = ipv4.addrs(frame, inner)
+        else:
+            if flow.end - inner < ipv6.HEADER_LEN or frame[inner] >> 4 != 6:
+                return None
+            iflow = flows.v6(frame, inner, flow.end)
+            isrc, idst = ipv6.src(frame, inner), ipv6.dst(frame, inner)
+        if iflow.kind not in (flows.PORTS, flows.QUERY, flows.OTHER):
+            return None
+        # The quote is a packet of the connection going the other way: its reverse
+        # is how this error's direction arrives.
+        hit = self.table.lookup((version, iflow.proto, idst, iflow.dport, isrc, iflow.sport))
+        if hit is None:
+            if isrc in self.addresses[version]:
+                return DropReason.NAT_ICMP_UNMATCHED
+            return None
+        conn, direction = hit
+        a_src = conn.rewrite_for(1 - direction)[0]
+        b = conn.arrives_as(1 - direction)
+        new_dst = b[2] if dst == a_src else dst
+        return Plan(
+            flows.ERROR, flow, new_dst, conn=conn, direction=direction, inner=(inner, iflow)
+        )
+
+    def _translate_error(
+        self, version: int, plan: Plan, frame: bytearray | memoryview, l3: int, end: int
+    ) -> None:
+        conn = plan.conn
+        assert conn is not None and plan.inner is not None
+        inner, iflow = plan.inner
+        quoted = 1 - plan.direction
+        a_src, a_sport, a_dst, a_dport = conn.rewrite_for(quoted)  # the quote as it left us
+        b = conn.arrives_as(quoted)  # as its sender sent it
+        b_src, b_sport, b_dst, b_dport = b[2], b[3], b[4], b[5]
+        # The quoted packet, back to what its sender sent.
+        if version == A.V4:
+            old, new = rewrite.ipv4_addresses(frame, inner, b_src, b_dst)
+            whole = inner + ipv4.total_len(frame, inner) <= iflow.end
+        else:
+            old, new = rewrite.ipv6_addresses(frame, inner, b_src, b_dst)
+            whole = inner + ipv6.HEADER_LEN + ipv6.payload_len(frame, inner) <= iflow.end
+        if iflow.kind != flows.OTHER:
+            # Its transport checksum only when the quote holds all of the segment
+            # (RFC 5508 and Linux leave a truncated one as it is).
+            rewrite.transport(
+                frame, iflow.at, iflow.end, iflow.proto, old, new,
+                (a_sport, b_sport) if a_sport != b_sport else None,
+                (a_dport, b_dport) if a_dport != b_dport else None,
+                checksum=whole,
+            )  # fmt: skip
+        # The outer header: the addresses that were the connection's.
+        if version == A.V4:
+            osrc, odst = ipv4.addrs(frame, l3)
+        else:
+            osrc, odst = ipv6.src(frame, l3), ipv6.dst(frame, l3)
+        new_src = b_dst if osrc == a_dst else osrc
+        new_dst = b_src if odst == a_src else odst
+        at = plan.flow.at
+        if version == A.V4:
+            rewrite.ipv4_addresses(frame, l3, new_src, new_dst)
+            frame[at + 2] = frame[at + 3] = 0
+            _U16.pack_into(frame, at + 2, cs.checksum(memoryview(frame)[at:end]))
+        else:
+            rewrite.ipv6_addresses(frame, l3, new_src, new_dst)
+            frame[at + 2] = frame[at + 3] = 0
+            _U16.pack_into(
+                frame, at + 2, icmp6.checksum(new_src, new_dst, memoryview(frame)[at:end])
+            )
+
+    # -- for status ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        return {
+            "connections": len(self.table),
+            "max_connections": self.table.max_connections,
+            "mappings": len(self._by_inside),
+            "fragment_flows": len(self._fragments),
+            "counters": dict(self.counters),
+        }
+
+    def connections(self) -> list[Conn]:
+        return self.table.connections()
+
+    def restore(self, frame: bytearray, l3: int, conn: Conn, direction: int) -> None:
+        """Undo the translation of a packet of ``conn`` (a copy of one that could
+        not be delivered), so that an error about it quotes what its sender sent."""
+        version = A.V4 if frame[l3] >> 4 == 4 else A.V6
+        if version == A.V4:
+            end = l3 + ipv4.total_len(frame, l3)
+            flow = flows.v4(frame, l3, end)
+        else:
+            end = l3 + ipv6.HEADER_LEN + ipv6.payload_len(frame, l3)
+            flow = flows.v6(frame, l3, end)
+        _, now_sport, _, now_dport = conn.rewrite_for(direction)
+        was = conn.arrives_as(direction)
+        if version == A.V4:
+            old, new = rewrite.ipv4_addresses(frame, l3, was[2], was[4])
+        else:
+            old, new = rewrite.ipv6_addresses(frame, l3, was[2], was[4])
+        if flow.kind in (flows.PORTS, flows.QUERY, flows.OTHER):
+            rewrite.transport(
+                frame, flow.at, end, flow.proto, old, new,
+                (now_sport, was[3]) if now_sport != was[3] else None,
+                (now_dport, was[5]) if now_dport != was[5] else None,
+            )  # fmt: skip
