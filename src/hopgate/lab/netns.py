@@ -268,6 +268,15 @@ class Lab:
             a.run("ethtool", "-K", a_if, *OFFLOADS_OFF)
             b.run("ethtool", "-K", b_if, *OFFLOADS_OFF)
 
+    def bridge(self, ns: Namespace, name: str, ports: Sequence[str]) -> None:
+        """A Linux bridge in ``ns`` joining ``ports`` (veth ends already there):
+        a switch for several hosts on one subnet.  Multicast snooping is off, so
+        Neighbor Discovery's multicast reaches every port."""
+        ns.run("ip", "link", "add", "name", name, "type", "bridge", "mcast_snooping", "0")
+        for port in ports:
+            ns.run("ip", "link", "set", port, "master", name)
+        ns.run("ip", "link", "set", name, "up")
+
     def note(self, **info: Any) -> None:
         """Keep facts about the lab (addresses, roles) in its record, for ``lab list``."""
         self._rec.info.update(info)

@@ -191,52 +191,16 @@ class RouterLab:
             self._start_servers()
         lab.note(topology="router", mode=self.mode, admin_socket=self.admin_socket)
 
-    def start_hopgate(self, timeout: float = 20.0) -> Process:
-        proc = self.gw.spawn(
-            "hopgate",
-            sys.executable,
-            "-m",
-            "hopgate",
-            "run",
-            "-c",
-            str(self.config_path),
-        )
-        self.hopgate = proc
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise LabError(f"hopgate exited at start:\n{proc.output()}")
-            try:
-                fetch_status(self.admin_socket)
-                return proc
-            except AdminError:
-                time.sleep(0.05)
-        raise LabError(
-            f"hopgate did not answer on {self.admin_socket} within {timeout}s:\n{proc.output()}"
-        )
+    def start_hopgate(self) -> Process:
+        self.hopgate = _start_hopgate(self.gw, self.config_path, self.admin_socket)
+        return self.hopgate
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
 
     def _start_servers(self) -> None:
-        www = self.lab.dir / "www"
-        www.mkdir()
-        with open(www / BIG_FILE, "wb") as f:
-            f.write(bytes(range(256)) * (10 * 1024 * 1024 // 256))
-        (www / "index.html").write_text("hello from the hopgate lab server\n")
-        self.server.spawn(
-            "http",
-            sys.executable,
-            "-m",
-            "http.server",
-            str(HTTP_PORT),
-            "--bind",
-            "::",
-            "--directory",
-            str(www),
-        )
+        _serve_http(self.lab, self.server, "www")
         self.server.spawn("iperf3", "iperf3", "-s")
-        _wait_for_listen(self.server, HTTP_PORT)
         _wait_for_listen(self.server, 5201)
 
     def close(self) -> None:
@@ -255,3 +219,210 @@ def _wait_for_listen(ns: Namespace, port: int, timeout: float = 10.0) -> None:
 
 def big_file_path(lab: RouterLab) -> Path:
     return lab.lab.dir / "www" / BIG_FILE
+
+
+# -- NAT ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NatAddresses:
+    inside1_4: str = "198.18.1.10"
+    inside2_4: str = "198.18.1.11"
+    inside1_6: str = "2001:2:0:1::10"
+    inside2_6: str = "2001:2:0:1::11"
+    gw_c4: str = "198.18.1.1"
+    gw_c6: str = "2001:2:0:1::1"
+    gw_u4: str = "198.18.2.1"  # the NAT's outside address
+    gw_u6: str = "2001:2:0:2::1"
+    r1_d4: str = "198.18.2.2"
+    r1_d6: str = "2001:2:0:2::2"
+    r1_s4: str = "198.18.3.1"
+    r1_s6: str = "2001:2:0:3::1"
+    server4: str = "198.18.3.10"
+    server6: str = "2001:2:0:3::10"
+    published_port: int = 8080  # on gw_u4 / gw_u6, to inside1 port 80
+
+
+NAT_ADDR = NatAddresses()
+OUTSIDE_MTU = 1400  # r1's link to the server
+
+
+def nat_config(admin_socket: str, extra: str = "") -> str:
+    a = NAT_ADDR
+    return f"""\
+# hopgate as a NAT: the inside hosts behind gw-c, translated to gw-u's addresses.
+[[interface]]
+name = "gw-c"
+addresses = ["{a.gw_c4}/24", "{a.gw_c6}/64"]
+
+[[interface]]
+name = "gw-u"
+addresses = ["{a.gw_u4}/24", "{a.gw_u6}/64"]
+
+[[route]]
+prefix = "0.0.0.0/0"
+via = ["{a.r1_d4}"]
+
+[[route]]
+prefix = "::/0"
+via = ["{a.r1_d6}"]
+
+[[nat.snat]]
+inside = ["198.18.1.0/24", "2001:2:0:1::/64"]
+interface = "gw-u"
+
+[[nat.dnat]]
+protocol = "tcp"
+published = "{a.gw_u4}:{a.published_port}"
+inside = "{a.inside1_4}:80"
+
+[[nat.dnat]]
+protocol = "tcp"
+published = "[{a.gw_u6}]:{a.published_port}"
+inside = "[{a.inside1_6}]:80"
+
+[admin]
+socket = "{admin_socket}"
+
+{LAB_ICMP}
+{extra}"""
+
+
+def nftables_nat() -> str:
+    """The same NAT in nftables, for the kernel reference."""
+    a = NAT_ADDR
+    rules = []
+    for family, ip, addr, inside, prefix in (
+        ("ip", "ip", a.gw_u4, f"{a.inside1_4}:80", "198.18.1.0/24"),
+        ("ip6", "ip6", a.gw_u6, f"[{a.inside1_6}]:80", "2001:2:0:1::/64"),
+    ):
+        rules.append(f"""\
+table {family} hgnat {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "gw-u" {ip} daddr {addr} tcp dport {a.published_port} dnat to {inside}
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "gw-u" {ip} saddr {prefix} masquerade
+  }}
+}}
+""")
+    return "".join(rules)
+
+
+class NatLab:
+    """inside1, inside2 (on a bridge) — gw — r1 — server, with gw either hopgate
+    as a NAT or the Linux kernel with nftables masquerade (``mode="kernel"``).
+    r1 knows no route to the inside: only translated traffic gets back.  r1's
+    link to the server has an MTU of 1400."""
+
+    def __init__(
+        self, mode: str = "hopgate", *, extra_config: str = "", servers: bool = True
+    ) -> None:
+        if mode not in ("hopgate", "kernel"):
+            raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
+        self.mode = mode
+        self.hopgate: Process | None = None
+        self.lab = Lab()
+        try:
+            self.admin_socket = str(self.lab.dir / "hopgate.sock")
+            self.config_path = self.lab.dir / "gateway.toml"
+            self._build(extra_config, servers)
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def __enter__(self) -> NatLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lab.close()
+
+    def ns(self, role: str) -> Namespace:
+        return self.lab.namespaces[role]
+
+    def _build(self, extra_config: str, servers: bool) -> None:
+        a = NAT_ADDR
+        lab = self.lab
+        in1, in2, lan, gw, r1, server = (
+            lab.namespace(r) for r in ("inside1", "inside2", "lan", "gw", "r1", "server")
+        )
+        lab.link(in1, "eth0", lan, "p1")
+        lab.link(in2, "eth0", lan, "p2")
+        lab.link(gw, "gw-c", lan, "p0")
+        lab.bridge(lan, "br0", ["p0", "p1", "p2"])
+        lab.link(gw, "gw-u", r1, "r1-d")
+        lab.link(r1, "r1-s", server, "eth0", mtu=OUTSIDE_MTU)
+        for ns, v4, v6 in ((in1, a.inside1_4, a.inside1_6), (in2, a.inside2_4, a.inside2_6)):
+            ns.address("eth0", f"{v4}/24", f"{v6}/64")
+            ns.route("default", a.gw_c4)
+            ns.route("default", a.gw_c6)
+        r1.set_sysctls(KERNEL_ROUTER)
+        r1.address("r1-d", f"{a.r1_d4}/24", f"{a.r1_d6}/64")
+        r1.address("r1-s", f"{a.r1_s4}/24", f"{a.r1_s6}/64")
+        server.address("eth0", f"{a.server4}/24", f"{a.server6}/64")
+        server.route("default", a.r1_s4)
+        server.route("default", a.r1_s6)
+        if self.mode == "kernel":
+            gw.set_sysctls(KERNEL_ROUTER)
+            gw.address("gw-c", f"{a.gw_c4}/24", f"{a.gw_c6}/64")
+            gw.address("gw-u", f"{a.gw_u4}/24", f"{a.gw_u6}/64")
+            gw.route("default", a.r1_d4)
+            gw.route("default", a.r1_d6)
+            gw.run("nft", "-f", "-", input=nftables_nat())
+        else:
+            self.config_path.write_text(nat_config(self.admin_socket, extra_config))
+            self.hopgate = _start_hopgate(gw, self.config_path, self.admin_socket)
+        if servers:
+            _serve_http(lab, server, "www-server", process="http-server")
+            _serve_http(lab, in1, "www-inside", big=False, process="http-inside")
+            server.spawn("iperf3", "iperf3", "-s")
+            _wait_for_listen(server, 5201)
+        lab.note(topology="nat", mode=self.mode, admin_socket=self.admin_socket)
+
+    def status(self) -> dict[str, Any]:
+        return fetch_status(self.admin_socket)
+
+
+def _start_hopgate(
+    gw: Namespace, config: Path, admin_socket: str, timeout: float = 20.0
+) -> Process:
+    proc = gw.spawn("hopgate", sys.executable, "-m", "hopgate", "run", "-c", str(config))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise LabError(f"hopgate exited at start:\n{proc.output()}")
+        try:
+            fetch_status(admin_socket)
+            return proc
+        except AdminError:
+            time.sleep(0.05)
+    raise LabError(f"hopgate did not answer on {admin_socket} within {timeout}s:\n{proc.output()}")
+
+
+def _serve_http(
+    lab: Lab, ns: Namespace, name: str, *, big: bool = True, process: str = "http"
+) -> None:
+    """An HTTP server on port 80 of ``ns``, serving lab.dir/``name`` (10 MB file if ``big``)."""
+    www = lab.dir / name
+    www.mkdir()
+    if big:
+        with open(www / BIG_FILE, "wb") as f:
+            f.write(bytes(range(256)) * (10 * 1024 * 1024 // 256))
+    (www / "index.html").write_text(f"hello from {ns.role}\n")
+    ns.spawn(
+        process,
+        sys.executable,
+        "-m",
+        "http.server",
+        str(HTTP_PORT),
+        "--bind",
+        "::",
+        "--directory",
+        str(www),
+    )
+    _wait_for_listen(ns, HTTP_PORT)
