@@ -198,26 +198,43 @@ def lab() -> None:
 
 @lab.command("up")
 @click.option("--name", help="Lab name (default: a random hgXXXXXX).")
-@click.option("--kernel", is_flag=True, help="A Linux router as gw instead of hopgate.")
-def lab_up(name: str | None, kernel: bool) -> None:
-    """Build client — gw — r1 — server and leave it running."""
+@click.option(
+    "--topology",
+    type=click.Choice(["router", "nat"]),
+    default="router",
+    show_default=True,
+    help="router: client — gw — r1 — server.  nat: two inside hosts — gw (NAT) — r1 — server.",
+)
+@click.option("--kernel", is_flag=True, help="Linux (with nftables for nat) as gw, not hopgate.")
+def lab_up(name: str | None, topology: str, kernel: bool) -> None:
+    """Build a lab and leave it running."""
     from hopgate.lab.netns import LabError
-    from hopgate.lab.topologies import ADDR, RouterLab
+    from hopgate.lab.topologies import ADDR, NAT_ADDR, NatLab, RouterLab
 
     _need_root()
+    mode = "kernel" if kernel else "hopgate"
     try:
-        rl = RouterLab("kernel" if kernel else "hopgate", name)
+        built: RouterLab | NatLab = (RouterLab if topology == "router" else NatLab)(mode, name)
     except LabError as e:
         _fail(str(e))
     # Leave it running: the lab's processes are in their own sessions and survive us.
-    click.echo(f"lab {rl.name} is up ({'kernel' if kernel else 'hopgate'} as gw)")
-    for ns in rl.lab.namespaces.values():
-        click.echo(f"  {ns.role:7} ip netns exec {ns.name} ...")
-    click.echo(f"  try:    ip netns exec {rl.client.name} traceroute -n {ADDR.server4}")
+    click.echo(f"lab {built.name} is up: {topology}, {mode} as gw")
+    for ns in built.lab.namespaces.values():
+        click.echo(f"  {ns.role:8} ip netns exec {ns.name} ...")
+    if topology == "router":
+        click.echo(f"  try:    ip netns exec {built.name}-client traceroute -n {ADDR.server4}")
+    else:
+        click.echo(f"  try:    ip netns exec {built.name}-inside1 traceroute -n {NAT_ADDR.server4}")
+        click.echo(
+            f"          ip netns exec {built.name}-server curl http://{NAT_ADDR.gw_u4}:"
+            f"{NAT_ADDR.published_port}/"
+        )
     if not kernel:
-        click.echo(f"  status: hopgate status -s {rl.admin_socket}")
-        click.echo(f"  config: {rl.config_path}")
-    click.echo(f"  remove: hopgate lab down {rl.name}")
+        click.echo(f"  status: hopgate status -s {built.admin_socket}")
+        if topology == "nat":
+            click.echo(f"  conns:  hopgate conns -s {built.admin_socket}")
+        click.echo(f"  config: {built.config_path}")
+    click.echo(f"  remove: hopgate lab down {built.name}")
 
 
 @lab.command("down")

@@ -174,3 +174,11 @@ def test_the_shipped_example_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
     cfg = load(example)
     assert [i.name for i in cfg.interface] == ["gw-c", "gw-u"]
+
+
+def test_every_config_in_the_readme_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse(block, "README.md")

@@ -318,13 +318,18 @@ class NatLab:
     link to the server has an MTU of 1400."""
 
     def __init__(
-        self, mode: str = "hopgate", *, extra_config: str = "", servers: bool = True
+        self,
+        mode: str = "hopgate",
+        name: str | None = None,
+        *,
+        extra_config: str = "",
+        servers: bool = True,
     ) -> None:
         if mode not in ("hopgate", "kernel"):
             raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
         self.mode = mode
         self.hopgate: Process | None = None
-        self.lab = Lab()
+        self.lab = Lab(name)
         try:
             self.admin_socket = str(self.lab.dir / "hopgate.sock")
             self.config_path = self.lab.dir / "gateway.toml"
@@ -341,6 +346,10 @@ class NatLab:
 
     def close(self) -> None:
         self.lab.close()
+
+    @property
+    def name(self) -> str:
+        return self.lab.name
 
     def ns(self, role: str) -> Namespace:
         return self.lab.namespaces[role]
