@@ -1,14 +1,15 @@
-"""Forwarding rate: 64-byte UDP frames through hopgate, and through a Linux kernel
-router in the same lab shape, in one run.  Writes docs/benchmarks.md.
+"""Forwarding rate: 64-byte UDP frames through hopgate and through the Linux kernel
+in the same lab shapes, in one run.  Writes docs/benchmarks.md.
 
     .venv/bin/python -m bench.forwarding [--seconds 10] [--out docs/benchmarks.md]
 
-trafgen (netsniff-ng) sends from the client at the highest rate it can, pinned
-to one CPU; the gateway forwards to the server, which drops the frames in
-netfilter's prerouting hook (counted in the interface's rx counter first).  The
-forwarded rate is the server's received frames over the measuring window,
-after a warm-up.  hopgate runs pinned to the other CPU; its CPU time in the
-window is read from /proc.
+Two shapes: routing (client — gw — r1 — server), and NAT (an inside host — gw
+translating its source — r1 — server; the kernel does it with nftables
+masquerade).  trafgen (netsniff-ng) sends one UDP flow from the first host at the
+highest rate it can, pinned to CPU 0; the server drops the frames in netfilter's
+prerouting hook, after its interface has counted them.  The forwarded rate is the
+server's received frames over the measuring window, after a warm-up.  hopgate
+runs pinned to CPU 1; its CPU time in the window is read from /proc.
 """
 
 from __future__ import annotations
@@ -20,23 +21,34 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hopgate.lab.netns import Namespace
-from hopgate.lab.topologies import ADDR, RouterLab
+from hopgate.lab.netns import Namespace, Process
+from hopgate.lab.topologies import ADDR, NatLab, RouterLab
 
-FRAME_LEN = 60  # 64 bytes on the wire with the FCS
-A = ADDR
+SRC, DST = ADDR.client4, ADDR.server4  # the same in both shapes: 198.18.1.10 -> 198.18.3.10
 
 
 @dataclass
 class Result:
-    gateway: str
+    shape: str  # "routing" or "NAT"
+    gateway: str  # "hopgate" or "Linux kernel"
     offered_pps: float
     forwarded_pps: float
-    gateway_cpu: float | None  # CPU seconds per second of the gateway process (hopgate only)
+    gateway_cpu: float | None  # CPU seconds per second of hopgate's process
     socket_drops: int | None = None
+
+
+@dataclass
+class Shape:
+    sender: Namespace
+    server: Namespace
+    gw: Namespace
+    hopgate: Process | None
+    status: object  # a callable returning hopgate's status, or None
 
 
 def _mac_bytes(mac: str) -> str:
@@ -45,12 +57,11 @@ def _mac_bytes(mac: str) -> str:
 
 def _trafgen_config(dst_mac: str, src_mac: str) -> str:
     """One 60-byte IPv4/UDP frame in trafgen's language; csumip fills the header checksum."""
-    mac = _mac_bytes
-    src = ", ".join(A.client4.split("."))
-    dst = ", ".join(A.server4.split("."))
+    src = ", ".join(SRC.split("."))
+    dst = ", ".join(DST.split("."))
     return (
         "{\n"
-        f"  {mac(dst_mac)}, {mac(src_mac)}, c16(0x0800),\n"
+        f"  {_mac_bytes(dst_mac)}, {_mac_bytes(src_mac)}, c16(0x0800),\n"
         f"  0x45, 0x00, c16(46), c16(0), c16(0), 64, 17, csumip(14, 33), {src}, {dst},\n"
         "  c16(40000), c16(9), c16(26), c16(0),\n"
         "  fill(0x41, 18)\n"
@@ -67,74 +78,93 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(mode: str, seconds: float, warmup: float) -> Result:
-    with RouterLab(mode, servers=False) as lab:
-        lab.server.run("nft", "add table inet bench")
-        lab.server.run(
+@contextmanager
+def _shape(shape: str, mode: str) -> Iterator[Shape]:
+    if shape == "routing":
+        with RouterLab(mode, servers=False) as rl:
+            yield Shape(rl.client, rl.server, rl.gw, rl.hopgate, rl.status)
+    else:
+        with NatLab(mode, servers=False) as nl:
+            yield Shape(nl.ns("inside1"), nl.ns("server"), nl.ns("gw"), nl.hopgate, nl.status)
+
+
+def measure(shape: str, mode: str, seconds: float, warmup: float) -> Result:
+    with _shape(shape, mode) as s:
+        s.server.run("nft", "add table inet bench")
+        s.server.run(
             "nft",
             "add chain inet bench pre"
             " { type filter hook prerouting priority -300; policy accept; }",
         )
-        lab.server.run("nft", "add rule inet bench pre udp dport 9 drop")
+        s.server.run("nft", "add rule inet bench pre udp dport 9 drop")
         # Resolve the neighbours on the path before measuring.
-        lab.client.run("ping", "-c", "2", "-i", "0.2", A.server4)
-        hopgate_pid = lab.hopgate.pid if lab.hopgate is not None else None
-        if hopgate_pid is not None:
-            subprocess.run(
-                ["taskset", "-pc", "1", str(hopgate_pid)], check=True, capture_output=True
-            )
-        cfg = lab.lab.dir / "udp64.cfg"
-        cfg.write_text(_trafgen_config(lab.gw.mac("gw-c"), lab.client.mac("eth0")))
-        gen = lab.client.spawn(
-            "trafgen",
-            "taskset",
-            "-c",
-            "0",
-            "trafgen",
-            "--dev",
-            "eth0",
-            "--conf",
-            str(cfg),
-            "--cpus",
-            "1",
-            "-q",
-        )
+        s.sender.run("ping", "-c", "2", "-i", "0.2", DST)
+        pid = s.hopgate.pid if s.hopgate is not None else None
+        if pid is not None:
+            subprocess.run(["taskset", "-pc", "1", str(pid)], check=True, capture_output=True)
+        cfg = s.sender.lab.dir / "udp64.cfg"
+        cfg.write_text(_trafgen_config(s.gw.mac("gw-c"), s.sender.mac("eth0")))
+        gen = s.sender.spawn(
+            "trafgen", "taskset", "-c", "0", "trafgen", "--dev", "eth0", "--conf", str(cfg),
+            "--cpus", "1", "-q",
+        )  # fmt: skip
         try:
             time.sleep(warmup)
-            tx0, rx0 = (
-                _counter(lab.client, "eth0", "tx_packets"),
-                _counter(lab.server, "eth0", "rx_packets"),
-            )
-            cpu0 = _cpu_seconds(hopgate_pid) if hopgate_pid else 0.0
+            tx0 = _counter(s.sender, "eth0", "tx_packets")
+            rx0 = _counter(s.server, "eth0", "rx_packets")
+            cpu0 = _cpu_seconds(pid) if pid else 0.0
             t0 = time.monotonic()
             time.sleep(seconds)
-            tx1, rx1 = (
-                _counter(lab.client, "eth0", "tx_packets"),
-                _counter(lab.server, "eth0", "rx_packets"),
-            )
-            cpu1 = _cpu_seconds(hopgate_pid) if hopgate_pid else 0.0
+            tx1 = _counter(s.sender, "eth0", "tx_packets")
+            rx1 = _counter(s.server, "eth0", "rx_packets")
+            cpu1 = _cpu_seconds(pid) if pid else 0.0
             elapsed = time.monotonic() - t0
         finally:
             gen.stop()
         drops = None
-        if mode == "hopgate":
-            state = lab.status()
+        if pid is not None and callable(s.status):
+            state = s.status()
             drops = next(p for p in state["interfaces"] if p["name"] == "gw-c")["io"][
                 "rx_socket_drops"
             ]
         return Result(
+            "routing" if shape == "routing" else "NAT",
             "hopgate" if mode == "hopgate" else "Linux kernel",
             (tx1 - tx0) / elapsed,
             (rx1 - rx0) / elapsed,
-            (cpu1 - cpu0) / elapsed if hopgate_pid else None,
+            (cpu1 - cpu0) / elapsed if pid else None,
             drops,
         )
 
 
+def _rows(results: list[Result]) -> str:
+    return "\n".join(
+        f"| {r.shape} | {r.gateway} | {r.offered_pps:,.0f} | {r.forwarded_pps:,.0f} | "
+        + (f"{r.gateway_cpu * 100:.0f}%" if r.gateway_cpu is not None else "in softirq")
+        + " |"
+        for r in results
+    )
+
+
+def _ratio_lines(results: list[Result]) -> str:
+    lines = []
+    for shape in ("routing", "NAT"):
+        hop = next(r for r in results if r.shape == shape and r.gateway == "hopgate")
+        ker = next(r for r in results if r.shape == shape and r.gateway != "hopgate")
+        ratio = hop.forwarded_pps / ker.forwarded_pps if ker.forwarded_pps else 0.0
+        bound = ""
+        if ker.forwarded_pps >= 0.99 * ker.offered_pps:
+            bound = " (an upper bound: the kernel forwarded all that trafgen offered)"
+        lines.append(f"- **{shape}: hopgate / kernel = {ratio:.3f}** ({ratio * 100:.1f}%){bound}.")
+        if hop.socket_drops is not None:
+            lines.append(
+                f"  hopgate dropped {hop.socket_drops:,} frames at its socket, counted in"
+                " `hopgate status` as `rx_socket_drops`."
+            )
+    return "\n".join(lines)
+
+
 def _report(results: list[Result], seconds: float) -> str:
-    hop = next(r for r in results if r.gateway == "hopgate")
-    ker = next(r for r in results if r.gateway != "hopgate")
-    ratio = hop.forwarded_pps / ker.forwarded_pps if ker.forwarded_pps else 0.0
     cpu = Path("/proc/cpuinfo").read_text()
     model = next(
         (
@@ -144,43 +174,32 @@ def _report(results: list[Result], seconds: float) -> str:
         ),
         "?",
     )
-    rows = "\n".join(
-        f"| {r.gateway} | {r.offered_pps:,.0f} | {r.forwarded_pps:,.0f} | "
-        + (f"{r.gateway_cpu * 100:.0f}%" if r.gateway_cpu is not None else "in softirq")
-        + " |"
-        for r in results
-    )
     today = datetime.date.today().isoformat()
-    bound = ""
-    if ker.forwarded_pps >= 0.99 * ker.offered_pps:
-        bound = (
-            "- The kernel forwarded all that trafgen offered: its own ceiling is higher\n"
-            "  than the figure above, so the ratio is an upper bound for hopgate.\n"
-        )
     return f"""# Benchmarks
 
 ## Forwarding rate, 64-byte UDP
 
 Measured {today} by `bench/forwarding.py` ({seconds:g} s window after a warm-up), in
-one run: the same lab (client — gateway — Linux router r1 — server, veth pairs,
-offloads off), first with hopgate as the gateway, then with the Linux kernel.
+one run, in two lab shapes with veth pairs and offloads off: routing (client —
+gateway — Linux router r1 — server) and NAT (inside host — gateway translating
+its source — r1 — server). Each shape ran with hopgate as the gateway, then with
+the Linux kernel (nftables masquerade for NAT).
 
-| gateway | offered (pps) | forwarded (pps) | gateway CPU |
-|---|---:|---:|---:|
-{rows}
+| shape | gateway | offered (pps) | forwarded (pps) | gateway CPU |
+|---|---|---:|---:|---:|
+{_rows(results)}
 
-**hopgate / kernel: {ratio:.3f}** ({ratio * 100:.1f}% of the kernel's rate).
+{_ratio_lines(results)}
 
 - Frames: 60 bytes (64 on the wire with the FCS), IPv4/UDP to port 9, one flow,
-  sent by trafgen (netsniff-ng {_trafgen_version()}) pinned to CPU 0.
+  sent by trafgen (netsniff-ng {_trafgen_version()}) pinned to CPU 0. Through the
+  NAT the flow is one tracked connection.
 - hopgate runs pinned to CPU 1, single-threaded; "gateway CPU" is its CPU time
-  over the window.  The kernel forwards in softirq on the sending CPU, so the
-  two gateways do not get the same CPU budget: the ratio says what a Python
-  data plane achieves against the kernel on the same machine, not an
-  efficiency per cycle.
-- hopgate dropped {hop.socket_drops:,} frames at its socket (it fell behind the
-  offered load), counted in `hopgate status` as `rx_socket_drops`.
-{bound}- Machine: {model}, {os.cpu_count()} CPUs, Linux {platform.release()},
+  over the window. The kernel forwards in softirq on the sending CPU, so the
+  gateways do not get the same CPU budget: the ratio says what a Python data
+  plane achieves against the kernel on the same machine, not an efficiency per
+  cycle.
+- Machine: {model}, {os.cpu_count()} CPUs, Linux {platform.release()},
   Python {platform.python_version()}.
 
 Reproduce: `.venv/bin/python -m bench.forwarding` (as root, after `scripts/bootstrap`).
@@ -206,10 +225,14 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (the lab uses network namespaces)")
-    results = [measure(mode, args.seconds, args.warmup) for mode in ("hopgate", "kernel")]
+    results = [
+        measure(shape, mode, args.seconds, args.warmup)
+        for shape in ("routing", "nat")
+        for mode in ("hopgate", "kernel")
+    ]
     for r in results:
         print(
-            f"{r.gateway:13} offered {r.offered_pps:12,.0f} pps"
+            f"{r.shape:8} {r.gateway:13} offered {r.offered_pps:12,.0f} pps"
             f"  forwarded {r.forwarded_pps:12,.0f} pps"
         )
     args.out.write_text(_report(results, args.seconds))

@@ -326,3 +326,37 @@ def test_arp_is_answered_for_a_pool_address_on_the_subnet() -> None:
     )
     rep = one(sent(r.process(bytearray(bytes(req)), U, 1.0)))
     assert rep[ARP].op == 2 and rep[ARP].hwsrc == GW_U_MAC
+
+
+def test_icmpv6_echo_with_identifier_zero_keeps_a_valid_checksum() -> None:
+    # found by test_nat_properties: an identifier of 0 was taken for "no identifier"
+    r = nat_router()
+    out = one(
+        sent(r.process(inside(IPv6(src=A6, dst=SERVER6) / ICMPv6EchoRequest(id=0)), C, 1.0), U)
+    )
+    assert out[IPv6].src == OUT6 and checksums_ok(out[IPv6])
+
+
+def test_other_icmpv6_messages_are_translated_with_their_pseudo_header() -> None:
+    from scapy.layers.inet6 import ICMPv6Unknown, in6_chksum
+
+    r = nat_router()
+    msg = IPv6(src=A6, dst=SERVER6) / ICMPv6Unknown(type=200, msgbody=b"x" * 8)
+    out = one(sent(r.process(inside(msg), C, 1.0), U))
+    assert out[IPv6].src == OUT6
+    body = bytes(out[IPv6].payload)  # scapy reads an unknown type as raw bytes
+    zeroed = body[:2] + b"\x00\x00" + body[4:]
+    expected = in6_chksum(58, out[IPv6], zeroed)  # type: ignore[no-untyped-call]
+    assert expected == int.from_bytes(body[2:4], "big")
+
+
+def test_echo_reply_whose_words_become_all_zero_gets_0xffff() -> None:
+    # found by test_nat_properties: RFC 1624 eqn. 3 yields 0x0000 there
+    r = nat_router()
+    r.process(inside(IP(src=B4, dst=SERVER4) / ICMP(id=0, seq=0), B_MAC), C, 1.0)  # B: id 0
+    req = one(sent(r.process(inside(IP(src=A4, dst=SERVER4) / ICMP(id=0, seq=0)), C, 1.0), U))
+    assert req[ICMP].id != 0  # A's identifier 0 is moved...
+    reply = IP(src=SERVER4, dst=OUT4) / ICMP(type=0, id=req[ICMP].id, seq=0)
+    back = one(sent(r.process(outside(reply), U, 1.1), C))
+    assert back[ICMP].id == 0 and back[ICMP].chksum == 0xFFFF  # ...and back to all zeros
+    assert checksums_ok(back[IP])

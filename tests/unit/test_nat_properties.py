@@ -63,9 +63,9 @@ def test_translate_verify_undo_and_reply(cases: list[tuple[int, Packet, Packet]]
         assert checksums_ok(t)
         # undo: the packet as the host sent it, but for the hop hopgate counted
         frame = bytearray(bytes(out))
-        hit = nat.table.lookup(_tuple(pkt, v6))
-        assert hit is not None and hit[1] == ORIG
-        nat.restore(frame, 14, hit[0], ORIG)
+        side = nat.table.lookup(_tuple(pkt, v6))
+        assert side is not None and side.direction == ORIG
+        nat.restore(frame, 14, side)
         lowered = pkt.__class__(original)
         if v6:
             lowered.hlim -= 1

@@ -87,6 +87,16 @@ def transport(
             new += ident[1]
         if checksum and at + 4 <= end and old != new:
             _adjust(buf, at + 2, old, new, False)
+            if proto == PROTO_ICMP and buf[at + 2] == buf[at + 3] == 0:
+                icmp4_checksum(buf, at, end)  # all-zero words: see icmp4_checksum
+
+
+def icmp4_checksum(buf: bytearray | memoryview, at: int, end: int) -> None:
+    """Compute an ICMP checksum afresh.  An incremental update (RFC 1624 eqn. 3)
+    gives 0x0000 when the message's other words are all zero, where the right
+    value is 0xFFFF (their sum is +0): ICMP has no pseudo-header to prevent it."""
+    buf[at + 2] = buf[at + 3] = 0
+    _U16.pack_into(buf, at + 2, cs.checksum(memoryview(buf)[at:end]))
 
 
 def ipv4_addresses(buf: bytearray | memoryview, l3: int, src: int, dst: int) -> tuple[int, int]:

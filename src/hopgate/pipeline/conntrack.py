@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from hopgate.packet import checksum as cs
 from hopgate.packet import l4
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.timers import Timers
@@ -90,24 +91,101 @@ class Translation(NamedTuple):
     dport: int
 
 
+def _sum(value: int) -> int:
+    """Ones'-complement sum of an integer's 16-bit words (any width)."""
+    if value == 0:
+        return 0
+    r = value % 0xFFFF
+    return r if r else 0xFFFF
+
+
+def _delta(old: int, new: int) -> int:
+    """What RFC 1624 eqn. 3 adds to ~HC when fields summing to ``old`` become
+    fields summing to ``new``: ~m + m', as one (unfolded) number."""
+    return (~cs.fold(old) & 0xFFFF) + new
+
+
+class Side:
+    """One direction of a connection, with everything its packets need to be
+    rewritten worked out once: the bytes that replace addresses and ports, and
+    the constant each checksum moves by (RFC 1624)."""
+
+    __slots__ = (
+        "addrs",
+        "conn",
+        "csum_at",
+        "direction",
+        "dport",
+        "dst",
+        "ip_delta",
+        "l4_delta",
+        "ports",
+        "ports_at",
+        "sport",
+        "src",
+        "udp",
+    )
+
+    def __init__(self, conn: Conn, direction: int) -> None:
+        self.conn = conn
+        self.direction = direction
+        fam, proto, osrc, osport, odst, odport = conn.arrives_as(direction)
+        src, sport, dst, dport = conn.rewrite_for(direction)
+        self.src, self.sport, self.dst, self.dport = src, sport, dst, dport
+        width = 4 if fam == 4 else 16
+        self.addrs = src.to_bytes(width, "big") + dst.to_bytes(width, "big")
+        addr_old, addr_new = _sum(osrc) + _sum(odst), _sum(src) + _sum(dst)
+        self.ip_delta = _delta(addr_old, addr_new) if fam == 4 else 0
+        self.udp = proto == PROTO_UDP
+        if proto in (PROTO_TCP, PROTO_UDP):
+            self.ports = sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+            self.ports_at = 0
+            self.csum_at = l4.TCP_OFF_CSUM if proto == PROTO_TCP else l4.UDP_OFF_CSUM
+            self.l4_delta = _delta(addr_old + osport + odport, addr_new + sport + dport)
+        elif proto in (PROTO_ICMP, PROTO_ICMPV6):
+            # ICMPv6 sums a pseudo-header; ICMP does not.  Echo has an identifier
+            # to rewrite: the source "port" of a request, the destination "port"
+            # of a reply.
+            old_sum, new_sum = (addr_old, addr_new) if proto == PROTO_ICMPV6 else (0, 0)
+            if conn.echo:
+                old_id, new_id = (osport, sport) if direction == ORIG else (odport, dport)
+                self.ports = new_id.to_bytes(2, "big")
+                self.ports_at = 4
+                old_sum += old_id
+                new_sum += new_id
+            else:
+                self.ports = b""
+                self.ports_at = -1
+            self.csum_at = 2 if old_sum != new_sum else -1
+            self.l4_delta = _delta(old_sum, new_sum)
+        else:
+            self.ports = b""
+            self.ports_at = -1
+            self.csum_at = -1
+            self.l4_delta = 0
+
+
 class Conn:
     __slots__ = (
         "assured",
         "bytes",
         "created",
+        "echo",
         "expires",
         "fin_from",
         "key_orig",
         "key_reply",
         "mapping",
         "packets",
+        "sides",
         "state",
         "to",
     )
 
-    def __init__(self, orig: Tuple, to: Translation, now: float) -> None:
+    def __init__(self, orig: Tuple, to: Translation, now: float, *, echo: bool = False) -> None:
         self.key_orig = orig
         self.to = to
+        self.echo = echo  # an ICMP echo "connection": the identifier is its port
         fam, proto = orig[0], orig[1]
         self.key_reply: Tuple = (fam, proto, to.dst, to.dport, to.src, to.sport)
         self.state = TcpState.NONE
@@ -119,6 +197,7 @@ class Conn:
         self.bytes = [0, 0]
         # The source mapping this connection holds (released when it expires).
         self.mapping: object | None = None
+        self.sides = (Side(self, ORIG), Side(self, REPLY))
 
     @property
     def family(self) -> int:
@@ -191,21 +270,22 @@ class ConnTable:
         self.max_connections = max_connections
         self._timers = timers
         self._released = released
-        self._by_key: dict[Tuple, tuple[Conn, int]] = {}
+        self._by_key: dict[Tuple, Side] = {}
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
-    def lookup(self, key: Tuple) -> tuple[Conn, int] | None:
+    def lookup(self, key: Tuple) -> Side | None:
+        """The side of a connection a packet with this tuple arrives on."""
         return self._by_key.get(key)
 
     def full(self) -> bool:
         return self._count >= self.max_connections
 
     def insert(self, conn: Conn, now: float) -> None:
-        self._by_key[conn.key_orig] = (conn, ORIG)
-        self._by_key[conn.key_reply] = (conn, REPLY)
+        self._by_key[conn.key_orig] = conn.sides[ORIG]
+        self._by_key[conn.key_reply] = conn.sides[REPLY]
         self._count += 1
         self._arm(conn, conn.expires)
 
@@ -236,7 +316,7 @@ class ConnTable:
 
     def _arm(self, conn: Conn, deadline: float) -> None:
         def fire(now: float, out: list[Action]) -> None:
-            if self._by_key.get(conn.key_orig, (None, 0))[0] is not conn:
+            if not self._holds(conn):
                 return
             if now < conn.expires:
                 self._arm(conn, conn.expires)
@@ -246,11 +326,15 @@ class ConnTable:
         self._timers.call_at(deadline, fire)
 
     def remove(self, conn: Conn) -> None:
-        if self._by_key.get(conn.key_orig, (None, 0))[0] is conn:
+        if self._holds(conn):
             del self._by_key[conn.key_orig]
             self._by_key.pop(conn.key_reply, None)
             self._count -= 1
             self._released(conn)
 
+    def _holds(self, conn: Conn) -> bool:
+        side = self._by_key.get(conn.key_orig)
+        return side is not None and side.conn is conn
+
     def connections(self) -> list[Conn]:
-        return [c for c, d in self._by_key.values() if d == ORIG]
+        return [side.conn for side in self._by_key.values() if side.direction == ORIG]

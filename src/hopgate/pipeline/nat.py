@@ -43,6 +43,7 @@ from hopgate.pipeline.conntrack import (
     PROTO_UDP,
     Conn,
     ConnTable,
+    Side,
     Translation,
     Tuple,
 )
@@ -51,6 +52,28 @@ from hopgate.pipeline.ports import Port
 from hopgate.pipeline.timers import Timers
 
 _U16 = Struct("!H")
+_PORTS = Struct("!HH")
+_FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
+
+
+def _adjust(buf: bytearray | memoryview, at: int, delta: int, udp: bool) -> int:
+    """Move the checksum at ``at`` by a precomputed RFC 1624 delta (see
+    conntrack.Side); returns the new value.  A UDP checksum of zero means none
+    and stays zero; one that comes out zero is sent as 0xFFFF."""
+    hc = (buf[at] << 8) | buf[at + 1]
+    if udp and hc == 0:
+        return 0
+    total = (~hc & 0xFFFF) + delta
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    hc = ~total & 0xFFFF
+    if udp and hc == 0:
+        hc = 0xFFFF
+    buf[at] = hc >> 8
+    buf[at + 1] = hc & 0xFF
+    return hc
+
+
 MAX_FRAGMENT_FLOWS = 4096
 FRAGMENT_TIMEOUT = 30.0  # as ipfrag_time
 PORT_TRIES = 64  # random picks before a linear search for a free port
@@ -89,16 +112,15 @@ class Mapping:
 class Plan:
     """How a packet is translated; decided before the router's checks, carried out after."""
 
-    __slots__ = ("conn", "direction", "flow", "inner", "key", "kind", "route_dst", "snat", "to")
+    __slots__ = ("dst", "flow", "inner", "key", "kind", "side", "snat", "to")
 
     def __init__(
         self,
         kind: int,
         flow: flows.Flow,
-        route_dst: int,
+        dst: int,
         *,
-        conn: Conn | None = None,
-        direction: int = ORIG,
+        side: Side | None = None,
         key: Tuple | None = None,
         to: Translation | None = None,
         snat: SnatRule | None = None,
@@ -106,9 +128,10 @@ class Plan:
     ) -> None:
         self.kind = kind
         self.flow = flow
-        self.route_dst = route_dst  # the destination the packet will have
-        self.conn = conn  # None: a new connection, created by apply()
-        self.direction = direction
+        self.dst = dst  # the destination the packet will have
+        # The side of an existing connection (errors: the side the error travels
+        # on; later fragments: their first's); None: a new connection.
+        self.side = side
         self.key = key  # a new connection's original tuple
         self.to = to  # a new connection's destination translation (DNAT, hairpin)
         self.snat = snat  # a new connection's source translation, chosen in apply()
@@ -180,17 +203,39 @@ class Nat:
         self._reserved_addrs = {(r.family, r.addr) for r in self.dnat if not r.port}
         self._by_inside: dict[Tuple, Mapping] = {}
         self._by_outside: dict[Tuple, Mapping] = {}
-        self._fragments: OrderedDict[tuple[int, int, int, int, int], tuple[Conn, int, float]] = (
+        self._fragments: OrderedDict[tuple[int, int, int, int, int], tuple[Side, float]] = (
             OrderedDict()
         )
 
     # -- what the router asks ------------------------------------------------------
 
+    def inbound_v4(
+        self,
+        frame: Buffer,
+        l3: int,
+        ihl: int,
+        end: int,
+        proto: int,
+        frag: int,
+        src: int,
+        dst: int,
+        now: float,
+    ) -> Side | Plan | DropReason | None:
+        """``inbound`` for IPv4, given the header the router has read: an
+        unfragmented TCP or UDP packet of a known connection is found at once."""
+        if proto in (PROTO_TCP, PROTO_UDP) and not frag & _FRAGMENT and end - l3 - ihl >= 4:
+            sport, dport = _PORTS.unpack_from(frame, l3 + ihl)
+            side = self.table.lookup((A.V4, proto, src, sport, dst, dport))
+            if side is not None:
+                return side
+        return self.inbound(A.V4, frame, l3, end, src, dst, now)
+
     def inbound(
         self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, now: float
-    ) -> Plan | DropReason | None:
-        """A packet just arrived: part of a known connection, a new DNAT or hairpin
-        flow, an ICMP error about a translated flow, or none of NAT's business."""
+    ) -> Side | Plan | DropReason | None:
+        """A packet just arrived: part of a known connection (its side), a new
+        DNAT or hairpin flow, an ICMP error about a translated flow, or none of
+        NAT's business."""
         flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
         kind = flow.kind
         if kind == flows.ERROR:
@@ -200,10 +245,9 @@ class Nat:
         if kind == flows.UNREADABLE:
             return None
         key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
-        hit = self.table.lookup(key)
-        if hit is not None:
-            conn, direction = hit
-            return Plan(kind, flow, conn.rewrite_for(direction)[2], conn=conn, direction=direction)
+        side = self.table.lookup(key)
+        if side is not None:
+            return side
         if dst not in self.addresses[version] or not self._may_start(kind, flow, frame):
             return None
         rule = self._dnat_rule(version, flow.proto, dst, flow.dport, kind)
@@ -246,44 +290,80 @@ class Nat:
         return Plan(flow.kind, flow, dst, key=key, snat=rule)
 
     def apply(
-        self, plan: Plan, frame: bytearray | memoryview, l3: int, end: int, now: float
-    ) -> tuple[Conn, int] | DropReason | None:
+        self, plan: Side | Plan, frame: bytearray | memoryview, l3: int, end: int, now: float
+    ) -> Side | DropReason | None:
         """The packet leaves: commit a new connection, account, and rewrite it.
-        Returns the connection and direction it was translated for (None for an
-        ICMP error, which has no direction of its own), or why it is dropped."""
-        version = A.V4 if frame[l3] >> 4 == 4 else A.V6
+        Returns the side it was translated on (None for an ICMP error, which
+        belongs to no side of its own), or why it is dropped."""
+        if type(plan) is Side:
+            self._rewrite(plan, frame, l3, end, now, whole=True)
+            return plan
+        assert isinstance(plan, Plan)
         if plan.kind == flows.ERROR:
-            self._translate_error(version, plan, frame, l3, end)
+            self._translate_error(plan, frame, l3, end)
             self.counters["icmp-errors-translated"] += 1
             return None
-        conn = plan.conn
-        if conn is None:
-            made = self._commit(plan, now)
-            if isinstance(made, DropReason):
-                return made
-            conn = made
-        direction = plan.direction
-        flags = 0
-        flow = plan.flow
-        if flow.proto == PROTO_TCP and flow.kind == flows.PORTS and flow.at + 14 <= end:
-            flags = l4.tcp_flags(frame, flow.at)
-        self.table.seen(conn, direction, end - l3, flags, now)
-        arrived = conn.arrives_as(direction)
-        src, sport, dst, dport = conn.rewrite_for(direction)
-        if version == A.V4:
-            old, new = rewrite.ipv4_addresses(frame, l3, src, dst)
+        side = plan.side
+        if plan.kind == flows.LATER_FRAGMENT:
+            assert side is not None
+            self._rewrite(side, frame, l3, end, now, whole=False)
+            return side
+        made = self._commit(plan, now)
+        if isinstance(made, DropReason):
+            return made
+        side = made.sides[ORIG]
+        self._rewrite(side, frame, l3, end, now, whole=True)
+        return side
+
+    def _rewrite(
+        self,
+        side: Side,
+        frame: bytearray | memoryview,
+        l3: int,
+        end: int,
+        now: float,
+        *,
+        whole: bool,
+    ) -> None:
+        """Rewrite a packet arriving on ``side`` (all of it, or, for a later
+        fragment, only its addresses) and account it on its connection."""
+        conn = side.conn
+        v4_icmp = False
+        if frame[l3] >> 4 == 4:
+            v4_icmp = frame[l3 + ipv4.OFF_PROTO] == PROTO_ICMP
+            at = l3 + ((frame[l3] & 0xF) << 2)
+            frame[l3 + 12 : l3 + 20] = side.addrs
+            _adjust(frame, l3 + ipv4.OFF_CSUM, side.ip_delta, False)
+            first = whole and bool(_U16.unpack_from(frame, l3 + ipv4.OFF_FRAG)[0] & ipv4.FLAG_MF)
         else:
-            old, new = rewrite.ipv6_addresses(frame, l3, src, dst)
-        if flow.kind != flows.LATER_FRAGMENT:
-            rewrite.transport(
-                frame, flow.at, end, flow.proto, old, new,
-                (arrived[3], sport) if arrived[3] != sport else None,
-                (arrived[5], dport) if arrived[5] != dport else None,
-            )  # fmt: skip
+            frame[l3 + 8 : l3 + 40] = side.addrs
+            chain = ipv6.walk(frame, l3, end)
+            if isinstance(chain, str):
+                return
+            at = chain.offset
+            first = whole and chain.is_fragment
+        flags = 0
+        if whole:
+            if side.ports_at >= 0:
+                p = at + side.ports_at
+                if p + len(side.ports) <= end:
+                    frame[p : p + len(side.ports)] = side.ports
+            if side.csum_at >= 0 and at + side.csum_at + 2 <= end:
+                new = _adjust(frame, at + side.csum_at, side.l4_delta, side.udp)
+                if new == 0 and v4_icmp:
+                    # RFC 1624's one blind spot: an ICMP message (no pseudo-header)
+                    # whose words are now all zero sums to +0, so its checksum is
+                    # 0xFFFF, not the 0x0000 the update gives.  Recount it.
+                    rewrite.icmp4_checksum(frame, at, end)
+            if side.csum_at == l4.TCP_OFF_CSUM and at + 14 <= end:
+                flags = frame[at + 13] & 0x3F
+        self.table.seen(conn, side.direction, end - l3, flags, now)
+        if first:  # a first fragment: its followers go the same way
+            version = A.V4 if frame[l3] >> 4 == 4 else A.V6
             ident = _fragment_ident(version, frame, l3, end)
-            if ident is not None:  # a first fragment: its followers go the same way
-                self._remember_fragment(version, arrived, ident, conn, direction, now)
-        return conn, direction
+            if ident is not None:
+                arrived = conn.arrives_as(side.direction)
+                self._remember_fragment(version, arrived, ident, side, now)
 
     # -- new connections -------------------------------------------------------------
 
@@ -336,7 +416,7 @@ class Nat:
                 if mapping is None:
                     return DropReason.NAT_PORTS_EXHAUSTED
                 to = Translation(mapping.outside[2], mapping.outside[3], to.dst, to.dport)
-        conn = Conn(key, to, now)
+        conn = Conn(key, to, now, echo=plan.flow.kind == flows.QUERY)
         if table.taken(conn.key_reply) or table.taken(key):
             if mapping is not None and mapping.refs == 0:
                 self._release_mapping(mapping)  # made for this connection only
@@ -419,10 +499,10 @@ class Nat:
     # -- fragments ---------------------------------------------------------------------
 
     def _remember_fragment(
-        self, version: int, arrived: Tuple, ident: int, conn: Conn, direction: int, now: float
+        self, version: int, arrived: Tuple, ident: int, side: Side, now: float
     ) -> None:
         key = (version, arrived[2], arrived[4], arrived[1], ident)
-        self._fragments[key] = (conn, direction, now + FRAGMENT_TIMEOUT)
+        self._fragments[key] = (side, now + FRAGMENT_TIMEOUT)
         self._fragments.move_to_end(key)
         while len(self._fragments) > MAX_FRAGMENT_FLOWS:
             self._fragments.popitem(last=False)
@@ -442,17 +522,11 @@ class Nat:
         if ident is None:
             return None
         hit = self._fragments.get((version, src, dst, flow.proto, ident))
-        if hit is None or hit[2] < now:
+        if hit is None or hit[1] < now:
             # Only our business if it is addressed to a translated address.
             return DropReason.NAT_FRAGMENT_UNMATCHED if dst in self.addresses[version] else None
-        conn, direction, _ = hit
-        return Plan(
-            flows.LATER_FRAGMENT,
-            flow,
-            conn.rewrite_for(direction)[2],
-            conn=conn,
-            direction=direction,
-        )
+        side = hit[0]
+        return Plan(flows.LATER_FRAGMENT, flow, side.dst, side=side)
 
     # -- ICMP errors (RFC 5508) ----------------------------------------------------------
 
@@ -474,26 +548,26 @@ class Nat:
             return None
         # The quote is a packet of the connection going the other way: its reverse
         # is how this error's direction arrives.
-        hit = self.table.lookup((version, iflow.proto, idst, iflow.dport, isrc, iflow.sport))
-        if hit is None:
+        side = self.table.lookup((version, iflow.proto, idst, iflow.dport, isrc, iflow.sport))
+        if side is None:
             if isrc in self.addresses[version]:
                 return DropReason.NAT_ICMP_UNMATCHED
             return None
-        conn, direction = hit
-        a_src = conn.rewrite_for(1 - direction)[0]
-        b = conn.arrives_as(1 - direction)
+        conn = side.conn
+        a_src = conn.rewrite_for(1 - side.direction)[0]
+        b = conn.arrives_as(1 - side.direction)
         new_dst = b[2] if dst == a_src else dst
-        return Plan(
-            flows.ERROR, flow, new_dst, conn=conn, direction=direction, inner=(inner, iflow)
-        )
+        return Plan(flows.ERROR, flow, new_dst, side=side, inner=(inner, iflow))
 
     def _translate_error(
-        self, version: int, plan: Plan, frame: bytearray | memoryview, l3: int, end: int
+        self, plan: Plan, frame: bytearray | memoryview, l3: int, end: int
     ) -> None:
-        conn = plan.conn
-        assert conn is not None and plan.inner is not None
+        side = plan.side
+        assert side is not None and plan.inner is not None
+        version = A.V4 if frame[l3] >> 4 == 4 else A.V6
+        conn = side.conn
         inner, iflow = plan.inner
-        quoted = 1 - plan.direction
+        quoted = 1 - side.direction
         a_src, a_sport, a_dst, a_dport = conn.rewrite_for(quoted)  # the quote as it left us
         b = conn.arrives_as(quoted)  # as its sender sent it
         b_src, b_sport, b_dst, b_dport = b[2], b[3], b[4], b[5]
@@ -546,9 +620,11 @@ class Nat:
     def connections(self) -> list[Conn]:
         return self.table.connections()
 
-    def restore(self, frame: bytearray, l3: int, conn: Conn, direction: int) -> None:
-        """Undo the translation of a packet of ``conn`` (a copy of one that could
-        not be delivered), so that an error about it quotes what its sender sent."""
+    def restore(self, frame: bytearray, l3: int, side: Side) -> None:
+        """Undo the translation of a packet that arrived on ``side`` (a copy of one
+        that could not be delivered), so that an error about it quotes what its
+        sender sent."""
+        conn, direction = side.conn, side.direction
         version = A.V4 if frame[l3] >> 4 == 4 else A.V6
         if version == A.V4:
             end = l3 + ipv4.total_len(frame, l3)

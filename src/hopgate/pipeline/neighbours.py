@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import NamedTuple, Protocol
 
 from hopgate.pipeline.actions import Action, DropReason
-from hopgate.pipeline.conntrack import Conn
+from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.model import NeighbourSettings
 from hopgate.pipeline.timers import Timers
 
@@ -37,9 +37,9 @@ class Pending(NamedTuple):
     l3: int  # offset of the IP header in ``frame``
     in_port: int  # where it came from, so an error can go back the same way
     in_mac: bytes
-    # The NAT connection and direction that translated it, if one did: an error
+    # The side of the NAT connection that translated it, if one did: an error
     # about it must quote what its sender sent.
-    nat: tuple[Conn, int] | None = None
+    nat: Side | None = None
 
 
 class NeighbourHooks(Protocol):

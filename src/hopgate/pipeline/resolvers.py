@@ -10,7 +10,7 @@ from hopgate.packet import addr as A
 from hopgate.packet import arp, ethernet, icmp4, icmp6, ipv6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
-from hopgate.pipeline.conntrack import Conn
+from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.emit import Emitter
 from hopgate.pipeline.icmp import IcmpOut, reply_l2
 from hopgate.pipeline.model import NeighbourSettings
@@ -38,7 +38,7 @@ class _Resolver(ABC):
         self._icmp = icmp
         self.table = NeighbourTable(self.version, settings, timers, self)
         # Set when NAT is on: undoes a translation on a copy of a packet.
-        self.restore: Callable[[bytearray, int, Conn, int], None] | None = None
+        self.restore: Callable[[bytearray, int, Side], None] | None = None
 
     @abstractmethod
     def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
@@ -59,7 +59,7 @@ class _Resolver(ABC):
         frame = item.frame
         if item.nat is not None and self.restore is not None:
             frame = bytearray(frame)
-            self.restore(frame, item.l3, *item.nat)
+            self.restore(frame, item.l3, item.nat)
         error(frame, item.l3, item.in_port, item.in_mac, icmp_type, code, 0, now, out)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
 from hopgate.pipeline.actions import Action, DropReason
-from hopgate.pipeline.conntrack import Conn
+from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
 from hopgate.pipeline.icmp import IcmpOut
@@ -158,7 +158,7 @@ class Router:
         if end - l3 < ipv4.HEADER_LEN:
             self.emit.drop(port, DropReason.IPV4_TRUNCATED, out)
             return
-        vihl, _, total, _, frag, ttl, _, _, src, dst = _IPV4_HEADER.unpack_from(frame, l3)
+        vihl, _, total, _, frag, ttl, proto, _, src, dst = _IPV4_HEADER.unpack_from(frame, l3)
         if vihl == 0x45:  # no options: the checks of ipv4.check, inline
             if total < ipv4.HEADER_LEN or l3 + total > end:
                 self.emit.drop(port, DropReason.IPV4_BAD_TOTAL_LENGTH, out)
@@ -179,7 +179,9 @@ class Router:
             return
         plan = None
         if self.nat is not None:
-            got = self.nat.inbound(A.V4, frame, l3, l3 + total, src, dst, now)
+            got = self.nat.inbound_v4(
+                frame, l3, (vihl & 0xF) << 2, l3 + total, proto, frag, src, dst, now
+            )
             if isinstance(got, DropReason):
                 self.emit.drop(port, got, out)
                 return
@@ -192,7 +194,7 @@ class Router:
             self._ipv4_not_forwarded(port, dst, out)
             return
         if plan is not None:
-            dst = plan.route_dst
+            dst = plan.dst
         self._forward_v4(frame, port, l3, src, dst, total, frag, ttl, now, out, plan)
 
     def _ipv4_not_forwarded(self, port: int, dst: int, out: list[Action]) -> None:
@@ -219,7 +221,7 @@ class Router:
         ttl: int,
         now: float,
         out: list[Action],
-        plan: Plan | None = None,
+        plan: Side | Plan | None = None,
     ) -> None:
         route = self.routes4.lookup(dst)
         if route is None:
@@ -337,7 +339,7 @@ class Router:
             self.emit.drop(port, DropReason.L2_BROADCAST_NOT_FORWARDED, out)
             return
         if plan is not None:
-            dst = plan.route_dst
+            dst = plan.dst
         self._forward_v6(frame, port, l3, end, src, dst, now, out, plan)
 
     def _forward_v6(
@@ -350,7 +352,7 @@ class Router:
         dst: int,
         now: float,
         out: list[Action],
-        plan: Plan | None = None,
+        plan: Side | Plan | None = None,
     ) -> None:
         # The order of checks is Linux's (ip6_forward): route, hop limit, scope, MTU.
         route = self.routes6.lookup(dst)
@@ -439,12 +441,12 @@ class Router:
         dst: int,
         egress: Port,
         port: int,
-        plan: Plan | None,
+        plan: Side | Plan | None,
         now: float,
         out: list[Action],
-    ) -> Literal[False] | tuple[Conn, int] | None:
+    ) -> Literal[False] | Side | None:
         """Translate a packet that passed every check and is about to leave.
-        Returns the connection and direction it was translated for (None if it
+        Returns the side of the connection it was translated on (None if it
         needed no translation), or False when NAT dropped it."""
         nat = self.nat
         assert nat is not None
@@ -475,7 +477,7 @@ class Router:
         version: int,
         now: float,
         out: list[Action],
-        nat: tuple[Conn, int] | None = None,
+        nat: Side | None = None,
     ) -> None:
         """Send a forwarded packet to its next hop, or queue it until the next hop answers."""
         table = self.arp.table if version == A.V4 else self.nd.table
