@@ -5,10 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from hopgate import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _console() -> Console:
+    """Rich's console; when the output is not a terminal (a pipe, a file), wide
+    enough that no address is cut short for grep and friends."""
+    from rich.console import Console
+
+    # emoji off: ":100:" in an IPv6 address is not a picture
+    if sys.stdout.isatty():
+        return Console(emoji=False)
+    return Console(emoji=False, width=200)
 
 
 def _fail(message: str) -> None:
@@ -67,8 +82,13 @@ def check_config(config_path: str) -> None:
         cfg = load(config_path)
     except ConfigError as e:
         _fail(str(e))
-    n_if, n_routes = len(cfg.interface), len(cfg.route)
-    click.echo(f"{config_path}: ok ({n_if} interfaces, {n_routes} routes)")
+    parts = [f"{len(cfg.interface)} interfaces", f"{len(cfg.route)} routes"]
+    if cfg.nat is not None:
+        parts.append(f"NAT with {len(cfg.nat.snat)} snat and {len(cfg.nat.dnat)} dnat rules")
+    if cfg.service:
+        backends = sum(len(s.backend) for s in cfg.service)
+        parts.append(f"{len(cfg.service)} services with {backends} backends")
+    click.echo(f"{config_path}: ok ({', '.join(parts)})")
 
 
 def _socket_for(socket_path: str | None, config_path: str | None) -> str:
@@ -96,8 +116,6 @@ def _socket_for(socket_path: str | None, config_path: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw state as JSON.")
 def status(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
     """Show a running daemon's counters: traffic, drops by reason, ICMP sent."""
-    from rich.console import Console
-
     from hopgate.control import status as status_view
     from hopgate.control.admin import AdminError, fetch_status
 
@@ -109,7 +127,7 @@ def status(socket_path: str | None, config_path: str | None, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(state, indent=2))
     else:
-        status_view.render(state, Console())
+        status_view.render(state, _console())
 
 
 @main.command()
@@ -143,9 +161,8 @@ def conns(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List the connections the NAT tracks."""
-    from rich.console import Console
-
+    """List the connections the NAT tracks and the load balancer's, with their
+    backends."""
     from hopgate.control import status as status_view
     from hopgate.control.admin import AdminError, fetch_conns
 
@@ -165,7 +182,7 @@ def conns(
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        status_view.render_conns(result, Console())
+        status_view.render_conns(result, _console())
 
 
 def _need_root() -> None:
@@ -182,12 +199,10 @@ def _need_root() -> None:
 @click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
 def demo(kernel: bool, keep: bool) -> None:
     """Build a lab, run ping, traceroute, tracepath and curl through hopgate, show the results."""
-    from rich.console import Console
-
     from hopgate.lab.demo import run_demo
 
     _need_root()
-    ok = run_demo(Console(), kernel=kernel, keep=keep)
+    ok = run_demo(_console(), kernel=kernel, keep=keep)
     sys.exit(0 if ok else 1)
 
 
@@ -200,21 +215,31 @@ def lab() -> None:
 @click.option("--name", help="Lab name (default: a random hgXXXXXX).")
 @click.option(
     "--topology",
-    type=click.Choice(["router", "nat"]),
+    type=click.Choice(["router", "nat", "lb"]),
     default="router",
     show_default=True,
-    help="router: client — gw — r1 — server.  nat: two inside hosts — gw (NAT) — r1 — server.",
+    help="router: client — gw — r1 — server.  nat: two inside hosts — gw (NAT) — r1 — server."
+    "  lb: a client behind uplink routers A and B — gw (load balancer) — three backends.",
 )
 @click.option("--kernel", is_flag=True, help="Linux (with nftables for nat) as gw, not hopgate.")
 def lab_up(name: str | None, topology: str, kernel: bool) -> None:
     """Build a lab and leave it running."""
+    from hopgate.lab.lblab import LB_ADDR, LbLab
     from hopgate.lab.netns import LabError
     from hopgate.lab.topologies import ADDR, NAT_ADDR, NatLab, RouterLab
 
     _need_root()
+    if topology == "lb" and kernel:
+        _fail("the lb topology has no kernel version: Linux has no full-NAT load balancer")
     mode = "kernel" if kernel else "hopgate"
     try:
-        built: RouterLab | NatLab = (RouterLab if topology == "router" else NatLab)(mode, name)
+        built: RouterLab | NatLab | LbLab
+        if topology == "router":
+            built = RouterLab(mode, name)
+        elif topology == "nat":
+            built = NatLab(mode, name)
+        else:
+            built = LbLab(name)
     except LabError as e:
         _fail(str(e))
     # Leave it running: the lab's processes are in their own sessions and survive us.
@@ -223,15 +248,20 @@ def lab_up(name: str | None, topology: str, kernel: bool) -> None:
         click.echo(f"  {ns.role:8} ip netns exec {ns.name} ...")
     if topology == "router":
         click.echo(f"  try:    ip netns exec {built.name}-client traceroute -n {ADDR.server4}")
-    else:
+    elif topology == "nat":
         click.echo(f"  try:    ip netns exec {built.name}-inside1 traceroute -n {NAT_ADDR.server4}")
         click.echo(
             f"          ip netns exec {built.name}-server curl http://{NAT_ADDR.gw_u4}:"
             f"{NAT_ADDR.published_port}/"
         )
+    else:
+        client = f"ip netns exec {built.name}-client"
+        click.echo(f"  try:    {client} traceroute -n -T -p 80 {LB_ADDR.vip4}")
+        click.echo(f"          {client} curl http://{LB_ADDR.vip4}/")
+        click.echo(f"          {client} curl 'http://[{LB_ADDR.vip6}]/'")
     if not kernel:
         click.echo(f"  status: hopgate status -s {built.admin_socket}")
-        if topology == "nat":
+        if topology != "router":
             click.echo(f"  conns:  hopgate conns -s {built.admin_socket}")
         click.echo(f"  config: {built.config_path}")
     click.echo(f"  remove: hopgate lab down {built.name}")

@@ -84,6 +84,19 @@ def run(cfg: Config, config_path: str) -> None:
                 iface["mtu"],
                 ", ".join(iface["addresses"]),
             )
+        if router.nat is not None:
+            for svc in router.nat.services.all:
+                d = svc.describe()
+                log.info(
+                    "service %s: %s %s port %d, %s over %s, backends %s",
+                    d["name"],
+                    d["protocol"],
+                    d["vip"],
+                    d["port"],
+                    d["scheduler"],
+                    ", ".join(d["local_addresses"]),
+                    ", ".join(f"{b['backend']} (weight {b['weight']})" for b in d["backends"]),
+                )
         log.info(
             "hopgate %s routing on %s; admin socket %s",
             __version__,

@@ -62,3 +62,26 @@ def test_lab_up_list_down() -> None:
         assert again.returncode == 1 and "no lab named" in again.stderr
     finally:
         destroy(name)  # whatever happened above
+
+
+def test_lab_up_lb_topology() -> None:
+    name = f"hgt{secrets.token_hex(3)}"
+    try:
+        up = subprocess.run(
+            [*HOPGATE, "lab", "up", "--topology", "lb", "--name", name],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert f"{name}-client curl http://198.18.100.1/" in up.stdout
+        got = subprocess.run(
+            ["ip", "netns", "exec", f"{name}-client", "curl", "-s", "http://198.18.100.1/"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert got.stdout.startswith("hello from be"), got
+        kernel = subprocess.run(
+            [*HOPGATE, "lab", "up", "--topology", "lb", "--kernel"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert kernel.returncode == 1 and "no kernel version" in kernel.stderr
+    finally:
+        destroy(name)

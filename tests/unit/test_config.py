@@ -182,3 +182,103 @@ def test_every_config_in_the_readme_is_valid() -> None:
     assert len(blocks) >= 2
     for block in blocks:
         parse(block, "README.md")
+
+
+LB = """
+[[interface]]
+name = "gw-a"
+addresses = ["198.18.11.1/24", "2001:2:0:11::1/64"]
+
+[[interface]]
+name = "gw-s"
+addresses = ["198.18.20.1/24", "2001:2:0:20::1/64"]
+
+[[route]]
+prefix = "0.0.0.0/0"
+via = ["198.18.11.2"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+local_addresses = ["198.18.20.100", "198.18.20.101"]
+echo = "forward"
+backend = [
+  { address = "198.18.20.11", weight = 1 },
+  { address = "198.18.20.12", port = 8080, weight = 3 },
+]
+[service.health]
+kind = "http"
+interval_ms = 500
+timeout_ms = 400
+rise = 1
+fall = 2
+http_path = "/ok"
+
+[[service]]
+vip = "2001:2:0:100::1"
+port = 53
+protocol = "udp"
+local_addresses = ["2001:2:0:20::100"]
+backend = [{ address = "2001:2:0:20::11" }]
+"""
+
+
+def test_services_parse_into_the_pipelines_specs() -> None:
+    spec = parse(LB).router_spec({"gw-a": (b"\x02" * 6, 1500), "gw-s": (b"\x04" * 6, 1500)})
+    web, dns = spec.services
+    assert (web.name, web.family, web.port, web.scheduler, web.echo) == (
+        "web",
+        4,
+        80,
+        "maglev",
+        "forward",
+    )
+    assert [(b.port, b.weight) for b in web.backends] == [(80, 1), (8080, 3)]
+    assert web.health.kind == "http" and web.health.interval == 0.5 and web.health.fall == 2
+    assert web.health.http_path == "/ok" and web.health.http_status == (200, 399)
+    # unnamed services are named by what they serve; UDP is checked by ICMP echo
+    assert dns.name == "udp/[2001:2:0:100::1]:53" and dns.family == 6
+    assert dns.health.kind == "icmp" and dns.scheduler == "wrr" and dns.echo == "answer"
+
+
+def test_service_mistakes_are_named_by_key_path() -> None:
+    text = (
+        LB.replace('vip = "198.18.100.1"', 'vip = "198.18.20.1"')
+        .replace('"198.18.20.101"', '"198.18.30.1"')
+        .replace('{ address = "198.18.20.11", weight = 1 }', '{ address = "2001:2::1" }')
+        .replace("timeout_ms = 400", "timeout_ms = 900")
+        .replace('port = 53\nprotocol = "udp"', 'port = 53\nprotocol = "udp"\nhealth.kind = "tcp"')
+        + '\n[[service]]\nvip = "2001:2:0:100::1"\nport = 53\nprotocol = "udp"\n'
+        'local_addresses = ["2001:2:0:20::100"]\nbackend = [{ address = "2001:2:0:20::11" }]\n'
+        'scheduler = "maglev"\nmaglev_table_size = 1000\n'
+    )
+    assert issues(text) == [
+        "service[0].vip: 198.18.20.1 is gw-s's own address; a VIP is its own",
+        "service[0].local_addresses[1]: 198.18.30.1 is not on the subnet of any interface"
+        " (backends answer it there)",
+        "service[0].backend[0].address: 2001:2::1 is not of the family of 198.18.20.1",
+        "service[0].health.timeout_ms: must not be longer than interval_ms",
+        "service[1].health.kind: a tcp check needs a tcp service; use icmp or none",
+        "service[2].port: udp/[2001:2:0:100::1]:53 is already service[1]",
+        "service[2].maglev_table_size: 1000 is not prime (65537 is)",
+    ]
+
+
+def test_service_structure_errors_are_named_by_key_path() -> None:
+    bad = LB.replace('scheduler = "maglev"', 'scheduler = "random"').replace(
+        "weight = 3", "weight = 3, colour = 1"
+    )
+    got = issues(bad)
+    assert any(g.startswith("service[0].scheduler:") for g in got), got
+    assert any(g.startswith("service[0].backend[1].colour:") for g in got), got
+
+
+def test_check_config_counts_services(tmp_path: Path) -> None:
+    p = tmp_path / "lb.toml"
+    p.write_text(LB)
+    result = CliRunner().invoke(main, ["check-config", str(p)])
+    assert result.exit_code == 0, result.output
+    assert "ok (2 interfaces, 1 routes, 2 services with 3 backends)" in result.output

@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hopgate.pipeline.conntrack import Timeouts
+from hopgate.pipeline import maglev
+from hopgate.pipeline.conntrack import PROTO_TCP, PROTO_UDP, Timeouts
+from hopgate.pipeline.lb import BackendSpec, HealthSpec, ServiceSpec
 from hopgate.pipeline.model import (
     DnatSpec,
     IPAddress,
@@ -202,12 +204,45 @@ class NatConfig(_Strict):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
 
 
+class BackendConfig(_Strict):
+    address: Address
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default: the service's port
+    weight: Annotated[int, Field(ge=0, le=1000)] = 1  # 0: no new connections
+
+
+class HealthConfig(_Strict):
+    kind: Literal["tcp", "icmp", "http", "none"] | None = None  # default: tcp, or icmp for UDP
+    interval_ms: Annotated[int, Field(ge=100)] = 2000
+    timeout_ms: Annotated[int, Field(ge=50)] = 1000
+    rise: Annotated[int, Field(ge=1, le=100)] = 2
+    fall: Annotated[int, Field(ge=1, le=100)] = 3
+    http_path: str = "/"
+    http_status: Annotated[
+        list[Annotated[int, Field(ge=100, le=599)]], Field(min_length=2, max_length=2)
+    ] = [200, 399]
+
+
+class ServiceConfig(_Strict):
+    name: str | None = None
+    vip: Address
+    port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: Literal["tcp", "udp"]
+    scheduler: Literal["rr", "wrr", "lc", "maglev"] = "wrr"
+    local_addresses: Annotated[list[Address], Field(min_length=1)]
+    echo: Literal["answer", "forward"] = "answer"
+    on_backend_down: Literal["keep", "close"] = "keep"
+    maglev_table_size: Annotated[int, Field(ge=7)] = maglev.DEFAULT_TABLE_SIZE
+    backend: Annotated[list[BackendConfig], Field(min_length=1)]
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+
 class Config(_Strict):
     interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
     route: list[RouteConfig] = Field(default_factory=list)
     icmp: IcmpConfig = Field(default_factory=IcmpConfig)
     neighbour: NeighbourConfig = Field(default_factory=NeighbourConfig)
     nat: NatConfig | None = None
+    service: list[ServiceConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
@@ -252,6 +287,7 @@ class Config(_Strict):
             ),
             reassembly=ReassemblySettings(),
             nat=self._nat_spec(),
+            services=tuple(_service_spec(i, svc) for i, svc in enumerate(self.service)),
         )
 
     def _nat_spec(self) -> NatSpec | None:
@@ -321,6 +357,42 @@ def _explain_network(text: str) -> str:
     except ValueError:
         return f"{text!r} is not a prefix such as 198.18.0.0/15 or 2001:2::/48"
     return f"{text!r} has host bits set; did you mean {net}?"
+
+
+def _service_spec(index: int, svc: ServiceConfig) -> ServiceSpec:
+    vip = ipaddress.ip_address(svc.vip)
+    proto = PROTO_TCP if svc.protocol == "tcp" else PROTO_UDP
+    h = svc.health
+    kind = h.kind or ("tcp" if proto == PROTO_TCP else "icmp")
+    return ServiceSpec(
+        name=svc.name or f"{svc.protocol}/{_endpoint_text(vip, svc.port)}",
+        family=vip.version,
+        protocol=proto,
+        vip=int(vip),
+        port=svc.port,
+        backends=tuple(
+            BackendSpec(int(ipaddress.ip_address(b.address)), b.port or svc.port, b.weight)
+            for b in svc.backend
+        ),
+        local_addresses=tuple(int(ipaddress.ip_address(a)) for a in svc.local_addresses),
+        scheduler=svc.scheduler,
+        echo=svc.echo,
+        on_backend_down=svc.on_backend_down,
+        maglev_table_size=svc.maglev_table_size,
+        health=HealthSpec(
+            kind=kind,
+            interval=h.interval_ms / 1000,
+            timeout=h.timeout_ms / 1000,
+            rise=h.rise,
+            fall=h.fall,
+            http_path=h.http_path,
+            http_status=(h.http_status[0], h.http_status[1]),
+        ),
+    )
+
+
+def _endpoint_text(a: IPAddress, port: int) -> str:
+    return f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}"
 
 
 def parse_endpoint(text: str) -> tuple[IPAddress, int | None]:
@@ -434,6 +506,79 @@ def _check_relations(cfg: Config) -> list[ConfigIssue]:
                 )
     if cfg.nat is not None:
         issues += _check_nat(cfg, cfg.nat, names)
+    issues += _check_services(cfg, subnets, owners)
+    return issues
+
+
+def _check_services(
+    cfg: Config,
+    subnets: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str],
+    owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str],
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    seen: dict[tuple[str, str, int], int] = {}
+    for i, svc in enumerate(cfg.service):
+        where = f"service[{i}]"
+        vip = ipaddress.ip_address(svc.vip)
+        if vip in owners:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.vip", f"{vip} is {owners[vip]}'s own address; a VIP is its own"
+                )
+            )
+        key = (svc.protocol, str(vip), svc.port)
+        if key in seen:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.port",
+                    f"{svc.protocol}/{_endpoint_text(vip, svc.port)}"
+                    f" is already service[{seen[key]}]",
+                )
+            )
+        seen.setdefault(key, i)
+        for j, text in enumerate(svc.local_addresses):
+            lip = ipaddress.ip_address(text)
+            if lip.version != vip.version:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.local_addresses[{j}]", f"{lip} is not of the family of {vip}"
+                    )
+                )
+            elif not any(lip in net for net in subnets):
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.local_addresses[{j}]",
+                        f"{lip} is not on the subnet of any interface (backends answer it there)",
+                    )
+                )
+        for j, b in enumerate(svc.backend):
+            a = ipaddress.ip_address(b.address)
+            if a.version != vip.version:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.backend[{j}].address", f"{a} is not of the family of {vip}"
+                    )
+                )
+        h = svc.health
+        kind = h.kind or ("tcp" if svc.protocol == "tcp" else "icmp")
+        if kind in ("tcp", "http") and svc.protocol != "tcp":
+            issues.append(
+                ConfigIssue(
+                    f"{where}.health.kind", f"a {kind} check needs a tcp service; use icmp or none"
+                )
+            )
+        if h.timeout_ms > h.interval_ms:
+            issues.append(
+                ConfigIssue(f"{where}.health.timeout_ms", "must not be longer than interval_ms")
+            )
+        if h.http_status[0] > h.http_status[1]:
+            issues.append(ConfigIssue(f"{where}.health.http_status", "give [lowest, highest]"))
+        if svc.scheduler == "maglev" and not maglev.is_prime(svc.maglev_table_size):
+            issues.append(
+                ConfigIssue(
+                    f"{where}.maglev_table_size", f"{svc.maglev_table_size} is not prime (65537 is)"
+                )
+            )
     return issues
 
 

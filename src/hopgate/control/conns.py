@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from hopgate.packet import addr as A
+from hopgate.packet import ethernet
 from hopgate.pipeline.conntrack import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Conn
+from hopgate.pipeline.lb import Backend
 from hopgate.pipeline.nat import Nat
 
 PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP, "icmpv6": PROTO_ICMPV6}
@@ -23,12 +26,20 @@ def _endpoint(version: int, address: int, port: int, proto: int) -> str:
     return text
 
 
-def describe(conn: Conn, now: float) -> dict[str, Any]:
+def _hop(hop: tuple[int, bytes] | None, port_names: Sequence[str]) -> str | None:
+    if hop is None:
+        return None
+    port, mac = hop
+    name = port_names[port] if 0 <= port < len(port_names) else str(port)
+    return f"{name} {ethernet.format_mac(mac)}"
+
+
+def describe(conn: Conn, now: float, port_names: Sequence[str] = ()) -> dict[str, Any]:
     fam, proto, src, sport, dst, dport = conn.key_orig
     t = conn.to
     r = conn.key_reply
     state = conn.state.name.lower().replace("_", "-") if proto == PROTO_TCP else None
-    return {
+    row: dict[str, Any] = {
         "family": fam,
         "protocol": NAMES.get(proto, str(proto)),
         "state": state,
@@ -42,7 +53,18 @@ def describe(conn: Conn, now: float) -> dict[str, Any]:
         "expires_in": round(max(0.0, conn.expires - now), 1),
         "packets": list(conn.packets),
         "bytes": list(conn.bytes),
+        "service": None,
+        "backend": None,
+        "hops": None,
     }
+    backend = conn.backend
+    if isinstance(backend, Backend):
+        row["service"] = backend.service.name
+        row["backend"] = backend.name
+        # where each side's packets go back to: source in, source out
+        if conn.hops is not None:
+            row["hops"] = [_hop(h, port_names) for h in conn.hops]
+    return row
 
 
 def listing(nat: Nat | None, now: float, query: dict[str, str]) -> dict[str, Any]:
@@ -76,7 +98,7 @@ def listing(nat: Nat | None, now: float, query: dict[str, str]) -> dict[str, Any
             continue
         if port is not None and port not in (sport, dport, t.sport, t.dport):
             continue
-        row = describe(conn, now)
+        row = describe(conn, now, nat.port_names)
         if state is not None and row["state"] != state:
             continue
         total += 1

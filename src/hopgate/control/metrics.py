@@ -102,6 +102,7 @@ class _SnapshotCollector(Collector):
             for event, n in sorted(nat["counters"].items()):
                 events.add_metric([event], n)
             yield events
+            yield from _services(nat["services"])
         yield CounterMetricFamily(
             "hopgate_internal_errors",
             "Frames that met a bug (each also dropped)",
@@ -110,6 +111,31 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "hopgate_uptime_seconds", "Seconds since start", value=s["uptime_seconds"]
         )
+
+
+def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:
+    labels = ["service", "backend"]
+    up = GaugeMetricFamily(
+        "hopgate_backend_up", "1 if the backend takes connections", labels=labels
+    )
+    active = GaugeMetricFamily(
+        "hopgate_backend_active_connections", "Connections open to the backend", labels=labels
+    )
+    total = CounterMetricFamily(
+        "hopgate_backend_connections", "Connections sent to the backend", labels=labels
+    )
+    checks = CounterMetricFamily(
+        "hopgate_backend_checks", "Health checks by result", labels=[*labels, "result"]
+    )
+    for svc in services:
+        for b in svc["backends"]:
+            key = [svc["name"], b["backend"]]
+            up.add_metric(key, 1 if b["up"] else 0)
+            active.add_metric(key, b["active"])
+            total.add_metric(key, b["total"])
+            checks.add_metric([*key, "ok"], b["checks_ok"])
+            checks.add_metric([*key, "failed"], b["checks_failed"])
+    yield from (up, active, total, checks)
 
 
 def render(state: dict[str, Any]) -> bytes:

@@ -111,6 +111,39 @@ def render(state: dict[str, Any], console: Console) -> None:
             "  (hopgate conns lists them)"
         )
 
+    services = nat["services"] if nat else []
+    if services:
+        t = Table(title="Services", title_justify="left")
+        for col in (
+            "service",
+            "backend",
+            "weight",
+            "health",
+            "active",
+            "total",
+            "checks ok/failed",
+        ):
+            t.add_column(
+                col, justify="left" if col in ("service", "backend", "health") else "right"
+            )
+        for svc in services:
+            about = (
+                f"{svc['name']}\n{svc['protocol']} {_endpoint(svc['vip'], svc['port'])}"
+                f"\n{svc['scheduler']}, {svc['health']} checks"
+            )
+            for i, b in enumerate(svc["backends"]):
+                t.add_row(
+                    about if i == 0 else "",
+                    b["backend"],
+                    str(b["weight"]),
+                    "up" if b["up"] else "[red]down[/red]",
+                    f"{b['active']:,}",
+                    f"{b['total']:,}",
+                    f"{b['checks_ok']:,}/{b['checks_failed']:,}",
+                    end_section=i == len(svc["backends"]) - 1,
+                )
+        console.print(t)
+
     if state["neighbours"]:
         t = Table(title="Neighbours", title_justify="left")
         for col in ("interface", "address", "mac", "state", "queued"):
@@ -133,6 +166,10 @@ def render(state: dict[str, Any], console: Console) -> None:
     console.print(t)
 
 
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def render_conns(result: dict[str, Any], console: Console) -> None:
     if not result["nat"]:
         console.print("NAT is not configured: no connections are tracked.")
@@ -141,15 +178,23 @@ def render_conns(result: dict[str, Any], console: Console) -> None:
         title=f"Connections: {result['shown']:,} of {result['total']:,} shown",
         title_justify="left",
     )
-    for col in ("proto", "state", "original", "translated", "expires", "packets (o/r)"):
+    balanced = any(c.get("service") for c in result["connections"])
+    cols = ["proto", "state", "original", "translated", "expires", "packets (o/r)"]
+    if balanced:
+        cols += ["service", "client via"]
+    for col in cols:
         t.add_column(col, justify="right" if col in ("expires", "packets (o/r)") else "left")
     for c in result["connections"]:
-        t.add_row(
+        row = [
             f"{c['protocol']}/{c['family']}",
             (c["state"] or ("assured" if c["assured"] else "unreplied")),
             " → ".join(c["original"]),
             " → ".join(c["translated"]),
             f"{c['expires_in']:.0f}s",
             f"{c['packets'][0]:,}/{c['packets'][1]:,}",
-        )
+        ]
+        if balanced:
+            hops = c.get("hops") or [None, None]
+            row += [c.get("service") or "", hops[0] or "-"]
+        t.add_row(*row)
     console.print(t)

@@ -102,6 +102,9 @@ class Loop:
                 if deadline is not None and deadline <= now:
                     self._execute(router.poll(now))
                 self._run_calls()
+                news = router.events
+                while news:
+                    log.info("%s", news.popleft())
         finally:
             ep.close()
             signal.set_wakeup_fd(-1)

@@ -192,22 +192,22 @@ class RouterLab:
         lab.note(topology="router", mode=self.mode, admin_socket=self.admin_socket)
 
     def start_hopgate(self) -> Process:
-        self.hopgate = _start_hopgate(self.gw, self.config_path, self.admin_socket)
+        self.hopgate = start_hopgate(self.gw, self.config_path, self.admin_socket)
         return self.hopgate
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
 
     def _start_servers(self) -> None:
-        _serve_http(self.lab, self.server, "www")
+        serve_http(self.lab, self.server, "www")
         self.server.spawn("iperf3", "iperf3", "-s")
-        _wait_for_listen(self.server, 5201)
+        wait_for_listen(self.server, 5201)
 
     def close(self) -> None:
         self.lab.close()
 
 
-def _wait_for_listen(ns: Namespace, port: int, timeout: float = 10.0) -> None:
+def wait_for_listen(ns: Namespace, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = ns.run("ss", "-Hltn", f"sport = :{port}", check=False).stdout
@@ -385,21 +385,19 @@ class NatLab:
             gw.run("nft", "-f", "-", input=nftables_nat())
         else:
             self.config_path.write_text(nat_config(self.admin_socket, extra_config))
-            self.hopgate = _start_hopgate(gw, self.config_path, self.admin_socket)
+            self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
         if servers:
-            _serve_http(lab, server, "www-server", process="http-server")
-            _serve_http(lab, in1, "www-inside", big=False, process="http-inside")
+            serve_http(lab, server, "www-server", process="http-server")
+            serve_http(lab, in1, "www-inside", big=False, process="http-inside")
             server.spawn("iperf3", "iperf3", "-s")
-            _wait_for_listen(server, 5201)
+            wait_for_listen(server, 5201)
         lab.note(topology="nat", mode=self.mode, admin_socket=self.admin_socket)
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
 
 
-def _start_hopgate(
-    gw: Namespace, config: Path, admin_socket: str, timeout: float = 20.0
-) -> Process:
+def start_hopgate(gw: Namespace, config: Path, admin_socket: str, timeout: float = 20.0) -> Process:
     proc = gw.spawn("hopgate", sys.executable, "-m", "hopgate", "run", "-c", str(config))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -413,25 +411,33 @@ def _start_hopgate(
     raise LabError(f"hopgate did not answer on {admin_socket} within {timeout}s:\n{proc.output()}")
 
 
-def _serve_http(
-    lab: Lab, ns: Namespace, name: str, *, big: bool = True, process: str = "http"
-) -> None:
-    """An HTTP server on port 80 of ``ns``, serving lab.dir/``name`` (10 MB file if ``big``)."""
+def serve_http(
+    lab: Lab,
+    ns: Namespace,
+    name: str,
+    *,
+    big: bool = True,
+    process: str = "http",
+    port: int = HTTP_PORT,
+) -> Process:
+    """An HTTP server on ``port`` of ``ns``, serving lab.dir/``name`` (10 MB file
+    if ``big``) and an index.html that names the namespace."""
     www = lab.dir / name
-    www.mkdir()
+    www.mkdir(exist_ok=True)
     if big:
         with open(www / BIG_FILE, "wb") as f:
             f.write(bytes(range(256)) * (10 * 1024 * 1024 // 256))
     (www / "index.html").write_text(f"hello from {ns.role}\n")
-    ns.spawn(
+    proc = ns.spawn(
         process,
         sys.executable,
         "-m",
         "http.server",
-        str(HTTP_PORT),
+        str(port),
         "--bind",
         "::",
         "--directory",
         str(www),
     )
-    _wait_for_listen(ns, HTTP_PORT)
+    wait_for_listen(ns, port)
+    return proc

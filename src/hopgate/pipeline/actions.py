@@ -64,6 +64,8 @@ class DropReason(StrEnum):
     NAT_ICMP_UNMATCHED = "nat-icmp-unmatched"
     NAT_FRAGMENT_UNMATCHED = "nat-fragment-unmatched"
     NAT_INVALID = "nat-invalid"
+    # Load balancer
+    LB_NO_BACKEND = "lb-no-backend"
     # The last resort: a bug, caught so that one packet cannot stop the router.
     INTERNAL_ERROR = "internal-error"
 

@@ -168,11 +168,13 @@ class Side:
 class Conn:
     __slots__ = (
         "assured",
+        "backend",
         "bytes",
         "created",
         "echo",
         "expires",
         "fin_from",
+        "hops",
         "key_orig",
         "key_reply",
         "mapping",
@@ -197,6 +199,12 @@ class Conn:
         self.bytes = [0, 0]
         # The source mapping this connection holds (released when it expires).
         self.mapping: object | None = None
+        # A load-balanced connection: its backend, and for each direction the
+        # (port, neighbour MAC) its first packet came from.  Packets and ICMP
+        # errors bound for a side go back there, with no route lookup (source
+        # in, source out).
+        self.backend: object | None = None
+        self.hops: list[tuple[int, bytes] | None] | None = None
         self.sides = (Side(self, ORIG), Side(self, REPLY))
 
     @property

@@ -94,14 +94,17 @@ class IcmpOut:
         out: list[Action],
         *,
         l2_group: bool = False,
+        source: int | None = None,
     ) -> None:
-        """Answer the IPv4 packet at frame[l3:] with an ICMP error, if the rules allow."""
+        """Answer the IPv4 packet at frame[l3:] with an ICMP error, if the rules allow.
+        ``source``: the address to answer from (a packet to one of the router's
+        own addresses is answered from that address, as Linux does)."""
         orig_src = ipv4.addrs(frame, l3)[0]
         src = self._may_send(
             4,
             self._v4_rule(frame, l3, l2_group),
             orig_src,
-            lambda: v4_source_for(self._ports, in_port, orig_src),
+            lambda: source or v4_source_for(self._ports, in_port, orig_src),
             icmp_type,
             code,
             now,
@@ -163,6 +166,7 @@ class IcmpOut:
         out: list[Action],
         *,
         l2_group: bool = False,
+        source: int | None = None,
     ) -> None:
         """Answer the IPv6 packet at frame[l3:] with an ICMPv6 error, if the rules allow."""
         orig_src = ipv6.src(frame, l3)
@@ -170,7 +174,7 @@ class IcmpOut:
             6,
             self._v6_rule(frame, l3, l2_group, icmp_type, code),
             orig_src,
-            lambda: v6_source_for(self._ports, in_port, orig_src),
+            lambda: source or v6_source_for(self._ports, in_port, orig_src),
             icmp_type,
             code,
             now,

@@ -18,6 +18,7 @@ from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
+from hopgate.pipeline.health import HealthChecker
 from hopgate.pipeline.icmp import TTL, IcmpOut, reply_l2
 from hopgate.pipeline.ports import Port, v6_source_for
 from hopgate.pipeline.reassembly import Complete, Head, Reassembler
@@ -35,6 +36,7 @@ class LocalDelivery:
         icmp: IcmpOut,
         nd: NdResolver,
         reassembler: Reassembler,
+        health: HealthChecker | None = None,
     ) -> None:
         self._ports = ports
         self._emit = emit
@@ -42,6 +44,7 @@ class LocalDelivery:
         self._icmp = icmp
         self._nd = nd
         self._reasm = reassembler
+        self._health = health  # answers to health checks come to the router's addresses
         self._v6_ident = 0
 
     # -- IPv4 ----------------------------------------------------------------
@@ -59,6 +62,10 @@ class LocalDelivery:
         end = l3 + ipv4.total_len(frame, l3)
         at = l3 + ihl
         proto = frame[l3 + ipv4.OFF_PROTO]
+        if self._health is not None and self._health.receive(
+            4, frame, at, end, proto, src, dst, now, out
+        ):
+            return
         if proto == ipv4.PROTO_ICMP:
             self._icmp4(frame, port, l3, at, end, src, dst, now, out)
         elif proto == ipv4.PROTO_UDP:
@@ -66,7 +73,7 @@ class LocalDelivery:
                 self._emit.drop(port, DropReason.LOCAL_UDP_PORT_CLOSED, out)
                 self._icmp.error_v4(
                     frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.PORT_UNREACH, 0,
-                    now, out, l2_group=bool(frame[0] & 1),
+                    now, out, l2_group=bool(frame[0] & 1), source=dst,
                 )  # fmt: skip
         elif proto == ipv4.PROTO_TCP:
             self._tcp(frame, port, l3, at, end, 4, src, dst, out)
@@ -74,7 +81,7 @@ class LocalDelivery:
             self._emit.drop(port, DropReason.LOCAL_PROTOCOL_UNREACHABLE, out)
             self._icmp.error_v4(
                 frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.PROTO_UNREACH, 0,
-                now, out, l2_group=bool(frame[0] & 1),
+                now, out, l2_group=bool(frame[0] & 1), source=dst,
             )  # fmt: skip
 
     def _reassemble_v4(
@@ -199,6 +206,10 @@ class LocalDelivery:
                 emit.drop(port, DropReason.REASSEMBLY_INVALID, out)
                 return
         proto, at = chain.proto, chain.offset
+        if self._health is not None and self._health.receive(
+            6, frame, at, end, proto, src, dst, now, out
+        ):
+            return
         if src == 0 and proto != ipv6.NH_ICMPV6:
             emit.drop(port, DropReason.MARTIAN_SOURCE, out)
             return
@@ -211,7 +222,7 @@ class LocalDelivery:
                 emit.drop(port, DropReason.LOCAL_UDP_PORT_CLOSED, out)
                 self._icmp.error_v6(
                     frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.PORT_UNREACH, 0,
-                    now, out, l2_group=bool(frame[0] & 1),
+                    now, out, l2_group=bool(frame[0] & 1), source=dst,
                 )  # fmt: skip
         elif proto == ipv6.NH_TCP:
             self._tcp(frame, port, l3, at, end, 6, src, dst, out)
@@ -222,7 +233,7 @@ class LocalDelivery:
             self._icmp.error_v6(
                 frame, l3, port, frame[6:12], icmp6.PARAMETER_PROBLEM,
                 icmp6.UNRECOGNISED_NEXT_HEADER, chain.nh_field - l3, now, out,
-                l2_group=bool(frame[0] & 1),
+                l2_group=bool(frame[0] & 1), source=dst,
             )  # fmt: skip
 
     def _reassemble_v6(

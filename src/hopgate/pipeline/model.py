@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from hopgate.pipeline.conntrack import Timeouts
+from hopgate.pipeline.lb import ServiceSpec
 from hopgate.pipeline.ratelimit import IcmpRateSettings
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -103,3 +104,4 @@ class RouterSpec:
     neighbour: NeighbourSettings = field(default_factory=NeighbourSettings)
     reassembly: ReassemblySettings = field(default_factory=ReassemblySettings)
     nat: NatSpec | None = None
+    services: tuple[ServiceSpec, ...] = ()

@@ -44,9 +44,11 @@ from hopgate.pipeline.conntrack import (
     Conn,
     ConnTable,
     Side,
+    TcpState,
     Translation,
     Tuple,
 )
+from hopgate.pipeline.lb import Backend, Service, Services, flow_key
 from hopgate.pipeline.model import NatSpec
 from hopgate.pipeline.ports import Port
 from hopgate.pipeline.timers import Timers
@@ -112,7 +114,7 @@ class Mapping:
 class Plan:
     """How a packet is translated; decided before the router's checks, carried out after."""
 
-    __slots__ = ("dst", "flow", "inner", "key", "kind", "side", "snat", "to")
+    __slots__ = ("backend", "dst", "flow", "inner", "key", "kind", "service", "side", "snat", "to")
 
     def __init__(
         self,
@@ -125,6 +127,8 @@ class Plan:
         to: Translation | None = None,
         snat: SnatRule | None = None,
         inner: tuple[int, flows.Flow] | None = None,
+        service: Service | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.kind = kind
         self.flow = flow
@@ -136,6 +140,8 @@ class Plan:
         self.to = to  # a new connection's destination translation (DNAT, hairpin)
         self.snat = snat  # a new connection's source translation, chosen in apply()
         self.inner = inner  # ICMP error: (offset of the quoted IP header, its flow)
+        self.service = service  # a new load-balanced connection: its service...
+        self.backend = backend  # ...and the backend its scheduler chose
 
 
 def _fragment_ident(version: int, buf: Buffer, l3: int, end: int) -> int | None:
@@ -148,6 +154,9 @@ def _fragment_ident(version: int, buf: Buffer, l3: int, end: int) -> int | None:
 
 
 class Nat:
+    """The translation engine: NAT rules and load-balanced services share its
+    connection table."""
+
     def __init__(
         self,
         spec: NatSpec,
@@ -155,8 +164,11 @@ class Nat:
         port_by_name: dict[str, int],
         timers: Timers,
         now: float = 0.0,
+        services: Services | None = None,
     ) -> None:
         self.spec = spec
+        self.port_names = [p.name for p in ports]
+        self.services = services or Services(())
         self.counters: Counter[str] = Counter()
         self.table = ConnTable(spec.timeouts, spec.max_connections, timers, self._released)
         self._rng = random.Random(spec.seed)
@@ -201,6 +213,8 @@ class Nat:
             if r.port
         }
         self._reserved_addrs = {(r.family, r.addr) for r in self.dnat if not r.port}
+        for fam in (A.V4, A.V6):
+            self.addresses[fam] |= self.services.vips[fam] | self.services.lips[fam]
         self._by_inside: dict[Tuple, Mapping] = {}
         self._by_outside: dict[Tuple, Mapping] = {}
         self._fragments: OrderedDict[tuple[int, int, int, int, int], tuple[Side, float]] = (
@@ -226,7 +240,9 @@ class Nat:
         if proto in (PROTO_TCP, PROTO_UDP) and not frag & _FRAGMENT and end - l3 - ihl >= 4:
             sport, dport = _PORTS.unpack_from(frame, l3 + ihl)
             side = self.table.lookup((A.V4, proto, src, sport, dst, dport))
-            if side is not None:
+            if side is not None and (
+                side.conn.backend is None or not self._reused(side, frame, l3 + ihl, end)
+            ):
                 return side
         return self.inbound(A.V4, frame, l3, end, src, dst, now)
 
@@ -246,10 +262,14 @@ class Nat:
             return None
         key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
         side = self.table.lookup(key)
-        if side is not None:
+        if side is not None and (
+            side.conn.backend is None or not self._reused(side, frame, flow.at, flow.end)
+        ):
             return side
         if dst not in self.addresses[version] or not self._may_start(kind, flow, frame):
             return None
+        if dst in self.services.vips[version]:
+            return self._service_plan(version, kind, flow, key)
         rule = self._dnat_rule(version, flow.proto, dst, flow.dport, kind)
         if rule is not None:
             to_port = rule.to_port or flow.dport
@@ -290,13 +310,22 @@ class Nat:
         return Plan(flow.kind, flow, dst, key=key, snat=rule)
 
     def apply(
-        self, plan: Side | Plan, frame: bytearray | memoryview, l3: int, end: int, now: float
+        self,
+        plan: Side | Plan,
+        frame: bytearray | memoryview,
+        l3: int,
+        end: int,
+        now: float,
+        in_port: int = -1,
     ) -> Side | DropReason | None:
         """The packet leaves: commit a new connection, account, and rewrite it.
         Returns the side it was translated on (None for an ICMP error, which
         belongs to no side of its own), or why it is dropped."""
         if type(plan) is Side:
             self._rewrite(plan, frame, l3, end, now, whole=True)
+            hops = plan.conn.hops
+            if hops is not None and hops[plan.direction] is None:
+                hops[plan.direction] = (in_port, bytes(frame[6:12]))
             return plan
         assert isinstance(plan, Plan)
         if plan.kind == flows.ERROR:
@@ -313,6 +342,8 @@ class Nat:
             return made
         side = made.sides[ORIG]
         self._rewrite(side, frame, l3, end, now, whole=True)
+        if made.hops is not None:
+            made.hops[ORIG] = (in_port, bytes(frame[6:12]))
         return side
 
     def _rewrite(
@@ -367,6 +398,61 @@ class Nat:
 
     # -- new connections -------------------------------------------------------------
 
+    def _service_plan(
+        self, version: int, kind: int, flow: flows.Flow, key: Tuple
+    ) -> Plan | DropReason | None:
+        """A new flow to a VIP: to a backend if a service takes it; None leaves
+        it to the VIP itself (ping answered, port unreachable, reset)."""
+        _, proto, src, sport, vip, dport = key
+        if kind == flows.PORTS:
+            service = self.services.find(version, proto, vip, dport)
+        elif kind == flows.QUERY:
+            service = self.services.echo_service(version, vip)
+        else:
+            service = None
+        if service is None:
+            return None
+        backend = service.pick(flow_key(version, proto, src, sport, vip, dport))
+        if backend is None:
+            return DropReason.LB_NO_BACKEND
+        rport = backend.port if kind == flows.PORTS else 0
+        to = Translation(src, sport, backend.address, rport)
+        return Plan(kind, flow, backend.address, key=key, to=to, service=service, backend=backend)
+
+    def _reused(self, side: Side, frame: Buffer, at: int, end: int) -> bool:
+        """A client's SYN on the tuple of a load-balanced connection that is over
+        (TIME_WAIT, CLOSE) or whose backend has failed: a new connection, to be
+        scheduled afresh (as IPVS's conn_reuse_mode), not sent to the old one.
+        Forgets the old connection if so."""
+        conn = side.conn
+        if side.direction != ORIG or conn.proto != PROTO_TCP or at + 14 > end:
+            return False
+        if l4.tcp_flags(frame, at) & (l4.TCP_SYN | l4.TCP_ACK) != l4.TCP_SYN:
+            return False
+        backend = conn.backend
+        assert isinstance(backend, Backend)
+        if conn.state not in (TcpState.TIME_WAIT, TcpState.CLOSE) and backend.up:
+            return False
+        self.table.remove(conn)
+        self.counters["connections-rescheduled"] += 1
+        return True
+
+    def route_hint(self, plan: Side | Plan) -> tuple[tuple[int, bytes] | None, bool]:
+        """For a load-balanced connection: the (port, MAC) the packet must leave
+        by, if its destination side has been heard from (source in, source out),
+        and whether the packet goes to a backend (the VIP was its destination:
+        no TTL to spend here)."""
+        if isinstance(plan, Side):
+            side, error = plan, False
+        else:
+            if plan.side is None:
+                return None, plan.service is not None
+            side, error = plan.side, plan.kind == flows.ERROR
+        hops = side.conn.hops
+        if hops is None:
+            return None, False
+        return hops[1 - side.direction], side.direction == ORIG and not error
+
     @staticmethod
     def _may_start(kind: int, flow: flows.Flow, frame: Buffer) -> bool:
         """Whether a packet can open a connection: not an echo reply, not a TCP
@@ -406,6 +492,9 @@ class Nat:
         fam, proto, src, sport, dst, dport = key
         to = plan.to or Translation(src, sport, dst, dport)
         mapping = None
+        if plan.service is not None:
+            made = self._fnat(plan, key, to, now)
+            return made
         if plan.snat is not None:
             if plan.flow.kind == flows.OTHER:
                 # No ports: the address alone, if the reply tuple is free.
@@ -427,6 +516,38 @@ class Nat:
         table.insert(conn, now)
         self.counters["connections-created"] += 1
         return conn
+
+    def _fnat(self, plan: Plan, key: Tuple, to: Translation, now: float) -> Conn | DropReason:
+        """A full-NAT connection: from a local address (LIP) and a port of its
+        own on it, chosen so that the backend's replies are unique."""
+        service, backend = plan.service, plan.backend
+        assert service is not None and backend is not None
+        fam, proto = key[0], key[1]
+        echo = plan.flow.kind == flows.QUERY
+        for _ in range(len(service.lips)):
+            lip = service.next_lip()
+            for _ in range(PORT_TRIES):
+                lport = self._rng.randint(1024, 65535)
+                if self.table.taken((fam, proto, to.dst, to.dport, lip, lport)):
+                    continue
+                conn = Conn(key, Translation(lip, lport, to.dst, to.dport), now, echo=echo)
+                conn.backend = backend
+                conn.hops = [None, None]
+                backend.conns.add(conn)
+                backend.total += 1
+                self.table.insert(conn, now)
+                self.counters["connections-created"] += 1
+                return conn
+        return DropReason.NAT_PORTS_EXHAUSTED
+
+    def close_backend(self, backend: Backend) -> int:
+        """Forget a failed backend's connections (``on_backend_down = "close"``):
+        their next packets are scheduled afresh, and the backend that gets them
+        resets them.  Returns how many were closed."""
+        conns = list(backend.conns)
+        for conn in conns:
+            self.table.remove(conn)
+        return len(conns)
 
     def _mapping(
         self, fam: int, proto: int, addr: int, port: int, rule: SnatRule
@@ -485,6 +606,8 @@ class Nat:
 
     def _released(self, conn: Conn) -> None:
         self.counters["connections-expired"] += 1
+        if isinstance(conn.backend, Backend):
+            conn.backend.conns.discard(conn)
         m = conn.mapping
         if isinstance(m, Mapping):
             m.refs -= 1
@@ -614,6 +737,7 @@ class Nat:
             "max_connections": self.table.max_connections,
             "mappings": len(self._by_inside),
             "fragment_flows": len(self._fragments),
+            "services": [svc.describe() for svc in self.services.all],
             "counters": dict(self.counters),
         }
 

@@ -83,7 +83,9 @@ def build_port(
 class LocalAddresses:
     """Which destination addresses are the router's own, and on which port."""
 
-    def __init__(self, ports: list[Port]) -> None:
+    def __init__(self, ports: list[Port], virtual: dict[int, set[int]] | None = None) -> None:
+        """``virtual``: addresses the router takes as its own on no particular
+        link, by family (load-balancer VIPs routed to it)."""
         self.v4: dict[int, int] = {}
         self.v4_broadcast: set[int] = {A.V4_LIMITED_BROADCAST}
         # What no packet from the wire may claim as its source: our addresses and
@@ -104,6 +106,10 @@ class LocalAddresses:
             for a in p.v6:
                 if A.v6_is_link_local(a.addr):
                     self.v6_link_local.add((p.index, a.addr))
+        for x in (virtual or {}).get(A.V4, ()):
+            self.v4.setdefault(x, 0)
+        for x in (virtual or {}).get(A.V6, ()):
+            self.v6.setdefault(x, 0)
         self.v4_not_source = frozenset(self.v4) | frozenset(self.v4_broadcast)
 
     def is_v6_local(self, port: int, dst: int) -> bool:

@@ -51,6 +51,8 @@ class _Resolver(ABC):
     def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
         """The next hop never answered: drop the packet and tell its sender,
         host unreachable (IPv4) or address unreachable (IPv6)."""
+        if item.in_port < 0:
+            return  # hopgate's own packet (a health check): its probe times out
         self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
         if self.version == A.V4:
             error, icmp_type, code = self._icmp.error_v4, icmp4.DEST_UNREACH, icmp4.HOST_UNREACH

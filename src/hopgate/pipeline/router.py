@@ -6,6 +6,8 @@ Pure: no sockets, no clock.  The I/O layer calls ``process`` for each frame and
 
 from __future__ import annotations
 
+import ipaddress
+from collections import deque
 from typing import Any, Literal
 
 from hopgate.packet import addr as A
@@ -14,12 +16,14 @@ from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
+from hopgate.pipeline.health import HealthChecker
 from hopgate.pipeline.icmp import IcmpOut
+from hopgate.pipeline.lb import Backend, Services
 from hopgate.pipeline.local import LocalDelivery
-from hopgate.pipeline.model import RouterSpec
+from hopgate.pipeline.model import IPAddress, NatSpec, RouterSpec
 from hopgate.pipeline.nat import Nat, Plan
 from hopgate.pipeline.neighbours import Pending
-from hopgate.pipeline.ports import LocalAddresses, Port, build_port
+from hopgate.pipeline.ports import LocalAddresses, Port, build_port, v4_source_for, v6_source_for
 from hopgate.pipeline.ratelimit import IcmpRateLimiter
 from hopgate.pipeline.reassembly import Head, Reassembler
 from hopgate.pipeline.resolvers import ArpResolver, NdResolver
@@ -34,7 +38,8 @@ _ETH_P_ARP = ethernet.ETH_P_ARP
 _DF = ipv4.FLAG_DF
 _IPV4_CHECK = ipv4.check
 _IPV4_HEADER = ipv4.HEADER
-_MARTIAN_TOP = frozenset({0, 127})  # first octets of "this network" and loopback
+_MARTIAN_TOP = frozenset({0, 127})
+_NO_HINT: tuple[None, bool] = (None, False)  # first octets of "this network" and loopback
 _IPV6_CHECK = ipv6.check
 
 
@@ -48,7 +53,11 @@ class Router:
         self.port_by_name = {p.name: p.index for p in self.ports}
         if len(self.port_by_name) != len(self.ports):
             raise ValueError("two ports have the same name")
-        self.local = LocalAddresses(self.ports)
+        services = Services(spec.services) if spec.services else None
+        self.local = LocalAddresses(self.ports, services.vips if services else None)
+        # What happened that an operator should read (a backend going down...):
+        # the pipeline only records it; the daemon logs it.
+        self.events: deque[str] = deque(maxlen=1000)
         self.counters = Counters([p.name for p in self.ports])
         self.emit = Emitter(self.counters)
         self.timers = Timers()
@@ -57,14 +66,25 @@ class Router:
         self.arp = ArpResolver(self.ports, self.emit, self.icmp, spec.neighbour, self.timers)
         self.nd = NdResolver(self.ports, self.emit, self.icmp, spec.neighbour, self.timers)
         self.reassembler = Reassembler(spec.reassembly, self.timers, self._reassembly_expired)
-        self.delivery = LocalDelivery(self.ports, self.emit, self.icmp, self.nd, self.reassembler)
+        self.health: HealthChecker | None = None
+        if services is not None:
+            self.health = HealthChecker(
+                services, self.timers, self.originate, self._source_for, self._backend_changed
+            )
+        self.delivery = LocalDelivery(
+            self.ports, self.emit, self.icmp, self.nd, self.reassembler, self.health
+        )
         self.routes4 = RouteTable(A.V4)
         self.routes6 = RouteTable(A.V6)
         self._install_routes(spec)
         self.nat: Nat | None = None
-        if spec.nat is not None:
-            self.nat = Nat(spec.nat, self.ports, self.port_by_name, self.timers, now)
+        if spec.nat is not None or services is not None:
+            self.nat = Nat(
+                spec.nat or NatSpec(), self.ports, self.port_by_name, self.timers, now, services
+            )
             self.arp.restore = self.nd.restore = self.nat.restore
+        if self.health is not None:
+            self.health.start(now)
 
     # -- set-up ----------------------------------------------------------------
 
@@ -184,6 +204,12 @@ class Router:
             )
             if isinstance(got, DropReason):
                 self.emit.drop(port, got, out)
+                if got is DropReason.LB_NO_BACKEND:
+                    # As IPVS: the client hears at once that nothing serves it.
+                    self.icmp.error_v4(
+                        frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.PORT_UNREACH,
+                        0, now, out, l2_group=bool(frame[0] & 1), source=dst,
+                    )  # fmt: skip
                 return
             plan = got
         if plan is None and dst in local.v4:
@@ -223,22 +249,26 @@ class Router:
         out: list[Action],
         plan: Side | Plan | None = None,
     ) -> None:
-        route = self.routes4.lookup(dst)
-        if route is None:
-            self.emit.drop(port, DropReason.NO_ROUTE, out)
-            self.icmp.error_v4(
-                frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.NET_UNREACH, 0, now, out
-            )
-            return
-        if ttl <= 1:
+        hint, to_backend = self.nat.route_hint(plan) if plan is not None and self.nat else _NO_HINT
+        if hint is None:
+            route = self.routes4.lookup(dst)
+            if route is None:
+                self.emit.drop(port, DropReason.NO_ROUTE, out)
+                self.icmp.error_v4(
+                    frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.NET_UNREACH, 0, now, out
+                )
+                return
+            hops = route.nexthops
+            nh = hops[0] if len(hops) == 1 else hops[self._flow_v4(frame, l3, src, dst) % len(hops)]
+            egress = self.ports[nh.port]
+        else:
+            nh, egress = None, self.ports[hint[0]]  # source in, source out
+        if ttl <= 1 and not to_backend:
             self.emit.drop(port, DropReason.TTL_EXCEEDED, out)
             self.icmp.error_v4(
                 frame, l3, port, frame[6:12], icmp4.TIME_EXCEEDED, icmp4.TTL_EXCEEDED, 0, now, out
             )
             return
-        hops = route.nexthops
-        nh = hops[0] if len(hops) == 1 else hops[self._flow_v4(frame, l3, src, dst) % len(hops)]
-        egress = self.ports[nh.port]
         end = l3 + total
         if len(frame) > end:
             frame = frame[:end]  # Ethernet padding is not part of the packet
@@ -258,16 +288,18 @@ class Router:
                 return
             nat = translated
         self.counters.forwarded[port] += 1
-        ipv4.decrement_ttl(frame, l3)
+        if ttl > 1:  # a packet to a backend came to the VIP: it may arrive with 1
+            ipv4.decrement_ttl(frame, l3)
+        mac = hint[1] if hint is not None else None
         if total > egress.mtu:
             pieces = ipv4.fragment(memoryview(frame)[l3:end], egress.mtu)
             self.counters.fragments_created += len(pieces)
             for piece in pieces:
                 self._to_neighbour(
-                    bytearray(frame[:l3]) + piece, l3, port, egress, nh, dst, 4, now, out, nat
+                    bytearray(frame[:l3]) + piece, l3, port, egress, nh, dst, 4, now, out, nat, mac
                 )
             return
-        self._to_neighbour(frame, l3, port, egress, nh, dst, 4, now, out, nat)
+        self._to_neighbour(frame, l3, port, egress, nh, dst, 4, now, out, nat, mac)
 
     def _flow_v4(self, frame: Frame, l3: int, src: int, dst: int) -> int:
         proto = frame[l3 + ipv4.OFF_PROTO]
@@ -321,6 +353,11 @@ class Router:
             got = self.nat.inbound(A.V6, frame, l3, end, src, dst, now)
             if isinstance(got, DropReason):
                 self.emit.drop(port, got, out)
+                if got is DropReason.LB_NO_BACKEND:
+                    self.icmp.error_v6(
+                        frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.PORT_UNREACH,
+                        0, now, out, l2_group=bool(frame[0] & 1), source=dst,
+                    )  # fmt: skip
                 return
             plan = got
         if plan is None and self.local.is_v6_local(port, dst):
@@ -355,15 +392,26 @@ class Router:
         plan: Side | Plan | None = None,
     ) -> None:
         # The order of checks is Linux's (ip6_forward): route, hop limit, scope, MTU.
-        route = self.routes6.lookup(dst)
-        if route is None:
-            self.emit.drop(port, DropReason.NO_ROUTE, out)
-            self.icmp.error_v6(
-                frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.NO_ROUTE, 0, now, out
+        hint, to_backend = self.nat.route_hint(plan) if plan is not None and self.nat else _NO_HINT
+        if hint is None:
+            route = self.routes6.lookup(dst)
+            if route is None:
+                self.emit.drop(port, DropReason.NO_ROUTE, out)
+                self.icmp.error_v6(
+                    frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.NO_ROUTE, 0, now, out
+                )
+                return
+            hops = route.nexthops
+            nh = (
+                hops[0]
+                if len(hops) == 1
+                else hops[self._flow_v6(frame, l3, end, src, dst) % len(hops)]
             )
-            return
+            egress = self.ports[nh.port]
+        else:
+            nh, egress = None, self.ports[hint[0]]  # source in, source out
         hop_limit = frame[l3 + ipv6.OFF_HOP_LIMIT]
-        if hop_limit <= 1:
+        if hop_limit <= 1 and not to_backend:
             self.emit.drop(port, DropReason.TTL_EXCEEDED, out)
             self.icmp.error_v6(
                 frame, l3, port, frame[6:12], icmp6.TIME_EXCEEDED, icmp6.HOP_LIMIT_EXCEEDED, 0,
@@ -376,11 +424,6 @@ class Router:
                 frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.BEYOND_SCOPE, 0, now, out
             )
             return
-        hops = route.nexthops
-        nh = (
-            hops[0] if len(hops) == 1 else hops[self._flow_v6(frame, l3, end, src, dst) % len(hops)]
-        )
-        egress = self.ports[nh.port]
         if len(frame) > end:
             frame = frame[:end]
         if end - l3 > egress.mtu:
@@ -399,8 +442,10 @@ class Router:
                 return
             nat = translated
         self.counters.forwarded[port] += 1
-        frame[l3 + ipv6.OFF_HOP_LIMIT] = hop_limit - 1
-        self._to_neighbour(frame, l3, port, egress, nh, dst, 6, now, out, nat)
+        if hop_limit > 1:
+            frame[l3 + ipv6.OFF_HOP_LIMIT] = hop_limit - 1
+        mac = hint[1] if hint is not None else None
+        self._to_neighbour(frame, l3, port, egress, nh, dst, 6, now, out, nat, mac)
 
     def _flow_v6(self, frame: Frame, l3: int, end: int, src: int, dst: int) -> int:
         chain = ipv6.walk(frame, l3, end)
@@ -428,6 +473,47 @@ class Router:
                 ident = l4.ports(frame, at + 4)[0]
                 return flow_hash(proto, src, ident, dst, ident)
         return flow_hash(proto, src, 0, dst, 0)
+
+    # -- packets hopgate sends on its own ---------------------------------------------
+
+    def originate(
+        self, version: int, src: int, dst: int, proto: int, l4: bytes, now: float, out: list[Action]
+    ) -> None:
+        """Route and send a packet hopgate makes itself (health checks)."""
+        if version == A.V4:
+            packet = ipv4.build_header(src, dst, proto, len(l4), ident=self.icmp.next_ident())
+            route = self.routes4.lookup(dst)
+        else:
+            packet = ipv6.build_header(src, dst, proto, len(l4))
+            route = self.routes6.lookup(dst)
+        if route is None:
+            return  # the probe will time out
+        packet += l4
+        nh = route.nexthops[0]
+        ethertype = _ETH_P_IP if version == A.V4 else _ETH_P_IPV6
+        frame = bytearray(12) + ethertype.to_bytes(2, "big") + packet
+        self._to_neighbour(frame, 14, -1, self.ports[nh.port], nh, dst, version, now, out)
+
+    def _source_for(self, version: int, dst: int) -> int | None:
+        """The address hopgate speaks from to ``dst``: its own on the way there."""
+        route = (self.routes4 if version == A.V4 else self.routes6).lookup(dst)
+        if route is None:
+            return None
+        egress = route.nexthops[0].port
+        if version == A.V4:
+            return v4_source_for(self.ports, egress, dst)
+        return v6_source_for(self.ports, egress, dst)
+
+    def _backend_changed(self, backend: Backend, now: float) -> None:
+        service = backend.service
+        state = "up" if backend.up else "down"
+        service.rebuild()
+        closed = ""
+        if not backend.up and service.spec.on_backend_down == "close" and self.nat is not None:
+            closed = f"; {self.nat.close_backend(backend)} connections closed"
+        if self.nat is not None:
+            self.nat.counters[f"backends-{state}"] += 1
+        self.events.append(f"service {service.name}: backend {backend.name} is {state}{closed}")
 
     # -- NAT -------------------------------------------------------------------------
 
@@ -458,7 +544,7 @@ class Router:
             if got is None:
                 return None
             plan = got
-        done = nat.apply(plan, frame, l3, end, now)
+        done = nat.apply(plan, frame, l3, end, now, port)
         if isinstance(done, DropReason):
             self.emit.drop(port, done, out)
             return False
@@ -472,14 +558,22 @@ class Router:
         l3: int,
         in_port: int,
         egress: Port,
-        nh: NextHop,
+        nh: NextHop | None,
         dst: int,
         version: int,
         now: float,
         out: list[Action],
         nat: Side | None = None,
+        mac: bytes | None = None,
     ) -> None:
-        """Send a forwarded packet to its next hop, or queue it until the next hop answers."""
+        """Send a forwarded packet to its next hop (or to ``mac``, the neighbour a
+        connection's side is known to be behind), or queue it until the next hop
+        answers."""
+        if mac is not None or nh is None:
+            frame[0:6] = mac or ethernet.BROADCAST
+            frame[6:12] = egress.mac
+            self.emit.transmit(egress.index, frame, out)
+            return
         table = self.arp.table if version == A.V4 else self.nd.table
         gateway = nh.gateway or dst
         mac = table.mac_for(egress.index, gateway, now)
@@ -494,7 +588,7 @@ class Router:
         frame[6:12] = egress.mac
         pending = Pending(frame, l3, in_port, in_mac, nat)
         dropped = table.enqueue(egress.index, gateway, pending, now, out)
-        if dropped is not None:
+        if dropped is not None and in_port >= 0:
             self.emit.drop(in_port, dropped, out)
 
     def _reassembly_expired(self, head: Head, now: float, out: list[Action]) -> None:
@@ -571,8 +665,12 @@ def _nat_host_addresses(spec: RouterSpec) -> list[dict[int, tuple[int, ...]]]:
     """For each port, the NAT addresses (pools, published addresses) that are not
     its own but lie on its subnets: it answers ARP / ND for them."""
     extra: list[dict[int, list[int]]] = [{A.V4: [], A.V6: []} for _ in spec.ports]
+    wanted: list[IPAddress] = []
     if spec.nat is not None:
-        wanted = [a for s in spec.nat.snat for a in s.pool] + [d.published for d in spec.nat.dnat]
+        wanted += [a for s in spec.nat.snat for a in s.pool] + [d.published for d in spec.nat.dnat]
+    for svc in spec.services:
+        wanted += [ipaddress.ip_address(x) for x in (svc.vip, *svc.local_addresses)]
+    if wanted:
         for a in wanted:
             for i, p in enumerate(spec.ports):
                 own = [x for x in p.addresses if x.version == a.version]

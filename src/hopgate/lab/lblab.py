@@ -1,0 +1,288 @@
+"""The load balancer's lab: a client that reaches hopgate through two uplink
+routers, A and B, and backends behind it on one LAN.
+
+    client ── (c-a) ── (ra-c) rA (ra-g) ── (gw-a) ┐
+      │                                             hopgate (gw-s) ── lan ── be1, be2, be3
+      └──── (c-b) ── (rb-c) rB (rb-g) ── (gw-b) ┘
+
+hopgate's default route is via A; the client's route to the VIPs is via B.
+rA and rB both know the way to the client, so a reply that hopgate sent by its
+default route would reach it through A: the client filters that (strict
+reverse-path check, as the firewalls the replies meet in real networks do), so
+anything that does not come back the way it went is lost, as in the problem this
+solves.  rB's link to the client has an MTU of 1400 (a tunnel on the client's
+path): a backend's full-size segments need path MTU discovery to get through.
+The backends have no route beyond their LAN: full NAT makes every packet they
+see come from a local address (LIP) on it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from hopgate.control.admin import fetch_status
+from hopgate.lab.netns import Lab, Namespace, Process
+from hopgate.lab.topologies import (
+    HTTP_PORT,
+    KERNEL_ROUTER,
+    LAB_ICMP,
+    serve_http,
+    start_hopgate,
+)
+
+CLIENT_PATH_MTU = 1400  # rB's link toward the client
+MAGLEV_PORT = 8080  # the maglev service's port on the backends, served on its own
+UDP_PORT = 5353
+
+
+@dataclass(frozen=True)
+class LbAddresses:
+    client4: str = "198.18.30.10"  # on the client's loopback, reached via A or B
+    client6: str = "2001:2:0:30::10"
+    client_a4: str = "198.18.41.10"
+    client_a6: str = "2001:2:0:41::10"
+    ra_c4: str = "198.18.41.1"
+    ra_c6: str = "2001:2:0:41::1"
+    client_b4: str = "198.18.42.10"
+    client_b6: str = "2001:2:0:42::10"
+    rb_c4: str = "198.18.42.1"
+    rb_c6: str = "2001:2:0:42::1"
+    gw_a4: str = "198.18.11.1"
+    gw_a6: str = "2001:2:0:11::1"
+    ra_g4: str = "198.18.11.2"
+    ra_g6: str = "2001:2:0:11::2"
+    gw_b4: str = "198.18.12.1"
+    gw_b6: str = "2001:2:0:12::1"
+    rb_g4: str = "198.18.12.2"
+    rb_g6: str = "2001:2:0:12::2"
+    gw_s4: str = "198.18.20.1"
+    gw_s6: str = "2001:2:0:20::1"
+    lips4: tuple[str, ...] = ("198.18.20.100", "198.18.20.101")
+    lips6: tuple[str, ...] = ("2001:2:0:20::100",)
+    backends4: tuple[str, ...] = ("198.18.20.11", "198.18.20.12", "198.18.20.13")
+    backends6: tuple[str, ...] = ("2001:2:0:20::11", "2001:2:0:20::12", "2001:2:0:20::13")
+    vip4: str = "198.18.100.1"  # web (weights 1 and 3) and a UDP service
+    vip6: str = "2001:2:0:100::1"
+    maglev_vip4: str = "198.18.100.2"  # maglev over all three backends
+
+
+LB_ADDR = LbAddresses()
+BACKENDS = ("be1", "be2", "be3")
+
+# The health checks run fast so that tests see a backend leave within seconds.
+CHECK_INTERVAL_MS = 300
+CHECK_FALL = 3
+CHECK_RISE = 2
+
+
+def lb_config(admin_socket: str) -> str:
+    a = LB_ADDR
+    lips4 = ", ".join(f'"{x}"' for x in a.lips4)
+    lips6 = ", ".join(f'"{x}"' for x in a.lips6)
+    b4, b6 = a.backends4, a.backends6
+    return f"""\
+# hopgate as a full-NAT load balancer: uplinks gw-a (the default route) and gw-b,
+# backends on gw-s.
+[[interface]]
+name = "gw-a"
+addresses = ["{a.gw_a4}/24", "{a.gw_a6}/64"]
+
+[[interface]]
+name = "gw-b"
+addresses = ["{a.gw_b4}/24", "{a.gw_b6}/64"]
+
+[[interface]]
+name = "gw-s"
+addresses = ["{a.gw_s4}/24", "{a.gw_s6}/64"]
+
+[[route]]
+prefix = "0.0.0.0/0"
+via = ["{a.ra_g4}"]
+
+[[route]]
+prefix = "::/0"
+via = ["{a.ra_g6}"]
+
+[[service]]
+name = "web"
+vip = "{a.vip4}"
+port = {HTTP_PORT}
+protocol = "tcp"
+scheduler = "wrr"
+local_addresses = [{lips4}]
+backend = [{{ address = "{b4[0]}", weight = 1 }}, {{ address = "{b4[1]}", weight = 3 }}]
+[service.health]
+kind = "http"
+interval_ms = {CHECK_INTERVAL_MS}
+timeout_ms = {CHECK_INTERVAL_MS - 50}
+rise = {CHECK_RISE}
+fall = {CHECK_FALL}
+
+[[service]]
+name = "web6"
+vip = "{a.vip6}"
+port = {HTTP_PORT}
+protocol = "tcp"
+local_addresses = [{lips6}]
+backend = [{{ address = "{b6[0]}", weight = 1 }}, {{ address = "{b6[1]}", weight = 3 }}]
+health = {{ kind = "http", interval_ms = {CHECK_INTERVAL_MS}, timeout_ms = 250 }}
+
+[[service]]
+name = "echo"
+vip = "{a.vip4}"
+port = {UDP_PORT}
+protocol = "udp"
+local_addresses = [{lips4}]
+backend = [{{ address = "{b4[0]}" }}, {{ address = "{b4[1]}" }}]
+health = {{ kind = "icmp", interval_ms = {CHECK_INTERVAL_MS}, timeout_ms = 250 }}
+
+[[service]]
+name = "echo6"
+vip = "{a.vip6}"
+port = {UDP_PORT}
+protocol = "udp"
+local_addresses = [{lips6}]
+backend = [{{ address = "{b6[0]}" }}, {{ address = "{b6[1]}" }}]
+health = {{ kind = "icmp", interval_ms = {CHECK_INTERVAL_MS}, timeout_ms = 250 }}
+
+[[service]]
+name = "maglev"
+vip = "{a.maglev_vip4}"
+port = {MAGLEV_PORT}
+protocol = "tcp"
+scheduler = "maglev"
+local_addresses = [{lips4}]
+backend = [{", ".join(f'{{ address = "{b}" }}' for b in b4)}]
+[service.health]
+kind = "tcp"
+interval_ms = {CHECK_INTERVAL_MS}
+timeout_ms = {CHECK_INTERVAL_MS - 50}
+rise = {CHECK_RISE}
+fall = {CHECK_FALL}
+
+[admin]
+socket = "{admin_socket}"
+
+{LAB_ICMP}"""
+
+
+# The client drops what arrives on an interface its route would not send back by
+# (the nftables form of a strict reverse-path filter), for IPv4 and IPv6.
+CLIENT_RPFILTER = """\
+table inet rpf {
+  chain pre {
+    type filter hook prerouting priority raw; policy accept;
+    fib saddr . iif oif missing counter drop
+  }
+}
+"""
+
+
+class LbLab:
+    """The load balancer between a two-uplink client and three backends."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.hopgate: Process | None = None
+        self.maglev_servers: dict[str, Process] = {}
+        self.lab = Lab(name)
+        try:
+            self.admin_socket = str(self.lab.dir / "hopgate.sock")
+            self.config_path = self.lab.dir / "lb.toml"
+            self._build()
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def __enter__(self) -> LbLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lab.close()
+
+    @property
+    def name(self) -> str:
+        return self.lab.name
+
+    def ns(self, role: str) -> Namespace:
+        return self.lab.namespaces[role]
+
+    def status(self) -> dict[str, Any]:
+        return fetch_status(self.admin_socket)
+
+    def _build(self) -> None:
+        a = LB_ADDR
+        lab = self.lab
+        client, ra, rb, gw, lan = (lab.namespace(r) for r in ("client", "ra", "rb", "gw", "lan"))
+        backends = [lab.namespace(b) for b in BACKENDS]
+        lab.link(client, "c-a", ra, "ra-c")
+        lab.link(client, "c-b", rb, "rb-c", mtu=1500, b_mtu=CLIENT_PATH_MTU)
+        lab.link(ra, "ra-g", gw, "gw-a")
+        lab.link(rb, "rb-g", gw, "gw-b")
+        lab.link(gw, "gw-s", lan, "p0")
+        for i, be in enumerate(backends, 1):
+            lab.link(be, "eth0", lan, f"p{i}")
+        lab.bridge(lan, "br0", ["p0", *(f"p{i}" for i in range(1, len(backends) + 1))])
+
+        # The client's own address is on neither link (as a server's on its
+        # loopback, reached by either router).
+        client.address("lo", f"{a.client4}/32", f"{a.client6}/128")
+        client.address("c-a", f"{a.client_a4}/24", f"{a.client_a6}/64")
+        client.address("c-b", f"{a.client_b4}/24", f"{a.client_b6}/64")
+        for prefix, via, src in (
+            ("198.18.100.0/24", a.rb_c4, a.client4),
+            ("2001:2:0:100::/64", a.rb_c6, a.client6),
+        ):
+            client.run("ip", "route", "add", prefix, "via", via, "src", src)
+        client.run("nft", "-f", "-", input=CLIENT_RPFILTER)
+
+        for r, c_if, g_if, c4, c6, g4, g6, client_via4, client_via6, gw4, gw6 in (
+            (ra, "ra-c", "ra-g", a.ra_c4, a.ra_c6, a.ra_g4, a.ra_g6,
+             a.client_a4, a.client_a6, a.gw_a4, a.gw_a6),
+            (rb, "rb-c", "rb-g", a.rb_c4, a.rb_c6, a.rb_g4, a.rb_g6,
+             a.client_b4, a.client_b6, a.gw_b4, a.gw_b6),
+        ):  # fmt: skip
+            r.set_sysctls(KERNEL_ROUTER)
+            r.address(c_if, f"{c4}/24", f"{c6}/64")
+            r.address(g_if, f"{g4}/24", f"{g6}/64")
+            r.route(f"{a.client4}/32", client_via4)
+            r.route(f"{a.client6}/128", client_via6)
+            r.route("198.18.100.0/24", gw4)
+            r.route("2001:2:0:100::/64", gw6)
+
+        for be, v4, v6 in zip(backends, a.backends4, a.backends6, strict=True):
+            be.address("eth0", f"{v4}/24", f"{v6}/64")
+            serve_http(lab, be, f"www-{be.role}", process=f"http-{be.role}")
+            self.start_maglev_server(be.role)
+            be.spawn(
+                f"udp-{be.role}", sys.executable, "-m", "hopgate.lab.udpecho", str(UDP_PORT),
+                be.role,
+            )  # fmt: skip
+
+        self.config_path.write_text(lb_config(self.admin_socket))
+        self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
+        lab.note(topology="lb", mode="hopgate", admin_socket=self.admin_socket)
+
+    def start_maglev_server(self, backend: str) -> Process:
+        """(Re)start the HTTP server of ``backend`` on the maglev service's port."""
+        be = self.ns(backend)
+        proc = serve_http(
+            self.lab, be, f"www-{backend}", big=False, process=f"http8080-{backend}",
+            port=MAGLEV_PORT,
+        )  # fmt: skip
+        self.maglev_servers[backend] = proc
+        return proc
+
+    def stop_maglev_server(self, backend: str) -> None:
+        self.maglev_servers.pop(backend).stop()
+
+    def backends(self, service: str) -> dict[str, dict[str, Any]]:
+        """The named service's backends as ``hopgate status`` reports them, by name."""
+        for svc in self.status()["nat"]["services"]:
+            if svc["name"] == service:
+                return {b["backend"]: b for b in svc["backends"]}
+        raise KeyError(service)
