@@ -14,6 +14,8 @@ from hopgate import __version__
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from hopgate.lab.ecmplab import EcmpLab
+
 
 def _console() -> Console:
     """Rich's console; when the output is not a terminal (a pipe, a file), wide
@@ -72,6 +74,150 @@ def run(config_path: str, log_level: str) -> None:
         _fail(f"{e} (hopgate needs root, or CAP_NET_RAW and CAP_NET_ADMIN)")
 
 
+def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[int]:
+    if not value:
+        return frozenset()
+    ports = set()
+    for raw in value.split(","):
+        part = raw.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise click.BadParameter(f"{part!r} is not a port (1-65535); give them as 80,443")
+        ports.add(int(part))
+    return frozenset(ports)
+
+
+@main.command()
+@click.option(
+    "-i",
+    "--iface",
+    "interfaces",
+    multiple=True,
+    required=True,
+    metavar="IF",
+    help="Interface to listen on and relay to (repeat for several).",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="ADDR",
+    help="Relay by unicast to this peer's MAC (repeat); without --peer, broadcast.",
+)
+@click.option(
+    "--src-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Messages a second relayed from one source address.",
+)
+@click.option(
+    "--src-burst",
+    type=click.FloatRange(min=1),
+    help="Messages one source may send at once.  [default: the rate, at least 1]",
+)
+@click.option(
+    "--iface-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Messages a second relayed from one interface.",
+)
+@click.option(
+    "--iface-burst", type=click.FloatRange(min=1), help="  [default: the rate, at least 1]"
+)
+@click.option(
+    "--min-mtu",
+    type=click.IntRange(68, 65535),
+    help="Relay only messages whose MTU is at least this (stricter than 68 / 1280).",
+)
+@click.option("--max-mtu", type=click.IntRange(68, 65535), help="...and at most this.")
+@click.option(
+    "--ports",
+    callback=_ports,
+    metavar="P,P",
+    help="Relay only errors about packets from these source ports (the services').",
+)
+@click.option(
+    "--mark",
+    type=click.IntRange(0, 63),
+    default=63,
+    show_default=True,
+    help="DSCP that marks relayed copies, which are never relayed again.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Check and count, log what would be relayed, send nothing."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every message and what became of it.")
+@click.option(
+    "-s",
+    "--socket",
+    "socket_path",
+    default="/run/hopgate/relay.sock",
+    show_default=True,
+    help="Admin socket (hopgate status -s reads it).",
+)
+@click.option("--metrics", metavar="ADDR:PORT", help="Also serve /metrics and /status over HTTP.")
+def relay(
+    interfaces: tuple[str, ...],
+    peers: tuple[str, ...],
+    src_rate: float,
+    src_burst: float | None,
+    iface_rate: float,
+    iface_burst: float | None,
+    min_mtu: int | None,
+    max_mtu: int | None,
+    ports: frozenset[int],
+    mark: int,
+    dry_run: bool,
+    verbose: bool,
+    socket_path: str,
+    metrics: str | None,
+) -> None:
+    """Relay fragmentation needed and Packet Too Big to the other servers behind an
+    ECMP router (for Linux servers sharing an address, as Cloudflare's pmtud)."""
+    import ipaddress
+
+    from hopgate import relayd
+    from hopgate.control.admin import AdminError
+    from hopgate.control.config import parse_listen
+    from hopgate.pipeline.relay import RelaySettings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if min_mtu is not None and max_mtu is not None and min_mtu > max_mtu:
+        _fail(f"--min-mtu {min_mtu} is above --max-mtu {max_mtu}")
+    try:
+        peer_addrs = tuple(ipaddress.ip_address(p) for p in peers)
+    except ValueError as e:
+        _fail(f"--peer: {e}")
+    listen = None
+    if metrics:
+        try:
+            listen = parse_listen(metrics)
+        except ValueError as e:
+            _fail(f"--metrics: {e}")
+    settings = RelaySettings(
+        src_rate=src_rate,
+        src_burst=src_burst or max(1.0, src_rate),
+        iface_rate=iface_rate,
+        iface_burst=iface_burst or max(1.0, iface_rate),
+        min_mtu=min_mtu,
+        max_mtu=max_mtu,
+        ports=ports,
+        mark=mark,
+    )
+    opts = relayd.RelayOptions(
+        interfaces, settings, peer_addrs, dry_run, verbose, socket_path, listen
+    )
+    try:
+        relayd.run(opts)
+    except (relayd.RelayError, AdminError) as e:
+        _fail(str(e))
+    except PermissionError as e:
+        _fail(f"{e} (the relay needs root, or CAP_NET_RAW)")
+
+
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(dir_okay=False))
 def check_config(config_path: str) -> None:
@@ -88,6 +234,9 @@ def check_config(config_path: str) -> None:
     if cfg.service:
         backends = sum(len(s.backend) for s in cfg.service)
         parts.append(f"{len(cfg.service)} services with {backends} backends")
+    if cfg.relay is not None:
+        how = f"to {len(cfg.relay.peers)} peers" if cfg.relay.peers else "by broadcast"
+        parts.append(f"PMTU relay on {', '.join(cfg.relay.interfaces)} {how}")
     click.echo(f"{config_path}: ok ({', '.join(parts)})")
 
 
@@ -115,7 +264,8 @@ def _socket_for(socket_path: str | None, config_path: str | None) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the raw state as JSON.")
 def status(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """Show a running daemon's counters: traffic, drops by reason, ICMP sent."""
+    """Show a running daemon's counters: traffic, drops by reason, ICMP sent (or a
+    relay's: messages seen, relayed, not relayed by reason)."""
     from hopgate.control import status as status_view
     from hopgate.control.admin import AdminError, fetch_status
 
@@ -126,6 +276,8 @@ def status(socket_path: str | None, config_path: str | None, as_json: bool) -> N
         _fail(str(e))
     if as_json:
         click.echo(json.dumps(state, indent=2))
+    elif state.get("kind") == "relay":
+        status_view.render_relay(state, _console())
     else:
         status_view.render(state, _console())
 
@@ -215,33 +367,43 @@ def lab() -> None:
 @click.option("--name", help="Lab name (default: a random hgXXXXXX).")
 @click.option(
     "--topology",
-    type=click.Choice(["router", "nat", "lb"]),
+    type=click.Choice(["router", "nat", "lb", "ecmp", "ecmp-lb"]),
     default="router",
     show_default=True,
     help="router: client — gw — r1 — server.  nat: two inside hosts — gw (NAT) — r1 — server."
-    "  lb: a client behind uplink routers A and B — gw (load balancer) — three backends.",
+    "  lb: a client behind uplink routers A and B — gw (load balancer) — three backends."
+    "  ecmp: client — r1 (MTU 1400) — ECMP router — three servers with hopgate relay."
+    "  ecmp-lb: the same with three hopgate load balancers sharing a VIP.",
 )
 @click.option("--kernel", is_flag=True, help="Linux (with nftables for nat) as gw, not hopgate.")
 def lab_up(name: str | None, topology: str, kernel: bool) -> None:
     """Build a lab and leave it running."""
+    from hopgate.lab.ecmplab import ECMP_ADDR, EcmpLab
     from hopgate.lab.lblab import LB_ADDR, LbLab
     from hopgate.lab.netns import LabError
     from hopgate.lab.topologies import ADDR, NAT_ADDR, NatLab, RouterLab
 
     _need_root()
-    if topology == "lb" and kernel:
-        _fail("the lb topology has no kernel version: Linux has no full-NAT load balancer")
+    if topology not in ("router", "nat") and kernel:
+        _fail(f"the {topology} topology has no kernel version (--kernel is for router and nat)")
     mode = "kernel" if kernel else "hopgate"
     try:
-        built: RouterLab | NatLab | LbLab
+        built: RouterLab | NatLab | LbLab | EcmpLab
         if topology == "router":
             built = RouterLab(mode, name)
         elif topology == "nat":
             built = NatLab(mode, name)
-        else:
+        elif topology == "lb":
             built = LbLab(name)
+        else:
+            built = EcmpLab("servers" if topology == "ecmp" else "hopgate", name)
+            if topology == "ecmp":
+                built.start_relays()
     except LabError as e:
         _fail(str(e))
+    if isinstance(built, EcmpLab):
+        _ecmp_lab_up(built, ECMP_ADDR.shared4)
+        return
     # Leave it running: the lab's processes are in their own sessions and survive us.
     click.echo(f"lab {built.name} is up: {topology}, {mode} as gw")
     for ns in built.lab.namespaces.values():
@@ -264,6 +426,20 @@ def lab_up(name: str | None, topology: str, kernel: bool) -> None:
         if topology != "router":
             click.echo(f"  conns:  hopgate conns -s {built.admin_socket}")
         click.echo(f"  config: {built.config_path}")
+    click.echo(f"  remove: hopgate lab down {built.name}")
+
+
+def _ecmp_lab_up(built: EcmpLab, shared: str) -> None:
+    from hopgate.lab.ecmplab import FILE, NODES
+
+    what = "servers with hopgate relay" if built.kind == "servers" else "hopgate nodes, [relay]"
+    click.echo(f"lab {built.name} is up: ecmp, {what}")
+    for ns in built.lab.namespaces.values():
+        click.echo(f"  {ns.role:8} ip netns exec {ns.name} ...")
+    client = f"ip netns exec {built.name}-client"
+    click.echo(f"  try:    {client} curl -o /dev/null http://{shared}/{FILE}")
+    for node in NODES:
+        click.echo(f"  {node}:     hopgate status -s {built.socket_of(node)}")
     click.echo(f"  remove: hopgate lab down {built.name}")
 
 

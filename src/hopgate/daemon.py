@@ -44,6 +44,7 @@ def snapshot(
         "neighbours": state["neighbours"],
         "reassembly": state["reassembly"],
         "nat": state["nat"],
+        "relay": state["relay"],
         "internal_errors": loop.internal_errors,
     }
     out.update(counters)

@@ -12,7 +12,7 @@ from scapy.packet import Packet
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.conntrack import PROTO_TCP
 from hopgate.pipeline.lb import BackendSpec, HealthSpec, ServiceSpec
-from hopgate.pipeline.model import NextHopSpec, PortSpec, RouterSpec, RouteSpec
+from hopgate.pipeline.model import NextHopSpec, PortSpec, RelaySpec, RouterSpec, RouteSpec
 from hopgate.pipeline.router import Router
 
 GW_A_MAC, GW_B_MAC, GW_S_MAC = "02:00:00:00:0a:01", "02:00:00:00:0b:01", "02:00:00:00:05:01"
@@ -67,7 +67,9 @@ def service6(**overrides: Any) -> ServiceSpec:
     return service(**fields)
 
 
-def lb_router(*services: ServiceSpec, resolved: bool = True) -> Router:
+def lb_router(
+    *services: ServiceSpec, resolved: bool = True, relay: RelaySpec | None = None
+) -> Router:
     ports = (
         PortSpec(
             "gw-a",
@@ -92,7 +94,8 @@ def lb_router(*services: ServiceSpec, resolved: bool = True) -> Router:
         RouteSpec(ipaddress.ip_network("0.0.0.0/0"), (NextHopSpec(ipaddress.ip_address(RA4)),)),
         RouteSpec(ipaddress.ip_network("::/0"), (NextHopSpec(ipaddress.ip_address(RA6)),)),
     )
-    r = Router(RouterSpec(ports, routes, services=services or (service(),)), now=0.0)
+    spec = RouterSpec(ports, routes, services=services or (service(),), relay=relay)
+    r = Router(spec, now=0.0)
     if resolved:
         out: list[Action] = []
         for table, hosts in (

@@ -282,3 +282,39 @@ def test_check_config_counts_services(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check-config", str(p)])
     assert result.exit_code == 0, result.output
     assert "ok (2 interfaces, 1 routes, 2 services with 3 backends)" in result.output
+
+
+RELAY = """
+[relay]
+interfaces = ["gw-a"]
+peers = ["198.18.11.7", "2001:2:0:11::7"]
+src_rate = 5
+iface_rate = 50.5
+min_mtu = 1200
+ports = [80, 443]
+"""
+
+
+def test_relay_section_parses_into_settings() -> None:
+    spec = parse(LB + RELAY).router_spec({"gw-a": (b"\x02" * 6, 1500), "gw-s": (b"\x04" * 6, 1500)})
+    assert spec.relay is not None
+    assert spec.relay.interfaces == ("gw-a",)
+    assert [str(p) for p in spec.relay.peers] == ["198.18.11.7", "2001:2:0:11::7"]
+    s = spec.relay.settings
+    assert (s.src_rate, s.src_burst, s.iface_rate, s.iface_burst) == (5.0, 5.0, 50.5, 50.5)
+    assert (s.min_mtu, s.max_mtu, s.ports, s.mark) == (1200, None, frozenset({80, 443}), 63)
+
+
+def test_relay_mistakes_are_named_by_key_path() -> None:
+    text = LB + (
+        '\n[relay]\ninterfaces = ["gw-x"]\npeers = ["198.18.11.1", "198.18.99.1"]\n'
+        "min_mtu = 1400\nmax_mtu = 1300\nmark = 64\n"
+    )
+    assert issues(text) == ["relay.mark: Input should be less than or equal to 63"]
+    assert issues(text.replace("mark = 64\n", "")) == [
+        "relay.interfaces[0]: no interface named 'gw-x'",
+        "relay.peers[0]: 198.18.11.1 is gw-a's own address",
+        "relay.peers[1]: 198.18.99.1 is not on a subnet of the relay's interfaces"
+        " (peers are neighbours)",
+        "relay.min_mtu: must not be above max_mtu",
+    ]

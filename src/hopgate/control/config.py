@@ -29,11 +29,13 @@ from hopgate.pipeline.model import (
     NextHopSpec,
     PortSpec,
     ReassemblySettings,
+    RelaySpec,
     RouterSpec,
     RouteSpec,
     SnatSpec,
 )
 from hopgate.pipeline.ratelimit import IcmpRateSettings
+from hopgate.pipeline.relay import DEFAULT_MARK, RelaySettings
 
 DEFAULT_ADMIN_SOCKET = "/run/hopgate/hopgate.sock"
 _IFNAME = re.compile(r"^[^/\s:%]{1,15}$")
@@ -236,6 +238,34 @@ class ServiceConfig(_Strict):
     health: HealthConfig = Field(default_factory=HealthConfig)
 
 
+class RelayConfig(_Strict):
+    """PMTU errors about flows another node holds, relayed to the peers (the
+    same settings as ``hopgate relay``)."""
+
+    interfaces: Annotated[list[str], Field(min_length=1)]  # where errors arrive, copies go
+    peers: list[Address] = Field(default_factory=list)  # unicast to these; none: broadcast
+    src_rate: Annotated[float, Field(gt=0)] = 10.0  # messages a second from one source
+    src_burst: Annotated[float, Field(ge=1)] | None = None  # default: the rate
+    iface_rate: Annotated[float, Field(gt=0)] = 100.0  # messages a second per interface
+    iface_burst: Annotated[float, Field(ge=1)] | None = None
+    min_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+    max_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    mark: Annotated[int, Field(ge=0, le=63)] = DEFAULT_MARK
+
+    def settings(self) -> RelaySettings:
+        return RelaySettings(
+            src_rate=self.src_rate,
+            src_burst=self.src_burst or max(1.0, self.src_rate),
+            iface_rate=self.iface_rate,
+            iface_burst=self.iface_burst or max(1.0, self.iface_rate),
+            min_mtu=self.min_mtu,
+            max_mtu=self.max_mtu,
+            ports=frozenset(self.ports),
+            mark=self.mark,
+        )
+
+
 class Config(_Strict):
     interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
     route: list[RouteConfig] = Field(default_factory=list)
@@ -243,6 +273,7 @@ class Config(_Strict):
     neighbour: NeighbourConfig = Field(default_factory=NeighbourConfig)
     nat: NatConfig | None = None
     service: list[ServiceConfig] = Field(default_factory=list)
+    relay: RelayConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
@@ -288,6 +319,15 @@ class Config(_Strict):
             reassembly=ReassemblySettings(),
             nat=self._nat_spec(),
             services=tuple(_service_spec(i, svc) for i, svc in enumerate(self.service)),
+            relay=self._relay_spec(),
+        )
+
+    def _relay_spec(self) -> RelaySpec | None:
+        r = self.relay
+        if r is None:
+            return None
+        return RelaySpec(
+            tuple(r.interfaces), tuple(ipaddress.ip_address(p) for p in r.peers), r.settings()
         )
 
     def _nat_spec(self) -> NatSpec | None:
@@ -507,6 +547,37 @@ def _check_relations(cfg: Config) -> list[ConfigIssue]:
     if cfg.nat is not None:
         issues += _check_nat(cfg, cfg.nat, names)
     issues += _check_services(cfg, subnets, owners)
+    if cfg.relay is not None:
+        issues += _check_relay(cfg, cfg.relay, names, owners)
+    return issues
+
+
+def _check_relay(
+    cfg: Config,
+    relay: RelayConfig,
+    names: dict[str, int],
+    owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str],
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for j, name in enumerate(relay.interfaces):
+        if name not in names:
+            issues.append(ConfigIssue(f"relay.interfaces[{j}]", f"no interface named {name!r}"))
+    nets = [a.network for i in cfg.interface if i.name in relay.interfaces for a in i.interfaces()]
+    for j, text in enumerate(relay.peers):
+        peer = ipaddress.ip_address(text)
+        if peer in owners:
+            issues.append(
+                ConfigIssue(f"relay.peers[{j}]", f"{peer} is {owners[peer]}'s own address")
+            )
+        elif not any(peer in net for net in nets):
+            issues.append(
+                ConfigIssue(
+                    f"relay.peers[{j}]",
+                    f"{peer} is not on a subnet of the relay's interfaces (peers are neighbours)",
+                )
+            )
+    if relay.min_mtu is not None and relay.max_mtu is not None and relay.min_mtu > relay.max_mtu:
+        issues.append(ConfigIssue("relay.min_mtu", "must not be above max_mtu"))
     return issues
 
 

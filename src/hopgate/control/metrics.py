@@ -18,6 +18,12 @@ class _SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.state
+        if s.get("kind") == "relay":
+            yield from relay_metrics(s["interfaces"])
+            yield GaugeMetricFamily(
+                "hopgate_uptime_seconds", "Seconds since start", value=s["uptime_seconds"]
+            )
+            return
         per_port = {
             "rx_packets": "Frames received",
             "rx_bytes": "Bytes received",
@@ -103,6 +109,8 @@ class _SnapshotCollector(Collector):
                 events.add_metric([event], n)
             yield events
             yield from _services(nat["services"])
+        if s.get("relay"):
+            yield from relay_metrics(s["relay"]["interfaces"])
         yield CounterMetricFamily(
             "hopgate_internal_errors",
             "Frames that met a bug (each also dropped)",
@@ -111,6 +119,33 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "hopgate_uptime_seconds", "Seconds since start", value=s["uptime_seconds"]
         )
+
+
+def relay_metrics(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
+    seen = CounterMetricFamily(
+        "hopgate_relay_seen", "PMTU messages (frag needed, PTB) seen", labels=["interface"]
+    )
+    relayed = CounterMetricFamily(
+        "hopgate_relay_relayed", "PMTU messages relayed to peers", labels=["interface"]
+    )
+    dropped = CounterMetricFamily(
+        "hopgate_relay_dropped",
+        "PMTU messages not relayed, by reason",
+        labels=["interface", "reason"],
+    )
+    missed = CounterMetricFamily(
+        "hopgate_relay_missed",
+        "Frames the kernel dropped at the capture socket (the relay fell behind)",
+        labels=["interface"],
+    )
+    for i in interfaces:
+        if "missed" in i:
+            missed.add_metric([i["interface"]], i["missed"])
+        seen.add_metric([i["interface"]], i["seen"])
+        relayed.add_metric([i["interface"]], i["relayed"])
+        for reason, n in i["dropped"].items():
+            dropped.add_metric([i["interface"], reason], n)
+    yield from (seen, relayed, dropped, missed)
 
 
 def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -111,6 +111,11 @@ def render(state: dict[str, Any], console: Console) -> None:
             "  (hopgate conns lists them)"
         )
 
+    relay = state.get("relay")
+    if relay:
+        to = f" to {', '.join(relay['peers'])}" if relay["peers"] else ""
+        console.print(relay_table(relay["interfaces"], f"PMTU relay ({relay['mode']}{to})"))
+
     services = nat["services"] if nat else []
     if services:
         t = Table(title="Services", title_justify="left")
@@ -164,6 +169,58 @@ def render(state: dict[str, Any], console: Console) -> None:
         )
         t.add_row(r["prefix"], hops)
     console.print(t)
+
+
+def relay_table(interfaces: list[dict[str, Any]], title: str) -> Table:
+    """Per interface: PMTU messages seen, relayed, and not relayed by reason."""
+    reasons = sorted({r for i in interfaces for r in i["dropped"]})
+    missed = any("missed" in i for i in interfaces)
+    t = Table(title=title, title_justify="left")
+    t.add_column("interface")
+    for col in ("seen", "relayed", *reasons, *(["missed (capture full)"] if missed else [])):
+        t.add_column(col, justify="right")
+    for i in interfaces:
+        row = [
+            i["interface"],
+            f"{i['seen']:,}",
+            f"{i['relayed']:,}",
+            *(f"{i['dropped'].get(r, 0):,}" for r in reasons),
+        ]
+        if missed:
+            row.append(f"{i.get('missed', 0):,}")
+        t.add_row(*row)
+    return t
+
+
+def render_relay(state: dict[str, Any], console: Console) -> None:
+    s = state["settings"]
+    console.print(
+        f"[bold]hopgate relay {state['version']}[/bold]  pid {state['pid']}"
+        f"  up {state['uptime_seconds']:.0f}s  {state['mode']}"
+        + ("  [yellow]dry run[/yellow]" if state["dry_run"] else "")
+    )
+    if s["min_mtu"] is None and s["max_mtu"] is None:
+        mtu = "any sane (68 up for IPv4, 1280 up for IPv6)"
+    else:
+        mtu = f"{s['min_mtu'] or 'sane'} to {s['max_mtu'] or 65535}"
+    ports = ",".join(map(str, s["ports"])) or "all"
+    console.print(
+        f"rates: {s['src_rate']:g}/s per source (burst {s['src_burst']:g}),"
+        f" {s['iface_rate']:g}/s per interface (burst {s['iface_burst']:g});"
+        f" MTU {mtu}; ports {ports}; mark DSCP {s['mark']}"
+    )
+    console.print(relay_table(state["interfaces"], "PMTU messages"))
+    if state["peers"]:
+        t = Table(title="Peers", title_justify="left")
+        for col in ("peer", "interface", "mac", "sent"):
+            t.add_column(col, justify="right" if col == "sent" else "left")
+        for p in state["peers"]:
+            t.add_row(
+                p["address"], p["interface"] or "-", p["mac"] or "unresolved", f"{p['sent']:,}"
+            )
+        console.print(t)
+    if state["send_errors"]:
+        console.print(f"[red]send errors: {state['send_errors']:,}[/red]")
 
 
 def _endpoint(address: str, port: int) -> str:

@@ -59,6 +59,15 @@ class IoCounters:
     tx_dropped_busy: int = 0  # ENOBUFS / EAGAIN: the link's queue was full
 
 
+def socket_drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped at a packet socket since the last call (reading
+    PACKET_STATISTICS resets it)."""
+    try:
+        return int(_STATS.unpack(sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size))[1])
+    except OSError:
+        return 0
+
+
 class PacketSocket:
     def __init__(self, ifname: str, ifindex: int, max_frame: int) -> None:
         self.ifname = ifname
@@ -156,11 +165,7 @@ class PacketSocket:
     def update_stats(self) -> IoCounters:
         """Fold in the kernel's count of frames dropped at this socket (reading it
         resets the kernel's counters, so the totals are kept here)."""
-        with contextlib.suppress(OSError):
-            _, drops = _STATS.unpack(
-                self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-            )
-            self.counters.rx_socket_drops += drops
+        self.counters.rx_socket_drops += socket_drops(self.sock)
         return self.counters
 
     def close(self) -> None:

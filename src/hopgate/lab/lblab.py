@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hopgate.control.admin import fetch_status
-from hopgate.lab.netns import Lab, Namespace, Process
+from hopgate.lab.netns import Process, Topology
 from hopgate.lab.topologies import (
     HTTP_PORT,
     KERNEL_ROUTER,
@@ -180,36 +180,13 @@ table inet rpf {
 """
 
 
-class LbLab:
+class LbLab(Topology):
     """The load balancer between a two-uplink client and three backends."""
 
     def __init__(self, name: str | None = None) -> None:
         self.hopgate: Process | None = None
         self.maglev_servers: dict[str, Process] = {}
-        self.lab = Lab(name)
-        try:
-            self.admin_socket = str(self.lab.dir / "hopgate.sock")
-            self.config_path = self.lab.dir / "lb.toml"
-            self._build()
-        except BaseException:
-            self.lab.close()
-            raise
-
-    def __enter__(self) -> LbLab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.lab.close()
-
-    @property
-    def name(self) -> str:
-        return self.lab.name
-
-    def ns(self, role: str) -> Namespace:
-        return self.lab.namespaces[role]
+        self._create(name, self._build)
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
@@ -217,6 +194,8 @@ class LbLab:
     def _build(self) -> None:
         a = LB_ADDR
         lab = self.lab
+        self.admin_socket = str(lab.dir / "hopgate.sock")
+        self.config_path = lab.dir / "lb.toml"
         client, ra, rb, gw, lan = (lab.namespace(r) for r in ("client", "ra", "rb", "gw", "lan"))
         backends = [lab.namespace(b) for b in BACKENDS]
         lab.link(client, "c-a", ra, "ra-c")

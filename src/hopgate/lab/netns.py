@@ -23,10 +23,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pyroute2 import NetNS, netns
 
@@ -315,6 +315,37 @@ class Lab:
                 log.warning("stopping %s: %s", proc.name, e)
         _delete_namespaces(self._rec.namespaces)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Topology:
+    """What every lab shape shares: a ``Lab`` built by ``_build`` (closed again if
+    building fails), namespaces by role, and cleanup on leaving a ``with``."""
+
+    lab: Lab
+
+    def _create(self, name: str | None, build: Callable[[], None]) -> None:
+        self.lab = Lab(name)
+        try:
+            build()
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lab.close()
+
+    @property
+    def name(self) -> str:
+        return self.lab.name
+
+    def ns(self, role: str) -> Namespace:
+        return self.lab.namespaces[role]
 
 
 def _delete_namespaces(names: Sequence[str]) -> None:

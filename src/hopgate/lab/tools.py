@@ -246,3 +246,60 @@ def iperf3(
         return r, json.loads(r.stdout)
     except ValueError:
         return r, None
+
+
+def curl_many(
+    ns: Namespace, url: str, count: int, *, first_port: int, timeout: float = 30.0
+) -> list[Download]:
+    """``count`` downloads of ``url`` at once, each from its own client port
+    (first_port, first_port + 1, ...), so that ECMP spreads them."""
+    import subprocess
+    import time
+
+    procs = []
+    for i in range(count):
+        argv = [
+            "curl", "-g", "-s", "-o", "/dev/null", "--max-time", f"{timeout:g}",
+            "--local-port", str(first_port + i),
+            "-w", "%{http_code} %{size_download} %{time_total}", url,
+        ]  # fmt: skip
+        procs.append(
+            (
+                argv,
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns.name, *argv],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
+    results = []
+    deadline = time.monotonic() + timeout + 30
+    for argv, p in procs:
+        try:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        r = ToolRun(argv, p.returncode, out, err)
+        parts = out.split()
+        if p.returncode != 0 or len(parts) != 3:
+            results.append(Download(r, False, int(parts[1]) if len(parts) == 3 else 0, 0.0))
+        else:
+            results.append(Download(r, parts[0] == "200", int(parts[1]), float(parts[2])))
+    return results
+
+
+def inject(ns: Namespace, ifname: str, frames: list[bytes]) -> tuple[int, float]:
+    """Send exact frames out of ``ifname`` of ``ns``; (frames sent, seconds taken)."""
+    import sys
+
+    path = ns.lab.dir / f"inject-{len(list(ns.lab.dir.glob('inject-*')))}.hex"
+    path.write_text("\n".join(f.hex() for f in frames))
+    r = run(ns, sys.executable, "-m", "hopgate.lab.inject", "--iface", ifname, str(path))
+    try:
+        result = json.loads(r.stdout)
+    except ValueError:
+        raise RuntimeError(f"inject failed: {r.output}") from None
+    return int(result["sent"]), float(result["seconds"])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hopgate.control.admin import AdminError, fetch_status
-from hopgate.lab.netns import Lab, LabError, Namespace, Process
+from hopgate.lab.netns import Lab, LabError, Namespace, Process, Topology
 
 # Linux's ICMP rate limits, turned off in reference routers so that what the
 # tools see is not thinned by the kernel's buckets.
@@ -101,7 +101,7 @@ socket = "{admin_socket}"
 {icmp}"""
 
 
-class RouterLab:
+class RouterLab(Topology):
     """client — gw — r1 — server, with gw either hopgate (``mode="hopgate"``) or
     the Linux kernel (``mode="kernel"``)."""
 
@@ -118,27 +118,7 @@ class RouterLab:
         self.mode = mode
         self.icmp_config = icmp_config
         self.hopgate: Process | None = None
-        self.lab = Lab(name)
-        try:
-            self.admin_socket = str(self.lab.dir / "hopgate.sock")
-            self.config_path = self.lab.dir / "gateway.toml"
-            self._build(servers)
-        except BaseException:
-            self.lab.close()
-            raise
-
-    def __enter__(self) -> RouterLab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def name(self) -> str:
-        return self.lab.name
-
-    def ns(self, role: str) -> Namespace:
-        return self.lab.namespaces[role]
+        self._create(name, lambda: self._build(servers))
 
     @property
     def client(self) -> Namespace:
@@ -159,6 +139,8 @@ class RouterLab:
     def _build(self, servers: bool) -> None:
         a = ADDR
         lab = self.lab
+        self.admin_socket = str(lab.dir / "hopgate.sock")
+        self.config_path = lab.dir / "gateway.toml"
         client, gw, r1, server = (lab.namespace(r) for r in ("client", "gw", "r1", "server"))
         lab.link(client, "eth0", gw, "gw-c")
         # The kernel reference gets the 1400 MTU on the link itself; hopgate from its config.
@@ -202,9 +184,6 @@ class RouterLab:
         serve_http(self.lab, self.server, "www")
         self.server.spawn("iperf3", "iperf3", "-s")
         wait_for_listen(self.server, 5201)
-
-    def close(self) -> None:
-        self.lab.close()
 
 
 def wait_for_listen(ns: Namespace, port: int, timeout: float = 10.0) -> None:
@@ -311,7 +290,7 @@ table {family} hgnat {{
     return "".join(rules)
 
 
-class NatLab:
+class NatLab(Topology):
     """inside1, inside2 (on a bridge) — gw — r1 — server, with gw either hopgate
     as a NAT or the Linux kernel with nftables masquerade (``mode="kernel"``).
     r1 knows no route to the inside: only translated traffic gets back.  r1's
@@ -329,34 +308,13 @@ class NatLab:
             raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
         self.mode = mode
         self.hopgate: Process | None = None
-        self.lab = Lab(name)
-        try:
-            self.admin_socket = str(self.lab.dir / "hopgate.sock")
-            self.config_path = self.lab.dir / "gateway.toml"
-            self._build(extra_config, servers)
-        except BaseException:
-            self.lab.close()
-            raise
-
-    def __enter__(self) -> NatLab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.lab.close()
-
-    @property
-    def name(self) -> str:
-        return self.lab.name
-
-    def ns(self, role: str) -> Namespace:
-        return self.lab.namespaces[role]
+        self._create(name, lambda: self._build(extra_config, servers))
 
     def _build(self, extra_config: str, servers: bool) -> None:
         a = NAT_ADDR
         lab = self.lab
+        self.admin_socket = str(lab.dir / "hopgate.sock")
+        self.config_path = lab.dir / "gateway.toml"
         in1, in2, lan, gw, r1, server = (
             lab.namespace(r) for r in ("inside1", "inside2", "lan", "gw", "r1", "server")
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from hopgate.pipeline.conntrack import Timeouts
 from hopgate.pipeline.lb import ServiceSpec
 from hopgate.pipeline.ratelimit import IcmpRateSettings
+from hopgate.pipeline.relay import RelaySettings
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,6 +98,15 @@ class NatSpec:
 
 
 @dataclass(frozen=True)
+class RelaySpec:
+    """``[relay]``: PMTU errors about flows another node holds go to the peers."""
+
+    interfaces: tuple[str, ...]
+    peers: tuple[IPAddress, ...] = ()  # none: link-layer broadcast
+    settings: RelaySettings = field(default_factory=RelaySettings)
+
+
+@dataclass(frozen=True)
 class RouterSpec:
     ports: tuple[PortSpec, ...]
     routes: tuple[RouteSpec, ...] = ()
@@ -105,3 +115,4 @@ class RouterSpec:
     reassembly: ReassemblySettings = field(default_factory=ReassemblySettings)
     nat: NatSpec | None = None
     services: tuple[ServiceSpec, ...] = ()
+    relay: RelaySpec | None = None

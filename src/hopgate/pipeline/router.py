@@ -13,6 +13,7 @@ from typing import Any, Literal
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
 from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.cluster import ClusterRelay
 from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
@@ -83,6 +84,11 @@ class Router:
                 spec.nat or NatSpec(), self.ports, self.port_by_name, self.timers, now, services
             )
             self.arp.restore = self.nd.restore = self.nat.restore
+        self.cluster: ClusterRelay | None = None
+        if spec.relay is not None:
+            self.cluster = ClusterRelay(
+                spec.relay, self.ports, self.port_by_name, self.emit, self._to_peer, now
+            )
         if self.health is not None:
             self.health.start(now)
 
@@ -203,25 +209,64 @@ class Router:
                 frame, l3, (vihl & 0xF) << 2, l3 + total, proto, frag, src, dst, now
             )
             if isinstance(got, DropReason):
-                self.emit.drop(port, got, out)
-                if got is DropReason.LB_NO_BACKEND:
-                    # As IPVS: the client hears at once that nothing serves it.
-                    self.icmp.error_v4(
-                        frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.PORT_UNREACH,
-                        0, now, out, l2_group=bool(frame[0] & 1), source=dst,
-                    )  # fmt: skip
+                self._nat_refused(got, A.V4, frame, l3, port, dst, now, out)
                 return
             plan = got
         if plan is None and dst in local.v4:
             self.delivery.ipv4(frame, port, l3, src, dst, now, out)
             return
         top = dst >> 24
-        if top >= 224 or top in _MARTIAN_TOP or dst in local.v4_broadcast or frame[0] & 1:
+        l2_group = frame[0] & 1 and not (self.cluster and self.cluster.accepts(frame, l3, plan))
+        if top >= 224 or top in _MARTIAN_TOP or dst in local.v4_broadcast or l2_group:
             self._ipv4_not_forwarded(port, dst, out)
             return
         if plan is not None:
             dst = plan.dst
         self._forward_v4(frame, port, l3, src, dst, total, frag, ttl, now, out, plan)
+
+    def _nat_refused(
+        self,
+        reason: DropReason,
+        version: int,
+        frame: Frame,
+        l3: int,
+        port: int,
+        dst: int,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        """NAT or the load balancer will not take the packet."""
+        if (
+            reason is DropReason.NAT_ICMP_UNMATCHED
+            and self.cluster is not None
+            and self.cluster.offer(frame, port, now, out)
+        ):
+            return  # relayed to the peers, one of which holds its flow
+        self.emit.drop(port, reason, out)
+        if reason is DropReason.LB_NO_BACKEND:
+            # As IPVS: the client hears at once that nothing serves it.
+            if version == A.V4:
+                self.icmp.error_v4(
+                    frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.PORT_UNREACH,
+                    0, now, out, l2_group=bool(frame[0] & 1), source=dst,
+                )  # fmt: skip
+            else:
+                self.icmp.error_v6(
+                    frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.PORT_UNREACH,
+                    0, now, out, l2_group=bool(frame[0] & 1), source=dst,
+                )  # fmt: skip
+
+    def _to_peer(
+        self, frame: bytearray, l3: int, peer: IPAddress, now: float, out: list[Action]
+    ) -> None:
+        """Send a relayed copy to a peer node, resolving its MAC as for any packet."""
+        version = peer.version
+        addr = int(peer)
+        route = (self.routes4 if version == A.V4 else self.routes6).lookup(addr)
+        if route is None:
+            return
+        nh = route.nexthops[0]
+        self._to_neighbour(frame, l3, -1, self.ports[nh.port], nh, addr, version, now, out)
 
     def _ipv4_not_forwarded(self, port: int, dst: int, out: list[Action]) -> None:
         if dst in self.local.v4_broadcast:
@@ -352,12 +397,7 @@ class Router:
         if self.nat is not None:
             got = self.nat.inbound(A.V6, frame, l3, end, src, dst, now)
             if isinstance(got, DropReason):
-                self.emit.drop(port, got, out)
-                if got is DropReason.LB_NO_BACKEND:
-                    self.icmp.error_v6(
-                        frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.PORT_UNREACH,
-                        0, now, out, l2_group=bool(frame[0] & 1), source=dst,
-                    )  # fmt: skip
+                self._nat_refused(got, A.V6, frame, l3, port, dst, now, out)
                 return
             plan = got
         if plan is None and self.local.is_v6_local(port, dst):
@@ -372,7 +412,7 @@ class Router:
         if dst <= 1:  # :: and ::1
             self.emit.drop(port, DropReason.MARTIAN_DESTINATION, out)
             return
-        if frame[0] & 1:
+        if frame[0] & 1 and not (self.cluster and self.cluster.accepts(frame, l3, plan)):
             self.emit.drop(port, DropReason.L2_BROADCAST_NOT_FORWARDED, out)
             return
         if plan is not None:
@@ -658,6 +698,7 @@ class Router:
             "icmp_rate_limit_destinations": len(self.limiter),
             "timers": len(self.timers),
             "nat": self.nat.state() if self.nat is not None else None,
+            "relay": self.cluster.state() if self.cluster is not None else None,
         }
 
 
