@@ -263,6 +263,11 @@ def test_cluster_every_download_through_the_vip_completes(cluster: EcmpLab, fami
     assert relayed > 0 and copies <= 2 * relayed, (relayed, copies, after)
     for n in NODES:
         assert cluster.status(n)["internal_errors"] == 0
+    cmd = [sys.executable, "-m", "hopgate", "status", "-s", cluster.socket_of("n1")]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "PMTU relay (broadcast)" in text and "gw-f" in text
+    metrics = fetch(cluster.socket_of("n1"), "/metrics").decode()
+    assert 'hopgate_relay_seen_total{interface="gw-f"}' in metrics
 
 
 def test_cluster_without_the_relay_some_downloads_stall(cluster: EcmpLab) -> None:
