@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -232,3 +234,32 @@ def test_counters_and_snapshot() -> None:
     assert relay.snapshot(["eth0"]) == [
         {"interface": "eth0", "seen": 2, "relayed": 1, "dropped": {"mtu-insane": 1}}
     ]
+
+
+SEEDS = [frag_needed(), too_big(), frag_needed(quote=big4(443)[:40])]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255))),
+    st.integers(0, 140),
+)
+def test_any_mutation_is_read_or_refused_never_raises(
+    seed: bytes, changes: list[tuple[int, int]], cut: int
+) -> None:
+    frame = bytearray(seed)
+    for pos, value in changes:
+        if pos < len(frame):
+            frame[pos] = value
+    relay = Relay(RelaySettings(), 1)
+    got = relay.consider(bytes(frame[:cut]), 0, 0.0)
+    if isinstance(got, PmtuMessage):
+        copy = relayed_copy(bytes(frame[:cut]), got.l3, ethernet.BROADCAST, MY_MAC, 63)
+        assert relay.consider(bytes(copy), 0, 0.0) is RelayDrop.RELAYED_COPY
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_are_refused_never_raise(frame: bytes) -> None:
+    assert isinstance(Relay(RelaySettings(), 1).consider(frame, 0, 0.0), (PmtuMessage, RelayDrop))

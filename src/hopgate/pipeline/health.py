@@ -26,7 +26,7 @@ from hopgate.pipeline.lb import Backend, Service, Services
 from hopgate.pipeline.timers import Timers
 
 _SEQ_ACK = Struct("!II")
-_U16 = Struct("!H")
+_ECHO_ID_SEQ = Struct("!HH")
 MAX_RESPONSE = 4096  # bytes of an HTTP answer read before giving up on its status line
 LINGER = 5.0  # seconds a finished TCP probe's late segments are still recognised
 
@@ -176,10 +176,7 @@ class HealthChecker:
             return True
         reply = icmp4.ECHO_REPLY if version == A.V4 else icmp6.ECHO_REPLY
         if proto in (PROTO_ICMP, PROTO_ICMPV6) and frame[at] == reply:
-            ident, seq = (
-                _SEQ_ACK.unpack_from(frame, at + 4)[0] >> 16,
-                _U16.unpack_from(frame, at + 6)[0],
-            )
+            ident, seq = _ECHO_ID_SEQ.unpack_from(frame, at + 4)
             probe = self._probes.get((version, proto, src, ident, dst))
             if probe is None or seq != probe.seq:
                 return False
