@@ -221,7 +221,7 @@ def test_a_failed_backend_is_taken_out_and_maglev_moves_only_its_flows(lb: LbLab
     took = _wait_backend(lb, be3, False, timeout=10)
     # each check after the stop fails (a reset), so fall checks take fall intervals
     assert took <= (CHECK_FALL + 1) * interval + 0.5, took
-    assert f"service maglev: backend {be3}:{MAGLEV_PORT} is down" in _log(lb)
+    _wait_for_log(lb, f"service maglev: backend {be3}:{MAGLEV_PORT} is down")
     # the same client ports again: nothing for be3; the others' flows mostly stay
     after = dict(http_answers(lb, A.maglev_vip4, MAGLEV_PORT, flows, first_port=21000))
     assert "hello from be3" not in after.values() and all(
@@ -236,6 +236,13 @@ def test_a_failed_backend_is_taken_out_and_maglev_moves_only_its_flows(lb: LbLab
     assert took <= (CHECK_RISE + 1) * interval + 0.5, took
     again = dict(http_answers(lb, A.maglev_vip4, MAGLEV_PORT, flows, first_port=21000))
     assert again == before
+
+
+def _wait_for_log(lab: LbLab, line: str, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in _log(lab):
+        assert time.monotonic() < deadline, _log(lab)[-2000:]
+        time.sleep(0.05)
 
 
 def _log(lab: LbLab) -> str:

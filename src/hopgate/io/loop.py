@@ -78,10 +78,12 @@ class Loop:
                 deadline = router.next_deadline()
                 if deadline is not None and deadline <= now:
                     self._execute(router.poll(now))
-                mailbox.run_calls()
+                # Logged before the admin API is answered: what a status shows
+                # has been logged by then.
                 news = router.events
                 while news:
                     log.info("%s", news.popleft())
+                mailbox.run_calls()
         finally:
             ep.close()
 
