@@ -60,6 +60,7 @@ class Peer:
     iface: int | None = None  # index into the relay's interfaces
     mac: bytes | None = None
     sent: int = 0
+    unresolved: int = 0  # copies not sent: no route to it, or no MAC known yet
 
 
 def interface_mac(ifname: str) -> bytes:
@@ -116,6 +117,7 @@ class PeerTable:
                 "interface": self._names[p.iface] if p.iface is not None else None,
                 "mac": ethernet.format_mac(p.mac) if p.mac else None,
                 "sent": p.sent,
+                "unresolved": p.unresolved,
             }
             for p in self.peers
         ]
@@ -148,6 +150,7 @@ class RelayDaemon:
         self.sockets: list[CaptureSocket] = []
         self.mailbox = Mailbox()
         self.send_errors = 0
+        self._last_seen = [0] * len(opts.interfaces)
 
     @property
     def mode(self) -> str:
@@ -276,6 +279,7 @@ class RelayDaemon:
             return
         for peer in self.peers.peers:
             if peer.iface is None or peer.mac is None:
+                peer.unresolved += 1  # not known yet: this copy is lost to it
                 continue
             copy = relayed_copy(frame, msg.l3, peer.mac, self.macs[peer.iface], mark)
             if self.sockets[peer.iface].send(copy):
@@ -284,9 +288,12 @@ class RelayDaemon:
                 self.send_errors += 1
 
     def _summary(self, final: bool = False) -> None:
+        """A line in the log for what changed since the last (everything, at exit)."""
         parts = []
-        for c, name in zip(self.relay.counters, self.opts.interfaces, strict=True):
-            if c.seen or final:
+        for i, (c, name) in enumerate(zip(self.relay.counters, self.opts.interfaces, strict=True)):
+            changed = c.seen != self._last_seen[i]
+            self._last_seen[i] = c.seen
+            if changed or final:
                 dropped = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items())) or "none"
                 parts.append(f"{name}: seen {c.seen}, relayed {c.relayed}, not relayed: {dropped}")
         if parts:

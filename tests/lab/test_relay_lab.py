@@ -249,6 +249,10 @@ def test_unicast_to_peers(servers: EcmpLab) -> None:
         assert complete(results) == DOWNLOADS
         sent = [p["sent"] for n in NODES for p in servers.status(n)["peers"]]
         assert sum(sent) > 0 and all(p["mac"] for n in NODES for p in servers.status(n)["peers"])
+        cmd = [sys.executable, "-m", "hopgate", "status", "-s", servers.socket_of("n1")]
+        text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "Peers" in text and "not sent (unresolved)" in text
+        assert A.nodes4[1] in text and A.nodes4[2] in text, text
     finally:
         servers.start_relays()
 

@@ -212,11 +212,15 @@ def render_relay(state: dict[str, Any], console: Console) -> None:
     console.print(relay_table(state["interfaces"], "PMTU messages"))
     if state["peers"]:
         t = Table(title="Peers", title_justify="left")
-        for col in ("peer", "interface", "mac", "sent"):
-            t.add_column(col, justify="right" if col == "sent" else "left")
+        for col in ("peer", "interface", "mac", "sent", "not sent (unresolved)"):
+            t.add_column(col, justify="left" if col in ("peer", "interface", "mac") else "right")
         for p in state["peers"]:
             t.add_row(
-                p["address"], p["interface"] or "-", p["mac"] or "unresolved", f"{p['sent']:,}"
+                p["address"],
+                p["interface"] or "-",
+                p["mac"] or "unresolved",
+                f"{p['sent']:,}",
+                f"{p['unresolved']:,}",
             )
         console.print(t)
     if state["send_errors"]:
