@@ -228,16 +228,20 @@ def check_config(config_path: str) -> None:
         cfg = load(config_path)
     except ConfigError as e:
         _fail(str(e))
-    parts = [f"{len(cfg.interface)} interfaces", f"{len(cfg.route)} routes"]
+    parts = [_count(len(cfg.interface), "interface"), _count(len(cfg.route), "route")]
     if cfg.nat is not None:
         parts.append(f"NAT with {len(cfg.nat.snat)} snat and {len(cfg.nat.dnat)} dnat rules")
     if cfg.service:
         backends = sum(len(s.backend) for s in cfg.service)
-        parts.append(f"{len(cfg.service)} services with {backends} backends")
+        parts.append(f"{_count(len(cfg.service), 'service')} with {_count(backends, 'backend')}")
     if cfg.relay is not None:
-        how = f"to {len(cfg.relay.peers)} peers" if cfg.relay.peers else "by broadcast"
+        how = f"to {_count(len(cfg.relay.peers), 'peer')}" if cfg.relay.peers else "by broadcast"
         parts.append(f"PMTU relay on {', '.join(cfg.relay.interfaces)} {how}")
     click.echo(f"{config_path}: ok ({', '.join(parts)})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _socket_for(socket_path: str | None, config_path: str | None) -> str:

@@ -281,7 +281,7 @@ def test_check_config_counts_services(tmp_path: Path) -> None:
     p.write_text(LB)
     result = CliRunner().invoke(main, ["check-config", str(p)])
     assert result.exit_code == 0, result.output
-    assert "ok (2 interfaces, 1 routes, 2 services with 3 backends)" in result.output
+    assert "ok (2 interfaces, 1 route, 2 services with 3 backends)" in result.output
 
 
 RELAY = """
@@ -303,6 +303,15 @@ def test_relay_section_parses_into_settings() -> None:
     s = spec.relay.settings
     assert (s.src_rate, s.src_burst, s.iface_rate, s.iface_burst) == (5.0, 5.0, 50.5, 50.5)
     assert (s.min_mtu, s.max_mtu, s.ports, s.mark) == (1200, None, frozenset({80, 443}), 63)
+
+
+def test_check_config_summarises_the_relay(tmp_path: Path) -> None:
+    p = tmp_path / "node.toml"
+    one_service = LB[: LB.index("[[service]]", LB.index("[[service]]") + 1)]
+    p.write_text(one_service + RELAY)
+    result = CliRunner().invoke(main, ["check-config", str(p)])
+    assert result.exit_code == 0, result.output
+    assert "1 service with 2 backends, PMTU relay on gw-a to 2 peers)" in result.output
 
 
 def test_relay_mistakes_are_named_by_key_path() -> None:
