@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hopgate import __version__
+from hopgate.pipeline.relay import DEFAULT_IFACE_RATE, DEFAULT_MARK, DEFAULT_SRC_RATE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -106,7 +107,7 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 @click.option(
     "--src-rate",
     type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
+    default=DEFAULT_SRC_RATE,
     show_default=True,
     help="Messages a second relayed from one source address.",
 )
@@ -118,12 +119,14 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 @click.option(
     "--iface-rate",
     type=click.FloatRange(min=0, min_open=True),
-    default=100.0,
+    default=DEFAULT_IFACE_RATE,
     show_default=True,
     help="Messages a second relayed from one interface.",
 )
 @click.option(
-    "--iface-burst", type=click.FloatRange(min=1), help="  [default: the rate, at least 1]"
+    "--iface-burst",
+    type=click.FloatRange(min=1),
+    help="Messages one interface may relay at once.  [default: the rate, at least 1]",
 )
 @click.option(
     "--min-mtu",
@@ -140,7 +143,7 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 @click.option(
     "--mark",
     type=click.IntRange(0, 63),
-    default=63,
+    default=DEFAULT_MARK,
     show_default=True,
     help="DSCP that marks relayed copies, which are never relayed again.",
 )
@@ -180,7 +183,7 @@ def relay(
     from hopgate import relayd
     from hopgate.control.admin import AdminError
     from hopgate.control.config import parse_listen
-    from hopgate.pipeline.relay import RelaySettings
+    from hopgate.pipeline.relay import RelaySettings, burst_for
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -199,9 +202,9 @@ def relay(
             _fail(f"--metrics: {e}")
     settings = RelaySettings(
         src_rate=src_rate,
-        src_burst=src_burst or max(1.0, src_rate),
+        src_burst=burst_for(src_rate, src_burst),
         iface_rate=iface_rate,
-        iface_burst=iface_burst or max(1.0, iface_rate),
+        iface_burst=burst_for(iface_rate, iface_burst),
         min_mtu=min_mtu,
         max_mtu=max_mtu,
         ports=ports,

@@ -5,6 +5,7 @@ packet code with itself."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from scapy.layers.l2 import Ether
@@ -89,45 +90,26 @@ def drops(actions: list[Action]) -> list[DropReason]:
     return [a.reason for a in actions if isinstance(a, Drop)]
 
 
+def learn_neighbours(r: Router, hosts: Iterable[tuple[int, str, str]]) -> None:
+    """Teach the router (port, address, MAC) neighbours, as after a first exchange."""
+    out: list[Action] = []
+    for port, host, hw in hosts:
+        address = ipaddress.ip_address(host)
+        table = r.arp.table if address.version == 4 else r.nd.table
+        table.learn(port, int(address), mac(hw), 0.0, out, solicited=True, create=True)
+
+
 def resolved_router(**overrides: Any) -> Router:
     """A router that already knows the upstream neighbour's MAC (both families)
     and the client's, as after a first exchange."""
     r = router(**overrides)
-    out: list[Action] = []
-    r.arp.table.learn(
-        U,
-        int(ipaddress.ip_address(UPSTREAM4)),
-        mac(UPSTREAM_MAC),
-        0.0,
-        out,
-        solicited=True,
-        create=True,
-    )
-    r.nd.table.learn(
-        U,
-        int(ipaddress.ip_address(UPSTREAM6)),
-        mac(UPSTREAM_MAC),
-        0.0,
-        out,
-        solicited=True,
-        create=True,
-    )
-    r.arp.table.learn(
-        C,
-        int(ipaddress.ip_address(CLIENT4)),
-        mac(CLIENT_MAC),
-        0.0,
-        out,
-        solicited=True,
-        create=True,
-    )
-    r.nd.table.learn(
-        C,
-        int(ipaddress.ip_address(CLIENT6)),
-        mac(CLIENT_MAC),
-        0.0,
-        out,
-        solicited=True,
-        create=True,
+    learn_neighbours(
+        r,
+        (
+            (U, UPSTREAM4, UPSTREAM_MAC),
+            (U, UPSTREAM6, UPSTREAM_MAC),
+            (C, CLIENT4, CLIENT_MAC),
+            (C, CLIENT6, CLIENT_MAC),
+        ),
     )
     return r

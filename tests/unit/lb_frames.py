@@ -9,11 +9,11 @@ from typing import Any
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from hopgate.pipeline.actions import Action
 from hopgate.pipeline.conntrack import PROTO_TCP
 from hopgate.pipeline.lb import BackendSpec, HealthSpec, ServiceSpec
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RelaySpec, RouterSpec, RouteSpec
 from hopgate.pipeline.router import Router
+from tests.unit.frames import learn_neighbours, mac
 
 GW_A_MAC, GW_B_MAC, GW_S_MAC = "02:00:00:00:0a:01", "02:00:00:00:0b:01", "02:00:00:00:05:01"
 RA_MAC, RB_MAC = "02:00:00:00:0a:02", "02:00:00:00:0b:02"
@@ -33,10 +33,6 @@ CLIENT4, CLIENT6 = "198.18.31.10", "2001:2:0:31::10"
 
 def _ip(text: str) -> int:
     return int(ipaddress.ip_address(text))
-
-
-def _mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
 
 
 def service(**overrides: Any) -> ServiceSpec:
@@ -73,19 +69,19 @@ def lb_router(
     ports = (
         PortSpec(
             "gw-a",
-            _mac(GW_A_MAC),
+            mac(GW_A_MAC),
             1500,
             (ipaddress.ip_interface("198.18.11.1/24"), ipaddress.ip_interface("2001:2:0:11::1/64")),
         ),
         PortSpec(
             "gw-b",
-            _mac(GW_B_MAC),
+            mac(GW_B_MAC),
             1500,
             (ipaddress.ip_interface("198.18.12.1/24"), ipaddress.ip_interface("2001:2:0:12::1/64")),
         ),
         PortSpec(
             "gw-s",
-            _mac(GW_S_MAC),
+            mac(GW_S_MAC),
             1500,
             (ipaddress.ip_interface("198.18.20.1/24"), ipaddress.ip_interface("2001:2:0:20::1/64")),
         ),
@@ -97,19 +93,19 @@ def lb_router(
     spec = RouterSpec(ports, routes, services=services or (service(),), relay=relay)
     r = Router(spec, now=0.0)
     if resolved:
-        out: list[Action] = []
-        for table, hosts in (
+        learn_neighbours(
+            r,
             (
-                r.arp.table,
-                ((A, RA4, RA_MAC), (B, RB4, RB_MAC), (S, BE1, BE1_MAC), (S, BE2, BE2_MAC)),
+                (A, RA4, RA_MAC),
+                (B, RB4, RB_MAC),
+                (S, BE1, BE1_MAC),
+                (S, BE2, BE2_MAC),
+                (A, RA6, RA_MAC),
+                (B, RB6, RB_MAC),
+                (S, BE1_6, BE1_MAC),
+                (S, BE2_6, BE2_MAC),
             ),
-            (
-                r.nd.table,
-                ((A, RA6, RA_MAC), (B, RB6, RB_MAC), (S, BE1_6, BE1_MAC), (S, BE2_6, BE2_MAC)),
-            ),
-        ):
-            for port, host, hw in hosts:
-                table.learn(port, _ip(host), _mac(hw), 0.0, out, solicited=True, create=True)
+        )
     return r
 
 
@@ -118,5 +114,5 @@ def via_b(payload: Packet) -> bytearray:
     return bytearray(bytes(Ether(src=RB_MAC, dst=GW_B_MAC) / payload))
 
 
-def from_backend(payload: Packet, mac: str = BE2_MAC) -> bytearray:
-    return bytearray(bytes(Ether(src=mac, dst=GW_S_MAC) / payload))
+def from_backend(payload: Packet, backend_mac: str = BE2_MAC) -> bytearray:
+    return bytearray(bytes(Ether(src=backend_mac, dst=GW_S_MAC) / payload))

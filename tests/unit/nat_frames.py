@@ -10,7 +10,6 @@ from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from hopgate.pipeline.actions import Action
 from hopgate.pipeline.model import DnatSpec, NatSpec, SnatSpec
 from hopgate.pipeline.router import Router
 from tests.unit.frames import (
@@ -22,7 +21,7 @@ from tests.unit.frames import (
     UPSTREAM_MAC,
     C,
     U,
-    mac,
+    learn_neighbours,
     spec,
 )
 
@@ -54,21 +53,17 @@ def nat_spec(**overrides: Any) -> NatSpec:
 def nat_router(**nat: Any) -> Router:
     """Neighbours known, as after a first exchange."""
     r = Router(spec(nat=nat_spec(**nat)), now=0.0)
-    out: list[Action] = []
-    for table, hosts in (
-        (r.arp.table, ((U, UPSTREAM4, UPSTREAM_MAC), (C, A4, CLIENT_MAC), (C, B4, B_MAC))),
-        (r.nd.table, ((U, UPSTREAM6, UPSTREAM_MAC), (C, A6, CLIENT_MAC), (C, B6, B_MAC))),
-    ):
-        for port, host, hw in hosts:
-            table.learn(
-                port,
-                int(ipaddress.ip_address(host)),
-                mac(hw),
-                0.0,
-                out,
-                solicited=True,
-                create=True,
-            )
+    learn_neighbours(
+        r,
+        (
+            (U, UPSTREAM4, UPSTREAM_MAC),
+            (C, A4, CLIENT_MAC),
+            (C, B4, B_MAC),
+            (U, UPSTREAM6, UPSTREAM_MAC),
+            (C, A6, CLIENT_MAC),
+            (C, B6, B_MAC),
+        ),
+    )
     return r
 
 

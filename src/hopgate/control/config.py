@@ -35,7 +35,13 @@ from hopgate.pipeline.model import (
     SnatSpec,
 )
 from hopgate.pipeline.ratelimit import IcmpRateSettings
-from hopgate.pipeline.relay import DEFAULT_MARK, RelaySettings
+from hopgate.pipeline.relay import (
+    DEFAULT_IFACE_RATE,
+    DEFAULT_MARK,
+    DEFAULT_SRC_RATE,
+    RelaySettings,
+    burst_for,
+)
 
 DEFAULT_ADMIN_SOCKET = "/run/hopgate/hopgate.sock"
 _IFNAME = re.compile(r"^[^/\s:%]{1,15}$")
@@ -244,9 +250,9 @@ class RelayConfig(_Strict):
 
     interfaces: Annotated[list[str], Field(min_length=1)]  # where errors arrive, copies go
     peers: list[Address] = Field(default_factory=list)  # unicast to these; none: broadcast
-    src_rate: Annotated[float, Field(gt=0)] = 10.0  # messages a second from one source
+    src_rate: Annotated[float, Field(gt=0)] = DEFAULT_SRC_RATE  # messages a second, one source
     src_burst: Annotated[float, Field(ge=1)] | None = None  # default: the rate
-    iface_rate: Annotated[float, Field(gt=0)] = 100.0  # messages a second per interface
+    iface_rate: Annotated[float, Field(gt=0)] = DEFAULT_IFACE_RATE  # per interface
     iface_burst: Annotated[float, Field(ge=1)] | None = None
     min_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
     max_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
@@ -256,9 +262,9 @@ class RelayConfig(_Strict):
     def settings(self) -> RelaySettings:
         return RelaySettings(
             src_rate=self.src_rate,
-            src_burst=self.src_burst or max(1.0, self.src_rate),
+            src_burst=burst_for(self.src_rate, self.src_burst),
             iface_rate=self.iface_rate,
-            iface_burst=self.iface_burst or max(1.0, self.iface_rate),
+            iface_burst=burst_for(self.iface_rate, self.iface_burst),
             min_mtu=self.min_mtu,
             max_mtu=self.max_mtu,
             ports=frozenset(self.ports),

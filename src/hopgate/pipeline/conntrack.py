@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from typing import NamedTuple
 
 from hopgate.packet import checksum as cs
@@ -69,17 +70,23 @@ class Timeouts:
     icmp: float = 30
     generic: float = 600
 
+    @cached_property
+    def _tcp_by_state(self) -> tuple[float, ...]:
+        # Built once: tcp() runs for every TCP packet of every tracked connection.
+        return (
+            self.generic,  # NONE
+            self.tcp_syn_sent,
+            self.tcp_syn_recv,
+            self.tcp_established,
+            self.tcp_fin_wait,
+            self.tcp_close_wait,
+            self.tcp_last_ack,
+            self.tcp_time_wait,
+            self.tcp_close,
+        )
+
     def tcp(self, state: TcpState) -> float:
-        return {
-            TcpState.SYN_SENT: self.tcp_syn_sent,
-            TcpState.SYN_RECV: self.tcp_syn_recv,
-            TcpState.ESTABLISHED: self.tcp_established,
-            TcpState.FIN_WAIT: self.tcp_fin_wait,
-            TcpState.CLOSE_WAIT: self.tcp_close_wait,
-            TcpState.LAST_ACK: self.tcp_last_ack,
-            TcpState.TIME_WAIT: self.tcp_time_wait,
-            TcpState.CLOSE: self.tcp_close,
-        }.get(state, self.generic)
+        return self._tcp_by_state[state]
 
 
 class Translation(NamedTuple):

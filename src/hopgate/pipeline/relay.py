@@ -39,6 +39,14 @@ MAX_MTU = 65535
 # DSCP 63 (0b111111): RFC 2474's Pool 2 (xxxxx1... xxxx11) is for experimental
 # and local use, so no router sets it on the errors it sends.
 DEFAULT_MARK = 63
+# Messages a second relayed from one source address and from one interface.
+DEFAULT_SRC_RATE = 10.0
+DEFAULT_IFACE_RATE = 100.0
+
+
+def burst_for(rate: float, burst: float | None) -> float:
+    """A bucket's burst when none is given: the rate, never below one message."""
+    return max(1.0, rate) if burst is None else burst
 
 
 class RelayDrop(StrEnum):
@@ -56,10 +64,11 @@ class RelayDrop(StrEnum):
 
 @dataclass(frozen=True)
 class RelaySettings:
-    src_rate: float = 10.0  # messages a second from one source address
-    src_burst: float = 10.0
-    iface_rate: float = 100.0  # messages a second relayed from one interface
-    iface_burst: float = 100.0
+    # Bursts are at least 1 (the CLI and the config check it; burst_for() fills them in).
+    src_rate: float = DEFAULT_SRC_RATE
+    src_burst: float = DEFAULT_SRC_RATE
+    iface_rate: float = DEFAULT_IFACE_RATE
+    iface_burst: float = DEFAULT_IFACE_RATE
     min_mtu: int | None = None  # a stricter range than the sanity check's
     max_mtu: int | None = None
     ports: frozenset[int] = frozenset()  # only errors about these source ports (empty: all)
@@ -91,8 +100,7 @@ class Relay:
         self.settings = settings
         self.counters = [RelayCounters() for _ in range(interfaces)]
         self._iface = [
-            TokenBucket(settings.iface_rate, max(1.0, settings.iface_burst), now)
-            for _ in range(interfaces)
+            TokenBucket(settings.iface_rate, settings.iface_burst, now) for _ in range(interfaces)
         ]
         self._sources: OrderedDict[tuple[int, int], TokenBucket] = OrderedDict()
 
@@ -138,7 +146,7 @@ class Relay:
         bucket = self._sources.get(key)
         if bucket is None:
             s = self.settings
-            bucket = TokenBucket(s.src_rate, max(1.0, s.src_burst), now)
+            bucket = TokenBucket(s.src_rate, s.src_burst, now)
             self._sources[key] = bucket
             if len(self._sources) > s.max_sources:
                 self._sources.popitem(last=False)
