@@ -101,6 +101,7 @@ def test_sigterm_stops_cleanly_and_gives_the_interface_back(pair: tuple[Lab, Nam
     # a second daemon may not take the same admin socket
     second = run_hopgate(gw, write_config(lab))
     assert second.returncode == 1 and "another hopgate answers on" in second.stderr
+    fetch(socket_path)  # and the refused one left the first daemon's socket alone
 
     assert proc.popen is not None
     proc.popen.send_signal(signal.SIGTERM)

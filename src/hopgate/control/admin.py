@@ -120,21 +120,32 @@ class AdminServer:
             unix = _UnixHTTPServer(str(path), handler)
         finally:
             os.umask(old_umask)
-        self._servers.append(unix)
+        servers: list[socketserver.BaseServer] = [unix]
         if self._metrics_listen is not None:
             host, port = self._metrics_listen
             server_class = _V6HTTPServer if ":" in host else ThreadingHTTPServer
-            tcp = server_class((host, port), handler)
+            try:
+                tcp = server_class((host, port), handler)
+            except BaseException:
+                unix.server_close()
+                path.unlink(missing_ok=True)
+                raise
             tcp.daemon_threads = True
-            self._servers.append(tcp)
-        for server in self._servers:
+            servers.append(tcp)
+        # Only servers that serve are kept: stop() waits for each to finish serving.
+        self._servers = servers
+        for server in servers:
             threading.Thread(target=server.serve_forever, name="hopgate-admin", daemon=True).start()
 
     def stop(self) -> None:
+        """Stop serving and remove the socket; nothing if start() did not succeed
+        (the path may then be another daemon's)."""
+        if not self._servers:
+            return
         for server in self._servers:
             server.shutdown()
             server.server_close()
-        self._servers.clear()
+        self._servers = []
         with contextlib.suppress(FileNotFoundError):
             Path(self.socket_path).unlink()
 
