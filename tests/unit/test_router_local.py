@@ -53,6 +53,13 @@ def test_echo_request_v4_is_answered_from_the_address_it_was_sent_to() -> None:
     assert r.counters.icmp_sent[(4, 0, 0)] == 1
 
 
+def test_an_echo_reply_whose_words_are_all_zero_has_checksum_0xffff() -> None:
+    # RFC 1624's blind spot: the incremental update would give 0x0000 here.
+    out = router().process(from_client(IP(src=CLIENT4, dst=GW_U4) / ICMP(id=0, seq=0)), C, 1.0)
+    (rep,) = sent(out)
+    assert rep[ICMP].type == 0 and rep[ICMP].chksum == 0xFFFF
+
+
 def test_echo_request_v6() -> None:
     r = router()
     out = r.process(

@@ -13,7 +13,7 @@ from struct import Struct
 
 from hopgate.packet import addr as A
 from hopgate.packet import checksum as cs
-from hopgate.packet import icmp4, icmp6, ipv4, ipv6, l4
+from hopgate.packet import icmp4, icmp6, ipv4, ipv6, l4, rewrite
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.counters import Counters
@@ -158,7 +158,10 @@ class LocalDelivery:
         reply = bytearray(msg)
         reply[0] = icmp4.ECHO_REPLY
         old = _U16.unpack_from(reply, 2)[0]
-        _U16.pack_into(reply, 2, cs.update16(old, icmp4.ECHO_REQUEST << 8, icmp4.ECHO_REPLY << 8))
+        new = cs.update16(old, icmp4.ECHO_REQUEST << 8, icmp4.ECHO_REPLY << 8)
+        _U16.pack_into(reply, 2, new)
+        if new == 0:
+            rewrite.icmp4_checksum(reply, 0, len(reply))  # all-zero words: see icmp4_checksum
         # As Linux: the reply keeps the request's TOS and leaves DF clear.
         packet = ipv4.build_header(
             dst,
