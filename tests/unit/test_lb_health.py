@@ -180,3 +180,30 @@ def _http_exchange(status: bytes) -> bool:
 def test_http_check_reads_the_status_line() -> None:
     assert _http_exchange(b"200 OK") is True
     assert _http_exchange(b"503 Service Unavailable") is False
+
+
+def test_a_repeated_syn_ack_gets_the_same_request_again() -> None:
+    r = lb_router(service(health=HealthSpec(kind="http", interval=2, timeout=1, rise=1, fall=1)))
+    be2 = r.nat.services.all[0].backends[1]  # type: ignore[union-attr]
+    syn = next(p for p in probes(r.poll(0.0)) if p[IP].dst == BE2)
+    synack = IP(src=BE2, dst=syn[IP].src) / TCP(
+        sport=80, dport=syn[TCP].sport, flags="SA", seq=1000, ack=syn[TCP].seq + 1
+    )
+    (first,) = probes(r.process(from_backend(synack), S, 0.1))
+    (again,) = probes(r.process(from_backend(synack), S, 0.2))  # our ACK was lost
+    assert again[TCP].seq == first[TCP].seq == syn[TCP].seq + 1 and again[TCP].ack == 1001
+    assert bytes(again[TCP].payload) == bytes(first[TCP].payload)
+    answer = (
+        IP(src=BE2, dst=syn[IP].src)
+        / TCP(
+            sport=80,
+            dport=syn[TCP].sport,
+            flags="PA",
+            seq=1001,
+            ack=first[TCP].seq + len(first[TCP].payload),
+        )
+        / b"HTTP/1.0 200 OK\r\n\r\n"
+    )
+    (rst,) = probes(r.process(from_backend(answer), S, 0.3))
+    assert rst[TCP].flags == "R" and rst[TCP].seq == first[TCP].seq + len(first[TCP].payload)
+    assert be2.up and be2.checks["ok"] == 1

@@ -45,7 +45,7 @@ class Probe:
         self.sport = sport
         self.seq = seq  # our initial sequence number (TCP), or echo sequence
         self.next_seq = (seq + 1) & 0xFFFFFFFF  # after the SYN
-        self.expect = 0  # the next byte of the answer we want (HTTP)
+        self.expect: int | None = None  # the next byte of the answer we want (HTTP)
         self.buffer = bytearray()
         self.done = False
         self.key: tuple[int, ...] = ()
@@ -199,12 +199,16 @@ class HealthChecker:
             if kind == "tcp":
                 self._finish(p, True, now, out)
                 return
-            p.expect = (seq + 1) & 0xFFFFFFFF
+            # A repeated SYN-ACK (our ACK was lost) gets the request again, from
+            # the same sequence number and without losing what has arrived since.
+            if p.expect is None:
+                p.expect = (seq + 1) & 0xFFFFFFFF
             request = _request(p.backend)
-            self._send_tcp(p, p.next_seq, p.expect, l4.TCP_ACK | l4.TCP_PSH, request, now, out)
-            p.next_seq = (p.next_seq + len(request)) & 0xFFFFFFFF
+            start = (p.seq + 1) & 0xFFFFFFFF
+            self._send_tcp(p, start, p.expect, l4.TCP_ACK | l4.TCP_PSH, request, now, out)
+            p.next_seq = (start + len(request)) & 0xFFFFFFFF
             return
-        if kind != "http" or not p.expect:
+        if kind != "http" or p.expect is None:
             return
         data = memoryview(frame)[at + l4.tcp_header_len(frame, at) : end]
         if seq == p.expect and data:
