@@ -328,6 +328,21 @@ def test_arp_is_answered_for_a_pool_address_on_the_subnet() -> None:
     assert rep[ARP].op == 2 and rep[ARP].hwsrc == GW_U_MAC
 
 
+def test_every_protocol_of_an_inside_host_takes_the_same_pool_address() -> None:
+    # "Paired" pooling (RFC 4787 REQ-2), with a pool size where a choice by
+    # address modulo the size and one by hash disagree.
+    from hopgate.pipeline.model import SnatSpec
+
+    pool = tuple(ipaddress.ip_address(f"198.18.2.{50 + i}") for i in range(7))
+    snat = (SnatSpec((ipaddress.ip_network("198.18.1.0/24"),), "gw-u", pool),)
+    r = nat_router(snat=snat, dnat=())
+    udp = inside(IP(src=A4, dst=SERVER4) / UDP(sport=1, dport=2))
+    gre = inside(IP(src=A4, dst=SERVER4, proto=47) / (b"\x00" * 24))
+    by_udp = one(sent(r.process(udp, C, 1.0), U))[IP].src
+    by_gre = one(sent(r.process(gre, C, 1.0), U))[IP].src
+    assert by_gre == by_udp
+
+
 def test_icmpv6_echo_with_identifier_zero_keeps_a_valid_checksum() -> None:
     # found by test_nat_properties: an identifier of 0 was taken for "no identifier"
     r = nat_router()

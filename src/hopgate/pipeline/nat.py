@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from struct import Struct
 from typing import NamedTuple
 
@@ -491,14 +492,15 @@ class Nat:
         assert key is not None
         fam, proto, src, sport, dst, dport = key
         to = plan.to or Translation(src, sport, dst, dport)
-        mapping = None
         if plan.service is not None:
-            made = self._fnat(plan, key, to, now)
-            return made
+            return self._fnat(plan, key, to, now)
+        mapping = None
         if plan.snat is not None:
             if plan.flow.kind == flows.OTHER:
                 # No ports: the address alone, if the reply tuple is free.
-                out = plan.snat.pool[src % len(plan.snat.pool)]
+                out = next(self._pool_addresses(fam, src, plan.snat), None)
+                if out is None:
+                    return DropReason.NAT_PORTS_EXHAUSTED
                 to = Translation(out, 0, to.dst, to.dport)
             else:
                 mapping = self._mapping(fam, proto, src, sport, plan.snat)
@@ -549,6 +551,17 @@ class Nat:
             self.table.remove(conn)
         return len(conns)
 
+    def _pool_addresses(self, fam: int, addr: int, rule: SnatRule) -> Iterator[int]:
+        """The pool's addresses to try for an inside address, in order: the same
+        one first for every protocol ("paired", RFC 4787 REQ-2), none taken whole
+        by a DNAT rule."""
+        pool = rule.pool
+        first = (addr * 2654435761) % len(pool)
+        for i in range(len(pool)):
+            out_addr = pool[(first + i) % len(pool)]
+            if (fam, out_addr) not in self._reserved_addrs:
+                yield out_addr
+
     def _mapping(
         self, fam: int, proto: int, addr: int, port: int, rule: SnatRule
     ) -> Mapping | None:
@@ -556,12 +569,7 @@ class Nat:
         m = self._by_inside.get(inside)
         if m is not None:
             return m
-        pool = rule.pool
-        first = (addr * 2654435761) % len(pool)  # the same inside address, the same outside one
-        for i in range(len(pool)):
-            out_addr = pool[(first + i) % len(pool)]
-            if (fam, out_addr) in self._reserved_addrs:
-                continue
+        for out_addr in self._pool_addresses(fam, addr, rule):
             out_port = self._free_port(fam, proto, out_addr, port)
             if out_port is not None:
                 m = Mapping(inside, (fam, proto, out_addr, out_port, 0, 0))
