@@ -42,7 +42,7 @@ _STATS = struct.Struct("II")  # struct tpacket_stats: packets, drops
 # A plain int: socket.MSG_TRUNC is an IntFlag, and testing it costs an enum
 # operation per frame.
 _MSG_TRUNC = int(socket.MSG_TRUNC)
-_RCVBUF = 4 * 1024 * 1024
+SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait here rather than being dropped
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
@@ -68,6 +68,21 @@ def socket_drops(sock: socket.socket) -> int:
         return 0
 
 
+def set_buffers(s: socket.socket, *, receive: bool, send: bool) -> None:
+    """SOCKET_BUFFER bytes of buffer: past the sysctl limits when root
+    (the *BUFFORCE options), else as much as they allow."""
+    for wanted, opt, fallback in (
+        (receive, SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        (send, SO_SNDBUFFORCE, socket.SO_SNDBUF),
+    ):
+        if not wanted:
+            continue
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, fallback, SOCKET_BUFFER)
+
+
 class PacketSocket:
     def __init__(self, ifname: str, ifindex: int, max_frame: int) -> None:
         self.ifname = ifname
@@ -85,14 +100,7 @@ class PacketSocket:
             # skipped by their packet type in receive().
             with contextlib.suppress(OSError):
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            for opt, fallback in (
-                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
-            ):
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, opt, _RCVBUF)
-                except OSError:
-                    s.setsockopt(socket.SOL_SOCKET, fallback, _RCVBUF)
+            set_buffers(s, receive=True, send=True)
             s.bind((ifname, ETH_P_ALL))
             # Neighbor Discovery needs the solicited-node multicast groups: take all
             # multicast, as NICs would otherwise filter it out.

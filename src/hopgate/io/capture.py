@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from hopgate.io.afpacket import (
     ETH_P_ALL,
     PACKET_IGNORE_OUTGOING,
-    SO_RCVBUFFORCE,
     SOL_PACKET,
+    set_buffers,
     socket_drops,
 )
 
@@ -42,7 +42,6 @@ BPF_RET_K = 0x06
 SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF (-0x1000) + SKF_AD_PKTTYPE, as a u32
 PACKET_HOST = 0
 SNAPLEN = 0x40000
-RCVBUF = 4 * 1024 * 1024  # a burst of a few thousand errors waits here, not dropped
 
 Insn = tuple[int, int, int, int]  # code, jump if true, jump if false, k
 
@@ -104,26 +103,25 @@ def attach(sock: socket.socket, program: list[Insn]) -> None:
 class CaptureSocket:
     """Frames that pass the filter, on one interface; also sends frames there."""
 
-    def __init__(self, ifname: str, program: list[Insn] | None = None) -> None:
+    def __init__(self, ifname: str) -> None:
         self.ifname = ifname
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             # The filter goes on before the socket is bound: it never sees a frame
             # the filter would have refused.
-            attach(s, pmtu_filter() if program is None else program)
+            attach(s, pmtu_filter())
             with contextlib.suppress(OSError):
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-            except OSError:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            set_buffers(s, receive=True, send=False)  # a burst of errors waits, not dropped
             s.bind((ifname, ETH_P_ALL))
             s.setblocking(False)
         except BaseException:
             s.close()
             raise
         self.sock = s
-        self.index = socket.if_nametoindex(ifname)
+        # Received into once, copied out at the frame's length: recv(SNAPLEN)
+        # would allocate the whole snap length for every frame.
+        self._buffer = bytearray(SNAPLEN)
         self.dropped = 0  # frames the kernel dropped because the relay fell behind
 
     def fileno(self) -> int:
@@ -131,9 +129,10 @@ class CaptureSocket:
 
     def receive(self) -> bytes | None:
         try:
-            return self.sock.recv(SNAPLEN)
+            n = self.sock.recv_into(self._buffer)
         except (BlockingIOError, InterruptedError):
             return None
+        return bytes(memoryview(self._buffer)[:n])
 
     def send(self, frame: bytes | bytearray) -> bool:
         try:

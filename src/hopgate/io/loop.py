@@ -44,9 +44,6 @@ class Loop:
         in the returned future."""
         return self.mailbox.call(fn)
 
-    def stop(self) -> None:
-        self.mailbox.stop()
-
     def install_signal_handlers(self) -> None:
         self.mailbox.install_signal_handlers()
 

@@ -37,10 +37,6 @@ class Mailbox:
         self._wake()
         return future
 
-    def stop(self) -> None:
-        self.stopping = True
-        self._wake()
-
     def _wake(self) -> None:
         # A full pipe means the loop is awake already.
         with contextlib.suppress(BlockingIOError):

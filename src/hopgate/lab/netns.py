@@ -155,10 +155,6 @@ class Namespace:
         self.lab._record(proc)
         return proc
 
-    def sysctl(self, **settings: str | int) -> None:
-        """Set sysctls given as dotted names with '__' for '.', or via ``set_sysctls``."""
-        self.set_sysctls({k.replace("__", "."): v for k, v in settings.items()})
-
     def set_sysctls(self, settings: Mapping[str, str | int]) -> None:
         args = [f"{k}={v}" for k, v in settings.items()]
         self.run("sysctl", "-q", "-w", *args)
@@ -182,10 +178,6 @@ class Namespace:
         family = 10 if ipaddress.ip_address(via).version == 6 else 2
         with self.netlink() as ns:
             ns.route("add", dst=prefix, gateway=via, family=family)
-
-    def set_mtu(self, ifname: str, mtu: int) -> None:
-        with self.netlink() as ns:
-            ns.link("set", index=ns.link_lookup(ifname=ifname)[0], mtu=mtu)
 
     def mac(self, ifname: str) -> str:
         with self.netlink() as ns:

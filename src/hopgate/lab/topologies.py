@@ -196,10 +196,6 @@ def wait_for_listen(ns: Namespace, port: int, timeout: float = 10.0) -> None:
     raise LabError(f"{ns.name}: nothing listens on port {port} after {timeout}s")
 
 
-def big_file_path(lab: RouterLab) -> Path:
-    return lab.lab.dir / "www" / BIG_FILE
-
-
 # -- NAT ------------------------------------------------------------------------------
 
 

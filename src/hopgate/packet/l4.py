@@ -34,11 +34,6 @@ def ports(buf: Buffer, off: int) -> tuple[int, int]:
     return sport, dport
 
 
-def transport_checksum(segment: Buffer, pseudo: int) -> int:
-    """The checksum a TCP/UDP/ICMPv6 segment should carry (its own field read as zero)."""
-    return cs.checksum(segment, pseudo)
-
-
 def fill_checksum(
     buf: bytearray | memoryview, off: int, end: int, csum_off: int, pseudo: int, udp: bool
 ) -> None:

@@ -37,10 +37,6 @@ PROTO_ICMPV6 = 58
 Tuple = tuple[int, int, int, int, int, int]  # family, proto, src, sport, dst, dport
 
 
-def reverse(t: Tuple) -> Tuple:
-    return (t[0], t[1], t[4], t[5], t[2], t[3])
-
-
 class TcpState(IntEnum):
     NONE = 0
     SYN_SENT = 1

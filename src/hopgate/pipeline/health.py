@@ -250,7 +250,6 @@ class HealthChecker:
             b.failures = 0
             if not b.up and b.successes >= health.rise:
                 b.up = True
-                b.last_change = now
                 self._changed(b, now)
         else:
             b.checks["failed"] += 1
@@ -258,7 +257,6 @@ class HealthChecker:
             b.successes = 0
             if b.up and b.failures >= health.fall:
                 b.up = False
-                b.last_change = now
                 self._changed(b, now)
 
 

@@ -20,8 +20,6 @@ from hopgate.packet import addr as A
 from hopgate.pipeline import maglev
 from hopgate.pipeline.conntrack import PROTO_TCP, Conn
 
-SCHEDULERS = ("rr", "wrr", "lc", "maglev")
-
 
 @dataclass(frozen=True)
 class HealthSpec:
@@ -65,7 +63,6 @@ class Backend:
         "failures",
         "family",
         "index",
-        "last_change",
         "name",
         "port",
         "service",
@@ -88,7 +85,6 @@ class Backend:
         self.successes = 0
         self.failures = 0
         self.checks = {"ok": 0, "failed": 0}
-        self.last_change = 0.0
         self.conns: set[Conn] = set()  # its live connections
         self.total = 0  # connections it was given
 

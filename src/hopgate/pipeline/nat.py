@@ -167,7 +167,6 @@ class Nat:
         now: float = 0.0,
         services: Services | None = None,
     ) -> None:
-        self.spec = spec
         self.port_names = [p.name for p in ports]
         self.services = services or Services(())
         self.counters: Counter[str] = Counter()
@@ -241,9 +240,10 @@ class Nat:
         if proto in (PROTO_TCP, PROTO_UDP) and not frag & _FRAGMENT and end - l3 - ihl >= 4:
             sport, dport = _PORTS.unpack_from(frame, l3 + ihl)
             side = self.table.lookup((A.V4, proto, src, sport, dst, dport))
-            if side is not None and (
-                side.conn.backend is None or not self._reused(side, frame, l3 + ihl, end)
-            ):
+            if side is None:
+                if dst not in self.addresses[A.V4]:
+                    return None  # passing through, untracked: inbound() would find the same
+            elif side.conn.backend is None or not self._reused(side, frame, l3 + ihl, end):
                 return side
         return self.inbound(A.V4, frame, l3, end, src, dst, now)
 

@@ -39,8 +39,8 @@ _ETH_P_ARP = ethernet.ETH_P_ARP
 _DF = ipv4.FLAG_DF
 _IPV4_CHECK = ipv4.check
 _IPV4_HEADER = ipv4.HEADER
-_MARTIAN_TOP = frozenset({0, 127})
-_NO_HINT: tuple[None, bool] = (None, False)  # first octets of "this network" and loopback
+_MARTIAN_TOP = frozenset({0, 127})  # first octets of "this network" and loopback
+_NO_HINT: tuple[None, bool] = (None, False)
 _IPV6_CHECK = ipv6.check
 
 
