@@ -1,5 +1,5 @@
 """Forwarding rate: 64-byte UDP frames through hopgate and through the Linux kernel
-in the same lab shapes, in one run.  Writes docs/benchmarks.md.
+in the same lab shapes, in one run.  Writes its section of docs/benchmarks.md.
 
     .venv/bin/python -m bench.forwarding [--seconds 10] [--rounds 3] [--out docs/benchmarks.md]
 
@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.report import replace_section
 from hopgate.lab.netns import Namespace, Process
 from hopgate.lab.topologies import ADDR, NatLab, RouterLab
 
@@ -229,9 +230,7 @@ def _report(rounds: Rounds, seconds: float) -> str:
         "?",
     )
     today = datetime.date.today().isoformat()
-    return f"""# Benchmarks
-
-## Forwarding rate, 64-byte UDP
+    return f"""## Forwarding rate, 64-byte UDP
 
 Measured {today} by `bench/forwarding.py` ({seconds:g} s window after a warm-up),
 {len(rounds)} rounds, each measuring three lab shapes with veth pairs and
@@ -303,7 +302,7 @@ def main() -> None:
                 )
                 rnd.append(r)
         rounds.append(rnd)
-    args.out.write_text(_report(rounds, args.seconds))
+    replace_section(args.out, "forwarding", _report(rounds, args.seconds))
     print(f"wrote {args.out}")
 
 

@@ -77,7 +77,7 @@ CHECK_FALL = 3
 CHECK_RISE = 2
 
 
-def lb_config(admin_socket: str) -> str:
+def lb_config(admin_socket: str, extra: str = "") -> str:
     a = LB_ADDR
     lips4 = ", ".join(f'"{x}"' for x in a.lips4)
     lips6 = ", ".join(f'"{x}"' for x in a.lips6)
@@ -165,7 +165,8 @@ fall = {CHECK_FALL}
 [admin]
 socket = "{admin_socket}"
 
-{LAB_ICMP}"""
+{LAB_ICMP}
+{extra}"""
 
 
 # The client drops what arrives on an interface its route would not send back by
@@ -183,9 +184,10 @@ table inet rpf {
 class LbLab(Topology):
     """The load balancer between a two-uplink client and three backends."""
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, extra_config: str = "") -> None:
         self.hopgate: Process | None = None
         self.maglev_servers: dict[str, Process] = {}
+        self.extra_config = extra_config  # TOML appended to the config
         self._create(name, self._build)
 
     def status(self) -> dict[str, Any]:
@@ -242,7 +244,7 @@ class LbLab(Topology):
                 be.role,
             )  # fmt: skip
 
-        self.config_path.write_text(lb_config(self.admin_socket))
+        self.config_path.write_text(lb_config(self.admin_socket, self.extra_config))
         self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
         lab.note(topology="lb", mode="hopgate", admin_socket=self.admin_socket)
 

@@ -291,13 +291,17 @@ def curl_many(
     return results
 
 
-def inject(ns: Namespace, ifname: str, frames: list[bytes]) -> tuple[int, float]:
-    """Send exact frames out of ``ifname`` of ``ns``; (frames sent, seconds taken)."""
+def inject(
+    ns: Namespace, ifname: str, frames: list[bytes], *, rate: float = 0.0, timeout: float = 60.0
+) -> tuple[int, float]:
+    """Send exact frames out of ``ifname`` of ``ns`` (``rate`` a second, or as
+    fast as the kernel takes them); (frames sent, seconds taken)."""
     import sys
 
     path = ns.lab.dir / f"inject-{len(list(ns.lab.dir.glob('inject-*')))}.hex"
     path.write_text("\n".join(f.hex() for f in frames))
-    r = run(ns, sys.executable, "-m", "hopgate.lab.inject", "--iface", ifname, str(path))
+    argv = [sys.executable, "-m", "hopgate.lab.inject", "--iface", ifname, "--rate", str(rate)]
+    r = run(ns, *argv, str(path), timeout=timeout)
     try:
         result = json.loads(r.stdout)
     except ValueError:
