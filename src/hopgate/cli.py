@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hopgate import __version__
+from hopgate.control.conns import DEFAULT_LIMIT
 from hopgate.pipeline.relay import DEFAULT_IFACE_RATE, DEFAULT_MARK, DEFAULT_SRC_RATE
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
     show_default=True,
     help="Admin socket (hopgate status -s reads it).",
 )
-@click.option("--metrics", metavar="ADDR:PORT", help="Also serve /metrics and /status over HTTP.")
+@click.option("--metrics", metavar="ADDR:PORT", help="Also serve /metrics over HTTP.")
 def relay(
     interfaces: tuple[str, ...],
     peers: tuple[str, ...],
@@ -307,8 +308,19 @@ def status(socket_path: str | None, config_path: str | None, as_json: bool) -> N
     "--port", help="Connections with this port, on either side, before or after translation."
 )
 @click.option("--state", help="TCP state, as shown (established, time-wait, ...).")
-@click.option("--limit", default=1000, show_default=True, help="Show at most this many.")
-@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    help=f"Show at most this many; 0 shows all.  [default: {DEFAULT_LIMIT}]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON, one connection a line.")
+@click.option(
+    "-D",
+    "--delete",
+    is_flag=True,
+    help="Delete the connections the filters select (at least one), as conntrack -D.",
+)
+@click.option("-F", "--flush", is_flag=True, help="Delete every connection, as conntrack -F.")
 def conns(
     socket_path: str | None,
     config_path: str | None,
@@ -317,13 +329,18 @@ def conns(
     address: str | None,
     port: str | None,
     state: str | None,
-    limit: int,
+    limit: int | None,
     as_json: bool,
+    delete: bool,
+    flush: bool,
 ) -> None:
     """List the connections the NAT tracks and the load balancer's, with their
-    backends."""
+    backends; or delete them (their mappings released).  Neither stalls
+    forwarding: the daemon does the work a slice at a time."""
+    import os
+
     from hopgate.control import status as status_view
-    from hopgate.control.admin import AdminError, fetch_conns
+    from hopgate.control.admin import AdminError, delete_conns, fetch_conns, stream_conns
 
     path = _socket_for(socket_path, config_path)
     filters = {
@@ -332,16 +349,42 @@ def conns(
         "address": address or "",
         "port": port or "",
         "state": state or "",
-        "limit": str(limit),
     }
+    if delete or flush:
+        if delete and flush:
+            _fail("--delete or --flush, not both")
+        if limit is not None:
+            _fail("--limit is for listing; --delete removes every connection that matches")
+        if flush and any(filters.values()):
+            _fail("--flush deletes every connection: no filters (--delete takes them)")
+        if delete and not any(filters.values()):
+            _fail("--delete needs a filter (--flush deletes every connection)")
+        try:
+            deleted = delete_conns(path, None if flush else filters)
+        except AdminError as e:
+            _fail(str(e))
+        if as_json:
+            click.echo(json.dumps({"deleted": deleted}))
+        else:
+            click.echo(f"{deleted:,} {'connection' if deleted == 1 else 'connections'} deleted")
+        return
+    if limit is not None:
+        filters["limit"] = str(limit)
     try:
+        if as_json:
+            # As the daemon writes it: nothing parsed, nothing held, whatever the size.
+            out = sys.stdout.buffer
+            try:
+                for chunk in stream_conns(path, filters):
+                    out.write(chunk)
+                out.flush()
+            except BrokenPipeError:  # | head: the reader has all it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
         result = fetch_conns(path, filters)
     except AdminError as e:
         _fail(str(e))
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        status_view.render_conns(result, _console())
+    status_view.render_conns(result, _console())
 
 
 def _need_root() -> None:

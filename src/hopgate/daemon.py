@@ -13,7 +13,9 @@ from hopgate import __version__
 from hopgate.control import conns
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
+from hopgate.io import ctlpath
 from hopgate.io.afpacket import PacketSocket
+from hopgate.io.links import LinkMonitor, LinkWatch
 from hopgate.io.loop import Loop
 from hopgate.io.netprep import Interfaces
 from hopgate.pipeline.router import Router
@@ -32,6 +34,7 @@ def snapshot(
         merged = dict(iface)
         merged.update(ports)
         merged["io"] = asdict(sock.update_stats())
+        merged["link"] = loop.link_status(router.port_by_name[iface["name"]])
         interfaces.append(merged)
     del counters["ports"]
     out: dict[str, Any] = {
@@ -64,8 +67,16 @@ def run(cfg: Config, config_path: str) -> None:
     interfaces.take(links)
     try:
         for port in router.ports:
-            sockets.append(PacketSocket(port.name, links[port.name].index, port.max_frame))
-        loop = Loop(router, sockets)
+            sockets.append(
+                PacketSocket(
+                    port.name,
+                    links[port.name].index,
+                    port.max_frame,
+                    ctlpath.filters_for(router.ports, port.index),
+                )
+            )
+        watch = LinkWatch({p.name: (p.index, links[p.name].index) for p in router.ports})
+        loop = Loop(router, sockets, links=LinkMonitor(watch), prepare=interfaces.retake)
         loop.install_signal_handlers()
         the_loop = loop
         admin = AdminServer(
@@ -74,7 +85,10 @@ def run(cfg: Config, config_path: str) -> None:
                 lambda: snapshot(router, the_loop, sockets, started, config_path)
             ),
             parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
-            lambda query: the_loop.call(lambda: conns.listing(router.nat, time.monotonic(), query)),
+            # listing and deleting run in the loop a slice at a time (never a long pause)
+            lambda action, query: the_loop.mailbox.start(
+                conns.job(action, router.nat, time.monotonic, query)
+            ),
         )
         admin.start()
         for iface in router.state()["interfaces"]:

@@ -53,7 +53,11 @@ def node(peers: tuple[str, ...] = (), **settings: object) -> Router:
 
 def frag_needed_about(client_port: int, *, src: str = RB4) -> Packet:
     """Router B's error about a reply from the VIP to the client's ``client_port``."""
-    big = IP(src=VIP4, dst=CLIENT4, flags="DF") / TCP(sport=80, dport=client_port, flags="A")
+    big = (
+        IP(src=VIP4, dst=CLIENT4, flags="DF")
+        / TCP(sport=80, dport=client_port, flags="A")
+        / (b"d" * 1400)
+    )
     return IP(src=src, dst=VIP4) / ICMP(type=3, code=4, nexthopmtu=1400) / Raw(bytes(big)[:28])
 
 

@@ -211,9 +211,14 @@ def test_a_syn_on_the_tuple_of_a_failed_backend_goes_elsewhere() -> None:
     assert r.nat is not None
     (svc,) = r.nat.services.all
     gone = next(b for b in svc.backends if b.name.startswith(first[IP].dst))
+    mac = BE2_MAC if first[IP].dst == BE2 else "02:00:00:00:05:0b"
+    synack = IP(src=first[IP].dst, dst=first[IP].src) / TCP(
+        sport=first[TCP].dport, dport=first[TCP].sport, flags="SA", seq=500, ack=101
+    )
+    only(r.process(from_backend(synack, mac), S, 1.05))
     gone.up = False
     # packets of the open connection still go to it (keep: existing ones are left alone)
-    ack = IP(src=CLIENT4, dst=VIP4) / TCP(sport=40000, dport=80, flags="A", seq=101)
+    ack = IP(src=CLIENT4, dst=VIP4) / TCP(sport=40000, dport=80, flags="A", seq=101, ack=501)
     _, kept = only(r.process(via_b(ack), B, 1.1))
     assert kept[IP].dst == first[IP].dst
     # but a new SYN on the same tuple is a new connection, to a live backend

@@ -108,7 +108,7 @@ def test_every_flow_reaches_a_backend_and_comes_back_the_way_it_came(
         if v6:
             err = IPv6(src=RB6, dst=VIP6) / ICMPv6PacketTooBig(mtu=1280) / Raw(quoted)
         else:
-            err = IP(src=RB4, dst=VIP4) / ICMP(type=3, code=4, nexthopmtu=1400) / Raw(quoted)
+            err = IP(src=RB4, dst=VIP4) / ICMP(type=3, code=4, nexthopmtu=1280) / Raw(quoted)
         frame = bytearray(bytes(Ether(src=RB_MAC, dst=GW_B_MAC) / err))
         port, to_be = only(r.process(frame, B, 1.2))
         eip = to_be[IPv6] if v6 else to_be[IP]
@@ -121,4 +121,4 @@ def test_every_flow_reaches_a_backend_and_comes_back_the_way_it_came(
         if v6:
             assert to_be[ICMPv6PacketTooBig].mtu == 1280
         else:
-            assert to_be[ICMP].nexthopmtu == 1400
+            assert to_be[ICMP].nexthopmtu == 1280

@@ -11,6 +11,7 @@ from scapy.layers.l2 import Ether
 
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import TcpState, Timeouts
+from hopgate.pipeline.router import Router
 from tests.unit.frames import CLIENT_MAC, GW_C4, GW_U_MAC, UPSTREAM_MAC, C, U, drops, sent
 from tests.unit.nat_frames import (
     A4,
@@ -190,20 +191,59 @@ def test_replied_udp_lives_longer() -> None:
     r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=40000, dport=53)), C, 1.0)
     r.process(outside(IP(src=SERVER4, dst=OUT4) / UDP(sport=53, dport=40000)), U, 1.5)
     (conn,) = nat.connections()
-    assert conn.assured and conn.expires == 1.5 + 120
+    # a query and its answer: not yet a stream (Linux waits 2 s), still evictable
+    assert not conn.assured and conn.expires == 1.5 + 30
+    r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=40000, dport=53)), C, 3.5)
+    assert conn.assured and conn.expires == 3.5 + 120
 
 
-def test_table_limit_refuses_new_flows_and_keeps_old_ones() -> None:
+def _assured_udp(r: Router, sport: int) -> None:
+    """A UDP flow answered and still talking after 2 s: assured, as Linux."""
+    assert sent(r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=sport, dport=53)), C, 1.0), U)
+    back = r.process(outside(IP(src=SERVER4, dst=OUT4) / UDP(sport=53, dport=sport)), U, 1.1)
+    assert sent(back, C)
+    assert sent(r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=sport, dport=53)), C, 3.5), U)
+
+
+def test_a_table_full_of_assured_flows_refuses_new_ones_and_keeps_the_old() -> None:
     r = nat_router(max_connections=2)
+    for sport in (1001, 1002):
+        _assured_udp(r, sport)
+    out = r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=1003, dport=53)), C, 4.0)
+    assert drops(out) == [DropReason.CONNTRACK_FULL] and sent(out, U) == []
+    assert sent(r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=1001, dport=53)), C, 4.1), U)
+    back = r.process(outside(IP(src=SERVER4, dst=OUT4) / UDP(sport=53, dport=1002)), U, 4.2)
+    assert one(sent(back, C))[IP].dst == A4
+    assert r.nat is not None and r.nat.counters["connections-refused-full"] == 1
+
+
+def test_a_full_table_evicts_its_oldest_unassured_flow_first() -> None:
+    r = nat_router(max_connections=3)
+    nat = r.nat
+    assert nat is not None
+    _assured_udp(r, 1001)
+    for sport, t in ((1002, 5.0), (1003, 6.0)):  # unanswered: unassured
+        assert sent(
+            r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=sport, dport=53)), C, t), U
+        )
+    out = r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=1004, dport=53)), C, 7.0)
+    assert sent(out, U) and drops(out) == []
+    ports = sorted(c.key_orig[3] for c in nat.connections())
+    assert ports == [1001, 1003, 1004]  # 1002, the oldest unassured, made room
+    assert nat.counters["connections-early-dropped"] == 1
+
+
+def test_per_source_limit() -> None:
+    r = nat_router(max_connections_per_source=2)
     for sport in (1001, 1002):
         assert sent(
             r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=sport, dport=53)), C, 1.0), U
         )
     out = r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=1003, dport=53)), C, 1.0)
-    assert drops(out) == [DropReason.CONNTRACK_FULL] and sent(out, U) == []
-    assert sent(r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=1001, dport=53)), C, 1.1), U)
-    back = r.process(outside(IP(src=SERVER4, dst=OUT4) / UDP(sport=53, dport=1002)), U, 1.2)
-    assert one(sent(back, C))[IP].dst == A4
+    assert drops(out) == [DropReason.CONNTRACK_SOURCE_LIMIT]
+    # another inside host is not affected
+    other = IP(src=B4, dst=SERVER4) / UDP(sport=1003, dport=53)
+    assert sent(r.process(inside(other, B_MAC), C, 1.0), U)
 
 
 def test_dnat_publishes_an_inside_server() -> None:

@@ -1,15 +1,19 @@
 """The admin API: the daemon's state as JSON and Prometheus text, over HTTP.
 
-Served on a Unix socket (``hopgate status`` reads it) and, if configured, on a
-TCP address for Prometheus.  Requests are answered from a snapshot the loop
-thread takes between two batches of frames, so the pipeline is never read
-while it changes.
+Served on a Unix socket, for root only (``hopgate status`` and ``hopgate conns``
+read it: ``/status``, ``/metrics``, ``/conns``, and ``POST /conns/delete`` and
+``/conns/flush``) and, if configured, on a TCP address for Prometheus, which
+serves ``/metrics`` and nothing else.  Requests are answered from a snapshot the
+loop thread takes between two batches of frames, so the pipeline is never read
+while it changes; work over the connections is a job the loop runs in slices
+(``io.mailbox.Job``), streamed to the client as it comes (chunked).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -17,35 +21,54 @@ import socket
 import socketserver
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from hopgate.control import metrics
+from hopgate.io.mailbox import Job, JobStalledError
 
 log = logging.getLogger(__name__)
 
 Snapshot = Callable[[], "Future[dict[str, Any]]"]
-Query = Callable[[dict[str, str]], "Future[Any]"]
-SNAPSHOT_TIMEOUT = 5.0
+# Starts a job over the connections: ("list" | "delete" | "flush", query); raises
+# ValueError for a query that does not parse.
+Conns = Callable[[str, dict[str, str]], Job]
+SNAPSHOT_TIMEOUT = 5.0  # for a snapshot; for a job, the longest it may go without a slice
+CLIENT_TIMEOUT = 30.0  # how long a client waits for the next bytes of an answer
+CONNS_ACTIONS = {"/conns/delete": "delete", "/conns/flush": "flush"}  # POST only
 
 
 class AdminError(Exception):
     pass
 
 
-def _handler(snapshot: Snapshot, conns: Query | None) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    snapshot: Snapshot, conns: Conns | None, *, metrics_only: bool = False
+) -> type[BaseHTTPRequestHandler]:
+    """The request handler: all of the API, or (``metrics_only``, for the TCP
+    listener anyone on the host can reach) ``GET /metrics`` alone."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "hopgate"
+        protocol_version = "HTTP/1.1"  # for chunked answers; every answer closes
+        timeout = CLIENT_TIMEOUT  # a client that stops reading is let go
 
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
             query = dict(urllib.parse.parse_qsl(url.query))
+            if metrics_only and url.path != "/metrics":
+                self._reply(404, "text/plain", b"not found: this port serves /metrics only\n")
+                return
             if url.path == "/conns" and conns is not None:
-                future: Future[Any] = conns(query)
-            elif url.path in ("/status", "/metrics"):
+                self._job(conns, "list", query)
+                return
+            if url.path in CONNS_ACTIONS and conns is not None:
+                self._reply(405, "text/plain", f"{url.path} takes a POST\n".encode())
+                return
+            if url.path in ("/status", "/metrics"):
                 future = snapshot()
             else:
                 self._reply(404, "text/plain", b"not found: try /status, /metrics or /conns\n")
@@ -63,10 +86,53 @@ def _handler(snapshot: Snapshot, conns: Query | None) -> type[BaseHTTPRequestHan
             else:
                 self._reply(200, "application/json", json.dumps(result).encode())
 
+        def do_POST(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            action = CONNS_ACTIONS.get(url.path)
+            if metrics_only or action is None or conns is None:
+                self._reply(404, "text/plain", b"not found\n")
+                return
+            self._job(conns, action, dict(urllib.parse.parse_qsl(url.query)))
+
+        def _job(self, conns: Conns, action: str, query: dict[str, str]) -> None:
+            """Start a job in the loop and stream what it yields, chunked.  An error
+            before its first bytes gets a status; one after cuts the answer short
+            (no final chunk), which the client notices."""
+            try:
+                job = conns(action, query)
+            except ValueError as e:  # a filter that does not parse
+                self._reply(400, "text/plain", f"{e}\n".encode())
+                return
+            chunks = job.chunks(SNAPSHOT_TIMEOUT)
+            try:
+                try:
+                    first = next(chunks, b"")
+                except JobStalledError as e:
+                    self._reply(503, "text/plain", f"no answer from the loop: {e}\n".encode())
+                    return
+                except Exception as e:  # noqa: BLE001 - reported to the client
+                    self._reply(500, "text/plain", f"{action} failed: {e}\n".encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    for chunk in itertools.chain((first,), chunks):
+                        if chunk:
+                            self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    self.wfile.write(b"0\r\n\r\n")
+                except Exception as e:  # noqa: BLE001 - the answer is cut short
+                    log.info("admin: %s of connections cut short: %s", action, e)
+            finally:
+                chunks.close()  # cancels the job if it is not over
+
         def _reply(self, code: int, ctype: str, body: bytes) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
@@ -97,7 +163,7 @@ class AdminServer:
         socket_path: str,
         snapshot: Snapshot,
         metrics_listen: tuple[str, int] | None = None,
-        conns: Query | None = None,
+        conns: Conns | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._snapshot = snapshot
@@ -125,7 +191,7 @@ class AdminServer:
             host, port = self._metrics_listen
             server_class = _V6HTTPServer if ":" in host else ThreadingHTTPServer
             try:
-                tcp = server_class((host, port), handler)
+                tcp = server_class((host, port), _handler(self._snapshot, None, metrics_only=True))
             except BaseException:
                 unix.server_close()
                 path.unlink(missing_ok=True)
@@ -173,28 +239,43 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-def fetch(socket_path: str, path: str = "/status", timeout: float = 10.0) -> bytes:
-    """GET ``path`` from the daemon listening on ``socket_path``."""
+def stream(
+    socket_path: str, path: str, method: str = "GET", timeout: float = CLIENT_TIMEOUT
+) -> Iterator[bytes]:
+    """The body of ``method path`` from the daemon listening on ``socket_path``,
+    as it comes.  Raises AdminError, also when the body is cut short."""
     conn = _UnixConnection(socket_path, timeout)
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-    except FileNotFoundError:
-        raise AdminError(f"no hopgate is running with admin socket {socket_path}") from None
-    except ConnectionRefusedError:
-        raise AdminError(
-            f"{socket_path}: nobody answers (a daemon that stopped uncleanly?)"
-        ) from None
-    except OSError as e:
-        raise AdminError(f"{socket_path}: {e}") from None
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+        except FileNotFoundError:
+            raise AdminError(f"no hopgate is running with admin socket {socket_path}") from None
+        except ConnectionRefusedError:
+            raise AdminError(
+                f"{socket_path}: nobody answers (a daemon that stopped uncleanly?)"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise AdminError(f"{socket_path}: {e}") from None
+        try:
+            if resp.status != 200:
+                body = resp.read()
+                raise AdminError(
+                    f"{socket_path}{path}: {resp.status} {body.decode(errors='replace').strip()}"
+                )
+            while chunk := resp.read1(1 << 16):
+                yield chunk
+        except (OSError, http.client.HTTPException) as e:
+            raise AdminError(f"{socket_path}{path}: the answer was cut short ({e!r})") from None
     finally:
         conn.close()
-    if resp.status != 200:
-        raise AdminError(
-            f"{socket_path}{path}: {resp.status} {body.decode(errors='replace').strip()}"
-        )
-    return body
+
+
+def fetch(
+    socket_path: str, path: str = "/status", method: str = "GET", timeout: float = 10.0
+) -> bytes:
+    """``method path`` from the daemon listening on ``socket_path``: the whole body."""
+    return b"".join(stream(socket_path, path, method, timeout))
 
 
 def fetch_status(socket_path: str) -> dict[str, Any]:
@@ -202,7 +283,23 @@ def fetch_status(socket_path: str) -> dict[str, Any]:
     return data
 
 
+def _query(filters: dict[str, str]) -> str:
+    return urllib.parse.urlencode({k: v for k, v in filters.items() if v})
+
+
+def stream_conns(socket_path: str, filters: dict[str, str]) -> Iterator[bytes]:
+    """The listing's JSON as it comes (one connection a line)."""
+    return stream(socket_path, "/conns?" + _query(filters))
+
+
 def fetch_conns(socket_path: str, filters: dict[str, str]) -> dict[str, Any]:
-    query = urllib.parse.urlencode({k: v for k, v in filters.items() if v})
-    data: dict[str, Any] = json.loads(fetch(socket_path, "/conns?" + query))
+    data: dict[str, Any] = json.loads(b"".join(stream_conns(socket_path, filters)))
     return data
+
+
+def delete_conns(socket_path: str, filters: dict[str, str] | None = None) -> int:
+    """Remove the connections matching ``filters`` (all of them if None: a
+    flush); how many were removed."""
+    path = "/conns/flush" if filters is None else "/conns/delete?" + _query(filters)
+    data: dict[str, Any] = json.loads(fetch(socket_path, path, "POST", CLIENT_TIMEOUT))
+    return int(data["deleted"])

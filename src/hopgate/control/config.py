@@ -2,7 +2,8 @@
 
 Structure and types are checked by pydantic (unknown keys are errors); the
 relations between sections (a next hop on a connected subnet, no subnet on two
-interfaces, IPv6 needing an MTU of 1280) by ``_check_relations``.  Both report
+interfaces, IPv6 needing an MTU of 1280, no address in two roles that exclude
+each other) by ``_check_relations``.  Both report
 ``ConfigIssue(path, message)``, so ``hopgate check-config`` can list them all.
 """
 
@@ -133,11 +134,15 @@ class NeighbourConfig(_Strict):
     ucast_solicit: Annotated[int, Field(ge=1, le=32)] = 3
     unres_qlen: Annotated[int, Field(ge=1, le=4096)] = 64
     max_entries: Annotated[int, Field(ge=16)] = 4096
+    # ARP only (as Linux): a reply or request changes a known neighbour's MAC only
+    # once the entry is this old; gratuitous ARP always does.
+    locktime_ms: Annotated[int, Field(ge=0)] = round(NeighbourSettings.locktime * 1000)
 
 
 class AdminConfig(_Strict):
     socket: str = DEFAULT_ADMIN_SOCKET
-    # "address:port" for an HTTP listener serving /metrics and /status; off when absent.
+    # "address:port" for an HTTP listener serving /metrics only (state, connections
+    # and deletes stay on the root-only socket); off when absent.
     metrics: str | None = None
 
     @field_validator("metrics")
@@ -189,27 +194,34 @@ class DnatConfig(_Strict):
 
 
 class TimeoutsConfig(_Strict):
-    """Seconds; named after net.netfilter.nf_conntrack_*_timeout, with their defaults."""
+    """Seconds; named after net.netfilter.nf_conntrack_*_timeout.  The defaults
+    are the pipeline's (conntrack.Timeouts): Linux's."""
 
-    tcp_syn_sent: Seconds = 120
-    tcp_syn_recv: Seconds = 60
-    tcp_established: Seconds = 432000
-    tcp_fin_wait: Seconds = 120
-    tcp_close_wait: Seconds = 60
-    tcp_last_ack: Seconds = 30
-    tcp_time_wait: Seconds = 120
-    tcp_close: Seconds = 10
-    udp: Seconds = 30
-    udp_stream: Seconds = 120
-    icmp: Seconds = 30
-    generic: Seconds = 600
+    tcp_syn_sent: Seconds = Timeouts.tcp_syn_sent
+    tcp_syn_recv: Seconds = Timeouts.tcp_syn_recv
+    tcp_established: Seconds = Timeouts.tcp_established
+    tcp_fin_wait: Seconds = Timeouts.tcp_fin_wait
+    tcp_close_wait: Seconds = Timeouts.tcp_close_wait
+    tcp_last_ack: Seconds = Timeouts.tcp_last_ack
+    tcp_time_wait: Seconds = Timeouts.tcp_time_wait
+    tcp_close: Seconds = Timeouts.tcp_close
+    tcp_unacknowledged: Seconds = Timeouts.tcp_unacknowledged
+    udp: Seconds = Timeouts.udp
+    udp_stream: Seconds = Timeouts.udp_stream
+    icmp: Seconds = Timeouts.icmp
+    generic: Seconds = Timeouts.generic
 
 
 class NatConfig(_Strict):
-    max_connections: Annotated[int, Field(ge=1)] = 65536  # nf_conntrack_max
+    max_connections: Annotated[int, Field(ge=1)] = NatSpec.max_connections  # nf_conntrack_max
+    # 0: no limit
+    max_connections_per_source: Annotated[int, Field(ge=0)] = NatSpec.max_connections_per_source
+    tcp_be_liberal: bool = NatSpec.tcp_be_liberal  # nf_conntrack_tcp_be_liberal
     snat: list[SnatConfig] = Field(default_factory=list)
     dnat: list[DnatConfig] = Field(default_factory=list)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    # Let new flows in from a translating interface to the inside prefixes.
+    forward_unsolicited: bool = NatSpec.forward_unsolicited
 
 
 class BackendConfig(_Strict):
@@ -321,6 +333,7 @@ class Config(_Strict):
                 unicast_solicit=n.ucast_solicit,
                 queue_len=n.unres_qlen,
                 max_entries=n.max_entries,
+                locktime=n.locktime_ms / 1000,
             ),
             reassembly=ReassemblySettings(),
             nat=self._nat_spec(),
@@ -356,7 +369,10 @@ class Config(_Strict):
             ),
             dnat=tuple(dnat),
             max_connections=n.max_connections,
+            max_connections_per_source=n.max_connections_per_source,
+            tcp_be_liberal=n.tcp_be_liberal,
             timeouts=Timeouts(**n.timeouts.model_dump()),
+            forward_unsolicited=n.forward_unsolicited,
         )
 
 
@@ -504,6 +520,19 @@ def _check_relations(cfg: Config) -> list[ConfigIssue]:
                 issues.append(
                     ConfigIssue(where, f"subnet {a.network} is already on {subnets[a.network]}")
                 )
+            else:
+                # A subnet inside (or around) another interface's: which link a
+                # neighbour is on would depend on the longest prefix, not the config.
+                other = next(
+                    (n for n, on in subnets.items() if on != iface.name and _overlap(n, a.network)),
+                    None,
+                )
+                if other is not None:
+                    issues.append(
+                        ConfigIssue(
+                            where, f"subnet {a.network} overlaps {subnets[other]}'s {other}"
+                        )
+                    )
             subnets.setdefault(a.network, iface.name)
         if iface.mtu is not None and iface.mtu < 1280 and any(a.version == 6 for a in addrs):
             issues.append(
@@ -550,12 +579,153 @@ def _check_relations(cfg: Config) -> list[ConfigIssue]:
                         " (next hops must be neighbours)",
                     )
                 )
+    roles = _Roles(cfg)
     if cfg.nat is not None:
-        issues += _check_nat(cfg, cfg.nat, names)
-    issues += _check_services(cfg, subnets, owners)
+        issues += _check_nat(cfg, cfg.nat, names, roles)
+    issues += _check_services(cfg, subnets, owners, roles)
     if cfg.relay is not None:
-        issues += _check_relay(cfg, cfg.relay, names, owners)
+        issues += _check_relay(cfg, cfg.relay, names, owners, roles)
     return issues
+
+
+# An address can have one role only: hopgate's own, a next hop, a backend, or one
+# of the addresses hopgate translates to and answers for (VIP, LIP, pool,
+# published).  What may share an address on purpose: a pool or a published
+# address and the interface's own (masquerade, the README's DNAT), a pool and a
+# published address (one outside address for both; DNAT ports are reserved),
+# and several services' VIPs, LIPs and backends (one VIP serves several ports;
+# the connection table keeps the services' local ports on a LIP apart).
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class _Role:
+    kind: Literal["own", "via", "backend", "vip", "lip", "pool", "published"]
+    what: str  # how a message names it: "198.18.2.2 is <what>"
+
+
+class _Roles:
+    """Every address the config names, with the first place it takes each role."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._by: dict[tuple[IPAddress, str], _Role] = {}
+        for iface in cfg.interface:
+            for a in iface.interfaces():
+                self._add(a.ip, _Role("own", f"{iface.name}'s own address"))
+        for i, route in enumerate(cfg.route):
+            for j, text in enumerate(route.via):
+                hop = _parse_next_hop(text).address
+                self._add(hop, _Role("via", f"a next hop (route[{i}].via[{j}])"))
+        for i, svc in enumerate(cfg.service):
+            self._add(ipaddress.ip_address(svc.vip), _Role("vip", f"the VIP of service[{i}]"))
+            for j, text in enumerate(svc.local_addresses):
+                what = f"a LIP (service[{i}].local_addresses[{j}])"
+                self._add(ipaddress.ip_address(text), _Role("lip", what))
+            for j, b in enumerate(svc.backend):
+                what = f"a backend (service[{i}].backend[{j}])"
+                self._add(ipaddress.ip_address(b.address), _Role("backend", what))
+        if cfg.nat is not None:
+            for i, sn in enumerate(cfg.nat.snat):
+                for j, text in enumerate(sn.pool):
+                    what = f"a NAT pool address (nat.snat[{i}].pool[{j}])"
+                    self._add(ipaddress.ip_address(text), _Role("pool", what))
+            for i, d in enumerate(cfg.nat.dnat):
+                what = f"published by nat.dnat[{i}]"
+                self._add(parse_endpoint(d.published)[0], _Role("published", what))
+
+    def _add(self, a: IPAddress, role: _Role) -> None:
+        self._by.setdefault((a, role.kind), role)
+
+    def clash(self, a: IPAddress, subject: str) -> str | None:
+        """Why ``a``, given as ``subject`` (a kind of role), is wrong, if it is:
+        the first role it may not share, and what sharing it would do."""
+        for kind in _CLASHES[subject]:
+            role = self._by.get((a, kind))
+            if role is not None:
+                return f"{a} is {role.what}{_CLASH_REASON[subject, kind]}"
+        return None
+
+
+# For each role: the roles it may not share an address with, in the order they
+# are reported (one problem per key path).  A pair is checked from one side
+# only, so that it is reported once.
+_CLASHES: dict[str, tuple[str, ...]] = {
+    "vip": ("own", "via", "backend", "pool", "published"),
+    "lip": ("own", "via", "backend", "vip", "pool", "published"),
+    "pool": ("via", "backend"),
+    "published": ("via", "backend"),
+    "backend": ("own",),
+    "dnat-inside": ("own", "vip", "lip", "pool", "published"),
+    "peer": ("vip", "lip", "pool", "published"),
+}
+_TRANSLATED = ("vip", "lip", "pool", "published")
+_CLASH_REASON: dict[tuple[str, str], str] = {
+    **{(s, "via"): ": hopgate would answer ARP/ND for its own gateway" for s in _TRANSLATED},
+    **{
+        (s, "backend"): ": hopgate would take the backend's address for its own"
+        for s in _TRANSLATED
+    },
+    **{("vip", k): "; a VIP is its own" for k in ("own", "pool", "published")},
+    ("lip", "own"): "; a LIP is its own (health checks go from the interface's)",
+    **{("lip", k): "; a LIP is its own" for k in ("vip", "pool", "published")},
+    ("backend", "own"): "; a backend is another host",
+    **{
+        ("dnat-inside", k): "; the inside address is another host's"
+        for k in ("own", "vip", "lip", "pool", "published")
+    },
+    **{("peer", k): "; peers are the other nodes" for k in ("vip", "lip", "pool", "published")},
+}
+
+
+def _within(inner: _Net, outer: _Net) -> bool:
+    return (
+        inner.version == outer.version
+        and inner.prefixlen >= outer.prefixlen
+        and int(inner.network_address) & int(outer.netmask) == int(outer.network_address)
+    )
+
+
+def _overlap(a: _Net, b: _Net) -> bool:
+    return _within(a, b) or _within(b, a)
+
+
+def _on_link(cfg: Config, a: IPAddress) -> str | None:
+    """The interface whose subnet holds ``a``."""
+    for iface in cfg.interface:
+        if any(a in x.network for x in iface.interfaces() if x.version == a.version):
+            return iface.name
+    return None
+
+
+def _reached_only_by(cfg: Config, net: _Net, name: str) -> str | None:
+    """How the inside prefix ``net`` lies behind interface ``name`` (one of its
+    subnets, or every route toward it leaves by it), if it does."""
+    for iface in cfg.interface:
+        if iface.name != name:
+            continue
+        for x in iface.interfaces():
+            if _overlap(x.network, net):
+                verb = "is" if x.network == net else "overlaps"
+                return f"{net} {verb} {name}'s subnet {x.network}"
+    # (prefix, the interfaces it leaves by, its key path); connected subnets first
+    ways: list[tuple[_Net, set[str], str]] = [
+        (x.network, {iface.name}, "")
+        for iface in cfg.interface
+        for x in iface.interfaces()
+        if x.version == net.version
+    ]
+    for i, route in enumerate(cfg.route):
+        prefix = ipaddress.ip_network(route.prefix)
+        hops = [_parse_next_hop(v) for v in route.via]
+        out = {h.interface or _on_link(cfg, h.address) for h in hops} - {None}
+        if prefix.version == net.version and out:
+            ways.append((prefix, {o for o in out if o is not None}, f"route[{i}]"))
+    around = [w for w in ways if _within(net, w[0])]
+    used = [max(around, key=lambda w: w[0].prefixlen)] if around else []
+    used += [w for w in ways if _within(w[0], net) and w[0] != net]
+    if used and all(w[1] == {name} for w in used):
+        return f"{net} is routed out of {name} ({', '.join(w[2] for w in used)})"
+    return None
 
 
 def _check_relay(
@@ -563,6 +733,7 @@ def _check_relay(
     relay: RelayConfig,
     names: dict[str, int],
     owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str],
+    roles: _Roles,
 ) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     for j, name in enumerate(relay.interfaces):
@@ -575,6 +746,8 @@ def _check_relay(
             issues.append(
                 ConfigIssue(f"relay.peers[{j}]", f"{peer} is {owners[peer]}'s own address")
             )
+        elif clash := roles.clash(peer, "peer"):
+            issues.append(ConfigIssue(f"relay.peers[{j}]", clash))
         elif not any(peer in net for net in nets):
             issues.append(
                 ConfigIssue(
@@ -591,6 +764,7 @@ def _check_services(
     cfg: Config,
     subnets: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str],
     owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str],
+    roles: _Roles,
 ) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     seen: dict[tuple[str, str, int], int] = {}
@@ -603,6 +777,8 @@ def _check_services(
                     f"{where}.vip", f"{vip} is {owners[vip]}'s own address; a VIP is its own"
                 )
             )
+        elif clash := roles.clash(vip, "vip"):
+            issues.append(ConfigIssue(f"{where}.vip", clash))
         key = (svc.protocol, str(vip), svc.port)
         if key in seen:
             issues.append(
@@ -613,8 +789,18 @@ def _check_services(
                 )
             )
         seen.setdefault(key, i)
+        lips: dict[IPAddress, int] = {}
         for j, text in enumerate(svc.local_addresses):
             lip = ipaddress.ip_address(text)
+            if lip in lips:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.local_addresses[{j}]",
+                        f"{lip} is already local_addresses[{lips[lip]}]",
+                    )
+                )
+                continue
+            lips[lip] = j
             if lip.version != vip.version:
                 issues.append(
                     ConfigIssue(
@@ -628,6 +814,9 @@ def _check_services(
                         f"{lip} is not on the subnet of any interface (backends answer it there)",
                     )
                 )
+            elif clash := roles.clash(lip, "lip"):
+                issues.append(ConfigIssue(f"{where}.local_addresses[{j}]", clash))
+        backends: dict[tuple[IPAddress, int], int] = {}
         for j, b in enumerate(svc.backend):
             a = ipaddress.ip_address(b.address)
             if a.version != vip.version:
@@ -636,6 +825,18 @@ def _check_services(
                         f"{where}.backend[{j}].address", f"{a} is not of the family of {vip}"
                     )
                 )
+            elif clash := roles.clash(a, "backend"):
+                issues.append(ConfigIssue(f"{where}.backend[{j}].address", clash))
+            elif (a, b.port or svc.port) in backends:
+                # twice in one service: twice the weight, checked twice
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.backend[{j}]",
+                        f"{_endpoint_text(a, b.port or svc.port)} is already"
+                        f" backend[{backends[a, b.port or svc.port]}]",
+                    )
+                )
+            backends.setdefault((a, b.port or svc.port), j)
         h = svc.health
         kind = h.kind or ("tcp" if svc.protocol == "tcp" else "icmp")
         if kind in ("tcp", "http") and svc.protocol != "tcp":
@@ -659,7 +860,9 @@ def _check_services(
     return issues
 
 
-def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[ConfigIssue]:
+def _check_nat(
+    cfg: Config, nat: NatConfig, names: dict[str, int], roles: _Roles
+) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     nets = {i.name: [a for a in i.interfaces()] for i in cfg.interface}
     all_ifaces = [a for addrs in nets.values() for a in addrs]
@@ -669,8 +872,8 @@ def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[Confi
             issues.append(ConfigIssue(f"{where}.interface", f"no interface named {sn.interface!r}"))
             continue
         own = nets[sn.interface]
-        for j, text in enumerate(sn.pool):
-            a = ipaddress.ip_address(text)
+        pool = [ipaddress.ip_address(text) for text in sn.pool]
+        for j, a in enumerate(pool):
             if not any(a in x.network for x in own if x.version == a.version):
                 issues.append(
                     ConfigIssue(
@@ -679,6 +882,12 @@ def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[Confi
                         " for pool addresses there)",
                     )
                 )
+            elif a in pool[:j]:
+                issues.append(
+                    ConfigIssue(f"{where}.pool[{j}]", f"{a} is already pool[{pool.index(a)}]")
+                )
+            elif clash := roles.clash(a, "pool"):
+                issues.append(ConfigIssue(f"{where}.pool[{j}]", clash))
         for j, text in enumerate(sn.inside):
             net = ipaddress.ip_network(text)
             has = any(x.version == net.version for x in own) or any(
@@ -692,6 +901,14 @@ def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[Confi
                         f" translate {net} to",
                     )
                 )
+            elif behind := _reached_only_by(cfg, net, sn.interface):
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.inside[{j}]",
+                        f"{behind}: its traffic would be translated back out the interface it"
+                        f" came from ({where}.interface)",
+                    )
+                )
     seen: dict[tuple[str, str, int | None], int] = {}
     for i, d in enumerate(nat.dnat):
         where = f"nat.dnat[{i}]"
@@ -699,6 +916,8 @@ def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[Confi
         ins, ins_port = parse_endpoint(d.inside)
         if pub.version != ins.version:
             issues.append(ConfigIssue(f"{where}.inside", f"{ins} is not of the family of {pub}"))
+        elif clash := roles.clash(ins, "dnat-inside"):
+            issues.append(ConfigIssue(f"{where}.inside", clash))
         if d.protocol == "all" and (pub_port or ins_port):
             issues.append(
                 ConfigIssue(f"{where}.protocol", '"all" publishes whole addresses: give no ports')
@@ -713,6 +932,8 @@ def _check_nat(cfg: Config, nat: NatConfig, names: dict[str, int]) -> list[Confi
             issues.append(
                 ConfigIssue(f"{where}.published", f"{pub} is not on a subnet of any interface")
             )
+        elif clash := roles.clash(pub, "published"):
+            issues.append(ConfigIssue(f"{where}.published", clash))
         key = (d.protocol, str(pub), pub_port)
         if key in seen:
             issues.append(

@@ -52,6 +52,7 @@ class _SnapshotCollector(Collector):
             for event, n in p.get("io", {}).items():
                 io.add_metric([p["name"], event], n)
         yield io
+        yield from _links(s["interfaces"])
         sent = CounterMetricFamily(
             "hopgate_icmp_sent", "ICMP messages sent", labels=["family", "type", "code"]
         )
@@ -102,6 +103,11 @@ class _SnapshotCollector(Collector):
                 value=nat["max_connections"],
             )
             yield GaugeMetricFamily(
+                "hopgate_nat_connections_unassured",
+                "Tracked connections early drop may evict",
+                value=nat.get("unassured", 0),
+            )
+            yield GaugeMetricFamily(
                 "hopgate_nat_mappings", "Source mappings", value=nat["mappings"]
             )
             events = CounterMetricFamily("hopgate_nat_events", "NAT events", labels=["event"])
@@ -146,6 +152,26 @@ def relay_metrics(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
         for reason, n in i["dropped"].items():
             dropped.add_metric([i["interface"], reason], n)
     yield from (seen, relayed, dropped, missed)
+
+
+def _links(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Link state and events (io/links.py), where the snapshot has them."""
+    up = GaugeMetricFamily(
+        "hopgate_link_up", "1 if the interface's link is up and forwarded to", labels=["interface"]
+    )
+    events = CounterMetricFamily(
+        "hopgate_link_events",
+        "Link events: down, up, re-created under the same name",
+        labels=["interface", "event"],
+    )
+    for p in interfaces:
+        link = p.get("link")
+        if not link:
+            continue
+        up.add_metric([p["name"]], 1 if link["state"] == "up" else 0)
+        for event, key in (("down", "link_downs"), ("up", "link_ups"), ("recreated", "recreated")):
+            events.add_metric([p["name"], event], link[key])
+    yield from (up, events)
 
 
 def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -46,8 +46,9 @@ def render(state: dict[str, Any], console: Console) -> None:
             col, justify="right" if col in ("mtu", "rx", "tx", "forwarded", "dropped") else "left"
         )
     for p in state["interfaces"]:
+        link = (p.get("link") or {}).get("state", "up")
         t.add_row(
-            p["name"],
+            p["name"] if link == "up" else f"{p['name']} ({link})",
             str(p["mtu"]),
             "\n".join(p["addresses"]),
             f"{p['rx_packets']:,}",
@@ -104,9 +105,10 @@ def render(state: dict[str, Any], console: Console) -> None:
         c = nat["counters"]
         console.print(
             f"[bold]NAT[/bold]: {nat['connections']:,} connections"
-            f" (limit {nat['max_connections']:,}),"
+            f" (limit {nat['max_connections']:,}), {nat.get('unassured', 0):,} unassured,"
             f" {nat['mappings']:,} mappings; created {c.get('connections-created', 0):,},"
-            f" expired {c.get('connections-expired', 0):,};"
+            f" expired {c.get('connections-expired', 0):,},"
+            f" early-dropped {c.get('connections-early-dropped', 0):,};"
             f" ICMP errors translated {c.get('icmp-errors-translated', 0):,}"
             "  (hopgate conns lists them)"
         )
@@ -235,8 +237,9 @@ def render_conns(result: dict[str, Any], console: Console) -> None:
     if not result["nat"]:
         console.print("NAT is not configured: no connections are tracked.")
         return
+    more = " (--limit 0 shows all)" if result["shown"] < result["total"] else ""
     t = Table(
-        title=f"Connections: {result['shown']:,} of {result['total']:,} shown",
+        title=f"Connections: {result['shown']:,} of {result['total']:,} shown{more}",
         title_justify="left",
     )
     balanced = any(c.get("service") for c in result["connections"])

@@ -10,6 +10,16 @@ module undoes it:
   (MSG_TRUNC) and is passed on as too long, so the pipeline drops and counts it;
 - frames this host sends are not looped back (PACKET_IGNORE_OUTGOING, or the
   packet type where that option is missing).
+
+With a control path (io/ctlpath.py), each interface has two sockets, whose
+classic BPF programs split the frames between them: control (ARP, ND, what
+is addressed to hopgate's own addresses) and data (the rest).  Sends go by the
+data socket.
+
+A link that goes down or away makes the socket fail (ENETDOWN, ENXIO, ENODEV):
+such errors are counted, never raised.  The loop closes the socket while the
+link is down (``close``) and opens it again, bound to the link's index then,
+when it is back (``open``); the counters carry on.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import contextlib
 import errno
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hopgate.packet import ethernet, l4
@@ -57,6 +68,16 @@ class IoCounters:
     rx_vlan_restored: int = 0
     tx_errors: int = 0
     tx_dropped_busy: int = 0  # ENOBUFS / EAGAIN: the link's queue was full
+    rx_errors: int = 0  # receive failed: the link went down or away (ENETDOWN...)
+    tx_link_down: int = 0  # frames for a link that is down: not sent
+    rx_data: int = 0  # frames read from the data socket
+    rx_control: int = 0  # frames read from the control socket (io/ctlpath.py)
+    rx_control_socket_drops: int = 0  # of rx_socket_drops, those at the control socket
+
+
+Insn = tuple[int, int, int, int]  # a classic BPF instruction: code, jt, jf, k
+# (control program, data program), built when the sockets are opened.
+Filters = Callable[[], tuple[list[Insn], list[Insn]]]
 
 
 def socket_drops(sock: socket.socket) -> int:
@@ -84,24 +105,59 @@ def set_buffers(s: socket.socket, *, receive: bool, send: bool) -> None:
 
 
 class PacketSocket:
-    def __init__(self, ifname: str, ifindex: int, max_frame: int) -> None:
+    def __init__(
+        self, ifname: str, ifindex: int, max_frame: int, filters: Filters | None = None
+    ) -> None:
+        """``filters``: the control path's programs (io/ctlpath.py); without
+        them, one socket takes every frame."""
         self.ifname = ifname
+        self.filters = filters
         self.ifindex = ifindex
         self.counters = IoCounters()
         # Bytes of buffer per receive: one more than the largest frame of the link,
         # so that a longer one shows as truncated.
         self._bufsize = max_frame + 1
+        self.sock: socket.socket | None = None
+        self.ctl: socket.socket | None = None
+        self.open(ifindex)
+
+    @property
+    def is_open(self) -> bool:
+        return self.sock is not None
+
+    def open(self, ifindex: int) -> None:
+        """(Re)open the socket on the interface, now at ``ifindex``."""
+        if self.sock is not None:
+            self.close()
+        programs = self.filters() if self.filters is not None else None
+        data = self._socket(ifindex, programs[1] if programs else None)
+        ctl = None
+        if programs is not None:
+            try:
+                ctl = self._socket(ifindex, programs[0])
+            except BaseException:
+                data.close()
+                raise
+        self.sock, self.ctl = data, ctl
+        self.ifindex = ifindex
+
+    def _socket(self, ifindex: int, program: list[Insn] | None) -> socket.socket:
         # Protocol 0 receives nothing until bound to the interface: no frame of
         # another interface slips in between socket() and bind().
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
+            if program is not None:
+                # Here, not at the top: capture.py imports this module.
+                from hopgate.io.capture import attach
+
+                attach(s, program)  # before bind: no frame passes unfiltered
             s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             # Kernels before 4.20 lack the option: outgoing frames are then
             # skipped by their packet type in receive().
             with contextlib.suppress(OSError):
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             set_buffers(s, receive=True, send=True)
-            s.bind((ifname, ETH_P_ALL))
+            s.bind((self.ifname, ETH_P_ALL))
             # Neighbor Discovery needs the solicited-node multicast groups: take all
             # multicast, as NICs would otherwise filter it out.
             s.setsockopt(
@@ -111,24 +167,49 @@ class PacketSocket:
         except BaseException:
             s.close()
             raise
-        self.sock = s
+        return s
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def filenos(self) -> list[tuple[int, bool]]:
+        """The open sockets' descriptors, each with whether it is the control one."""
+        out = [] if self.ctl is None else [(self.ctl.fileno(), True)]
+        return out + ([] if self.sock is None else [(self.sock.fileno(), False)])
 
     def receive(self) -> memoryview | None:
-        """The next frame, or None when there is none waiting.
+        """The next frame from the data socket, or None when there is none waiting.
 
         Each frame gets its own buffer: the pipeline may keep it (a packet waiting
         for its next hop's address) after this returns."""
+        frame = self._receive(self.sock)
+        if frame is not None:
+            self.counters.rx_data += 1
+        return frame
+
+    def receive_control(self) -> memoryview | None:
+        """The next frame from the control socket (None if none, or no control path)."""
+        frame = self._receive(self.ctl)
+        if frame is not None:
+            self.counters.rx_control += 1
+        return frame
+
+    def _receive(self, sock: socket.socket | None) -> memoryview | None:
+        if sock is None:
+            return None
         buf = bytearray(self._bufsize)
         while True:
             try:
-                n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE)
+                n, anc, flags, addr = sock.recvmsg_into([buf], _ANC_SIZE)
             except BlockingIOError:
                 return None
             except InterruptedError:
                 continue
+            except OSError:
+                # The link went down or away (ENETDOWN, ENXIO...): the kernel
+                # reports it once; the link monitor parks the socket.
+                self.counters.rx_errors += 1
+                return None
             if addr[2] == PACKET_OUTGOING:
                 continue
             break
@@ -158,8 +239,12 @@ class PacketSocket:
         return memoryview(tagged)
 
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
+        sock = self.sock
+        if sock is None:
+            self.counters.tx_link_down += 1
+            return False
         try:
-            self.sock.send(frame)
+            sock.send(frame)
             return True
         except (BlockingIOError, InterruptedError):
             self.counters.tx_dropped_busy += 1
@@ -173,8 +258,19 @@ class PacketSocket:
     def update_stats(self) -> IoCounters:
         """Fold in the kernel's count of frames dropped at this socket (reading it
         resets the kernel's counters, so the totals are kept here)."""
-        self.counters.rx_socket_drops += socket_drops(self.sock)
+        if self.sock is not None:
+            self.counters.rx_socket_drops += socket_drops(self.sock)
+        if self.ctl is not None:
+            dropped = socket_drops(self.ctl)
+            self.counters.rx_control_socket_drops += dropped
+            self.counters.rx_socket_drops += dropped
         return self.counters
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.update_stats()
+            self.sock.close()
+            self.sock = None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None

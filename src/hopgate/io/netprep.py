@@ -74,62 +74,91 @@ class Interfaces:
         links: dict[str, Link] = {}
         with IPRoute() as ipr:
             for name in self.names:
-                found = ipr.link_lookup(ifname=name)
-                if not found:
-                    problems.append(f"{name}: no such interface in this network namespace")
-                    continue
-                index = found[0]
-                msg = ipr.get_links(index)[0]
-                if msg["ifi_type"] != ARPHRD_ETHER:
-                    problems.append(f"{name}: not an Ethernet interface")
-                    continue
-                mac_text = str(_attr(msg, "IFLA_ADDRESS"))
-                mtu = int(str(_attr(msg, "IFLA_MTU")))
-                links[name] = Link(name, index, bytes.fromhex(mac_text.replace(":", "")), mtu)
-                want = self.mtus.get(name)
-                if want is not None and want > mtu:
-                    problems.append(
-                        f"{name}: the configured MTU {want} is above the link's MTU {mtu}"
-                        f" (raise it with: ip link set {name} mtu {want})"
-                    )
-                held = []
-                for a in ipr.get_addr(index=index):
-                    address = str(_attr(a, "IFA_ADDRESS"))
-                    if a["family"] == 10 and address.lower().startswith("fe80:"):
-                        continue  # the kernel's own link-local: goes with its IPv6
-                    held.append(f"{address}/{a['prefixlen']}")
-                if held:
-                    problems.append(
-                        f"{name}: the kernel holds {', '.join(held)} on it; hopgate owns the"
-                        f" addresses of its interfaces (remove them: ip address flush dev {name})"
-                    )
+                link = self._inspect_one(ipr, name, problems)
+                if link is not None:
+                    links[name] = link
         if problems:
             raise PrepareError("cannot take the interfaces:\n  " + "\n  ".join(problems))
         return links
+
+    def _inspect_one(self, ipr: IPRoute, name: str, problems: list[str]) -> Link | None:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            problems.append(f"{name}: no such interface in this network namespace")
+            return None
+        index = found[0]
+        msg = ipr.get_links(index)[0]
+        if msg["ifi_type"] != ARPHRD_ETHER:
+            problems.append(f"{name}: not an Ethernet interface")
+            return None
+        mac_text = str(_attr(msg, "IFLA_ADDRESS"))
+        mtu = int(str(_attr(msg, "IFLA_MTU")))
+        link = Link(name, index, bytes.fromhex(mac_text.replace(":", "")), mtu)
+        want = self.mtus.get(name)
+        if want is not None and want > mtu:
+            problems.append(
+                f"{name}: the configured MTU {want} is above the link's MTU {mtu}"
+                f" (raise it with: ip link set {name} mtu {want})"
+            )
+        held = []
+        for a in ipr.get_addr(index=index):
+            address = str(_attr(a, "IFA_ADDRESS"))
+            if a["family"] == 10 and address.lower().startswith("fe80:"):
+                continue  # the kernel's own link-local: goes with its IPv6
+            held.append(f"{address}/{a['prefixlen']}")
+        if held:
+            problems.append(
+                f"{name}: the kernel holds {', '.join(held)} on it; hopgate owns the"
+                f" addresses of its interfaces (remove them: ip address flush dev {name})"
+            )
+        return link
 
     def take(self, links: dict[str, Link]) -> None:
         with IPRoute() as ipr:
             ethtool = Ethtool()
             try:
                 for name in self.names:
-                    taken = _Taken(links[name])
-                    self._taken.append(taken)
-                    for template, value in _SYSCTLS:
-                        path = Path("/proc/sys") / template.format(name)
-                        try:
-                            old = path.read_text().strip()
-                            if old != value:
-                                path.write_text(value)
-                                taken.sysctls[str(path)] = old
-                        except OSError as e:  # IPv6 compiled out, say
-                            log.debug("%s: %s", path, e)
-                    self._offloads_off(ethtool, taken)
-                    msg = ipr.get_links(taken.link.index)[0]
-                    if not msg["flags"] & 1:  # IFF_UP
-                        taken.was_down = True
-                        ipr.link("set", index=taken.link.index, state="up")
+                    self._take_one(ipr, ethtool, links[name])
             finally:
                 ethtool.close()
+
+    def retake(self, name: str) -> Link:
+        """Take ``name`` again, as at start: it was deleted and re-created (a
+        new link, with the kernel's defaults).  Raises PrepareError if it cannot
+        be taken (the same checks as at start)."""
+        problems: list[str] = []
+        with IPRoute() as ipr:
+            link = self._inspect_one(ipr, name, problems)
+            if problems or link is None:
+                raise PrepareError("; ".join(problems))
+            # The old link is gone with its settings: what is restored on exit
+            # is what the new one had.
+            self._taken = [t for t in self._taken if t.link.name != name]
+            ethtool = Ethtool()
+            try:
+                self._take_one(ipr, ethtool, link)
+            finally:
+                ethtool.close()
+        return link
+
+    def _take_one(self, ipr: IPRoute, ethtool: Ethtool, link: Link) -> None:
+        name = link.name
+        taken = _Taken(link)
+        self._taken.append(taken)
+        for template, value in _SYSCTLS:
+            path = Path("/proc/sys") / template.format(name)
+            try:
+                old = path.read_text().strip()
+                if old != value:
+                    path.write_text(value)
+                    taken.sysctls[str(path)] = old
+            except OSError as e:  # IPv6 compiled out, say
+                log.debug("%s: %s", path, e)
+        self._offloads_off(ethtool, taken)
+        msg = ipr.get_links(link.index)[0]
+        if not msg["flags"] & 1:  # IFF_UP
+            taken.was_down = True
+            ipr.link("set", index=link.index, state="up")
 
     def _offloads_off(self, ethtool: Ethtool, taken: _Taken) -> None:
         name = taken.link.name

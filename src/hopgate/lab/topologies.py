@@ -180,6 +180,22 @@ class RouterLab(Topology):
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
 
+    def recreate_uplink(self) -> None:
+        """Delete the gw-u — r1-d veth (both ends go) and make it again as
+        ``_build`` did: same names, r1's addresses and its route back to the
+        client.  gw's end is a new interface (new index, the kernel's defaults)."""
+        a = ADDR
+        self.gw.run("ip", "link", "del", "gw-u")
+        gw_u_mtu = UPLINK_MTU if self.mode == "kernel" else 1500
+        self.lab.link(self.gw, "gw-u", self.r1, "r1-d", mtu=gw_u_mtu, b_mtu=UPLINK_MTU)
+        self.r1.address("r1-d", f"{a.r1_d4}/24", f"{a.r1_d6}/64")
+        self.r1.route("198.18.1.0/24", a.gw_u4)
+        self.r1.route("2001:2:0:1::/64", a.gw_u6)
+        if self.mode == "kernel":
+            self.gw.address("gw-u", f"{a.gw_u4}/24", f"{a.gw_u6}/64")
+            self.gw.route("198.18.3.0/24", a.r1_d4)
+            self.gw.route("2001:2:0:3::/64", a.r1_d6)
+
     def _start_servers(self) -> None:
         serve_http(self.lab, self.server, "www")
         self.server.spawn("iperf3", "iperf3", "-s")

@@ -44,6 +44,7 @@ class DropReason(StrEnum):
     NEIGHBOUR_UNREACHABLE = "neighbour-unreachable"
     NEIGHBOUR_QUEUE_FULL = "neighbour-queue-full"
     NEIGHBOUR_TABLE_FULL = "neighbour-table-full"
+    LINK_DOWN = "link-down"  # the egress interface is down or gone
     # Delivery to the router's own addresses
     LOCAL_UDP_PORT_CLOSED = "local-udp-port-closed"
     LOCAL_TCP_RESET = "local-tcp-reset"
@@ -59,11 +60,17 @@ class DropReason(StrEnum):
     REASSEMBLY_INVALID = "reassembly-invalid"
     REASSEMBLY_TABLE_FULL = "reassembly-table-full"
     # NAT
-    CONNTRACK_FULL = "conntrack-table-full"
+    CONNTRACK_FULL = "conntrack-table-full"  # full of assured connections: none to evict
+    CONNTRACK_SOURCE_LIMIT = "conntrack-source-limit"  # max_connections_per_source reached
+    TCP_INVALID = "tcp-invalid"  # impossible in the connection's state (Linux: INVALID)
+    TCP_OUT_OF_WINDOW = "tcp-out-of-window"  # outside the sequence window (tcp_be_liberal off)
     NAT_PORTS_EXHAUSTED = "nat-ports-exhausted"
     NAT_ICMP_UNMATCHED = "nat-icmp-unmatched"
     NAT_FRAGMENT_UNMATCHED = "nat-fragment-unmatched"
     NAT_INVALID = "nat-invalid"
+    NAT_UNSOLICITED = "nat-unsolicited"  # from a translating interface to an inside prefix
+    NAT_ICMP_REDIRECT = "nat-icmp-redirect"  # redirects are never translated
+    NAT_BAD_MTU = "nat-bad-mtu"  # a PMTU error whose MTU cannot be right
     # Load balancer
     LB_NO_BACKEND = "lb-no-backend"
     # The last resort: a bug, caught so that one packet cannot stop the router.

@@ -7,14 +7,19 @@ destination port); for ICMP echo the identifier is the source port of a request
 and the destination port of a reply, so that a reply's tuple is the reverse of
 its request's.
 
-Timeouts are Linux's defaults (net.netfilter.nf_conntrack_*_timeout).  Expiry
-runs on timers: each connection has one pending timer; a packet only moves the
-connection's deadline, and the timer, when it fires early, re-arms itself for
-the new deadline.  Nothing ever scans the table.
+Timeouts are Linux's defaults (net.netfilter.nf_conntrack_*_timeout), chosen
+by the connection's state as Linux chooses them (TCP states and window tracking
+are in ``tcptrack``).  Expiry runs once per tick over the connections filed
+under it: a packet only moves a connection's deadline; one that moved later is
+filed again when its tick comes, one that moved earlier (a FIN, a RST) is filed
+again at once.  Nothing ever scans the table.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -23,11 +28,12 @@ from typing import NamedTuple
 
 from hopgate.packet import checksum as cs
 from hopgate.packet import l4
-from hopgate.pipeline.actions import Action
+from hopgate.packet.types import Buffer
+from hopgate.pipeline import tcptrack
+from hopgate.pipeline.tcptrack import ORIG, REPLY, TcpState, Verdict
 from hopgate.pipeline.timers import Timers
 
-ORIG = 0
-REPLY = 1
+__all__ = ["ORIG", "REPLY", "TcpState", "Verdict"]
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -37,21 +43,9 @@ PROTO_ICMPV6 = 58
 Tuple = tuple[int, int, int, int, int, int]  # family, proto, src, sport, dst, dport
 
 
-class TcpState(IntEnum):
-    NONE = 0
-    SYN_SENT = 1
-    SYN_RECV = 2
-    ESTABLISHED = 3
-    FIN_WAIT = 4
-    CLOSE_WAIT = 5
-    LAST_ACK = 6
-    TIME_WAIT = 7
-    CLOSE = 8
-
-
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds, with Linux's defaults."""
+    """Seconds, with Linux's defaults (net.netfilter.nf_conntrack_*_timeout)."""
 
     tcp_syn_sent: float = 120
     tcp_syn_recv: float = 60
@@ -61,8 +55,11 @@ class Timeouts:
     tcp_last_ack: float = 30
     tcp_time_wait: float = 120
     tcp_close: float = 10
-    udp: float = 30  # unreplied
-    udp_stream: float = 120  # replied
+    # A connection with data in flight not yet acknowledged, or picked up in
+    # mid-stream and not yet answered, never waits longer than this.
+    tcp_unacknowledged: float = 300
+    udp: float = 30  # unreplied, or replied within its first 2 s
+    udp_stream: float = 120  # still replied to after 2 s
     icmp: float = 30
     generic: float = 600
 
@@ -79,6 +76,7 @@ class Timeouts:
             self.tcp_last_ack,
             self.tcp_time_wait,
             self.tcp_close,
+            self.tcp_syn_sent,  # SYN_SENT2
         )
 
     def tcp(self, state: TcpState) -> float:
@@ -104,37 +102,49 @@ def _sum(value: int) -> int:
 
 def _delta(old: int, new: int) -> int:
     """What RFC 1624 eqn. 3 adds to ~HC when fields summing to ``old`` become
-    fields summing to ``new``: ~m + m', as one (unfolded) number."""
-    return (~cs.fold(old) & 0xFFFF) + new
+    fields summing to ``new``: ~m + m', folded to 16 bits (adding a folded
+    number is the same in ones' complement), as a shared int object."""
+    return U16[cs.fold((~cs.fold(old) & 0xFFFF) + new)]
+
+
+# Canonical int objects for every 16-bit value (ports, echo identifiers, folded
+# checksum deltas): connections refer to these rather than each holding copies
+# (a CPython int above 256 is an object of its own, 28 bytes and more).
+U16: tuple[int, ...] = tuple(range(0x10000))
 
 
 class Side:
     """One direction of a connection, with everything its packets need to be
-    rewritten worked out once: the bytes that replace addresses and ports, and
-    the constant each checksum moves by (RFC 1624)."""
+    rewritten worked out once, on its first packet (``prepare``): the bytes
+    that replace addresses and ports, and the constant each checksum moves by
+    (RFC 1624).  A direction never heard from (a flood's half-open entries)
+    costs nothing more."""
 
     __slots__ = (
         "addrs",
         "conn",
         "csum_at",
         "direction",
-        "dport",
-        "dst",
         "ip_delta",
         "l4_delta",
         "ports",
         "ports_at",
-        "sport",
-        "src",
         "udp",
     )
 
     def __init__(self, conn: Conn, direction: int) -> None:
         self.conn = conn
         self.direction = direction
+        self.addrs = b""  # not prepared yet
+        self.ports = b""
+        self.ports_at = self.csum_at = -1
+        self.ip_delta = self.l4_delta = 0
+        self.udp = False
+
+    def prepare(self) -> None:
+        conn, direction = self.conn, self.direction
         fam, proto, osrc, osport, odst, odport = conn.arrives_as(direction)
         src, sport, dst, dport = conn.rewrite_for(direction)
-        self.src, self.sport, self.dst, self.dport = src, sport, dst, dport
         width = 4 if fam == 4 else 16
         self.addrs = src.to_bytes(width, "big") + dst.to_bytes(width, "big")
         addr_old, addr_new = _sum(osrc) + _sum(odst), _sum(src) + _sum(dst)
@@ -156,50 +166,53 @@ class Side:
                 self.ports_at = 4
                 old_sum += old_id
                 new_sum += new_id
-            else:
-                self.ports = b""
-                self.ports_at = -1
             self.csum_at = 2 if old_sum != new_sum else -1
             self.l4_delta = _delta(old_sum, new_sum)
-        else:
-            self.ports = b""
-            self.ports_at = -1
-            self.csum_at = -1
-            self.l4_delta = 0
+
+    @property
+    def dst(self) -> int:
+        """The destination a packet arriving on this side leaves with."""
+        conn = self.conn
+        return conn.key_orig[2] if self.direction else conn.key_reply[2]
 
 
 class Conn:
     __slots__ = (
         "assured",
         "backend",
-        "bytes",
+        "bytes_orig",
+        "bytes_reply",
         "created",
+        "due",
         "echo",
         "expires",
-        "fin_from",
         "hops",
         "key_orig",
         "key_reply",
         "mapping",
-        "packets",
-        "sides",
+        "orig",
+        "packets_orig",
+        "packets_reply",
+        "reply",
+        "seen_reply",
         "state",
-        "to",
+        "tcp",
     )
 
-    def __init__(self, orig: Tuple, to: Translation, now: float, *, echo: bool = False) -> None:
-        self.key_orig = orig
-        self.to = to
+    def __init__(self, key: Tuple, to: Translation, now: float, *, echo: bool = False) -> None:
+        self.key_orig = key
         self.echo = echo  # an ICMP echo "connection": the identifier is its port
-        fam, proto = orig[0], orig[1]
+        fam, proto = key[0], key[1]
         self.key_reply: Tuple = (fam, proto, to.dst, to.dport, to.src, to.sport)
         self.state = TcpState.NONE
-        self.assured = False
-        self.fin_from = -1  # the direction that sent the first FIN
+        self.assured = False  # replies seen as Linux requires: early drop spares it
+        self.seen_reply = False
+        self.tcp: array[int] | None = tcptrack.new_tracker() if proto == PROTO_TCP else None
         self.created = now
         self.expires = now
-        self.packets = [0, 0]
-        self.bytes = [0, 0]
+        self.due: _Due | None = None  # the expiry tick it is filed under (ConnTable)
+        self.packets_orig = self.packets_reply = 0
+        self.bytes_orig = self.bytes_reply = 0
         # The source mapping this connection holds (released when it expires).
         self.mapping: object | None = None
         # A load-balanced connection: its backend, and for each direction the
@@ -208,7 +221,8 @@ class Conn:
         # in, source out).
         self.backend: object | None = None
         self.hops: list[tuple[int, bytes] | None] | None = None
-        self.sides = (Side(self, ORIG), Side(self, REPLY))
+        self.orig = Side(self, ORIG)  # its original direction's packets arrive on this side
+        self.reply = Side(self, REPLY)
 
     @property
     def family(self) -> int:
@@ -218,71 +232,106 @@ class Conn:
     def proto(self) -> int:
         return self.key_orig[1]
 
+    @property
+    def to(self) -> Translation:
+        """What its original-direction packets become (the reply tuple, reversed)."""
+        r = self.key_reply
+        return Translation(r[4], r[5], r[2], r[3])
+
+    @property
+    def packets(self) -> list[int]:
+        return [self.packets_orig, self.packets_reply]
+
+    @property
+    def bytes(self) -> list[int]:
+        return [self.bytes_orig, self.bytes_reply]
+
     def rewrite_for(self, direction: int) -> tuple[int, int, int, int]:
         """(src, sport, dst, dport) a packet of ``direction`` leaves with."""
-        o = self.key_orig
-        t = self.to
         if direction == ORIG:
-            return t.src, t.sport, t.dst, t.dport
+            r = self.key_reply
+            return r[4], r[5], r[2], r[3]
+        o = self.key_orig
         return o[4], o[5], o[2], o[3]
 
     def arrives_as(self, direction: int) -> Tuple:
         return self.key_orig if direction == ORIG else self.key_reply
 
 
-def tcp_next(state: TcpState, direction: int, flags: int, fin_from: int) -> tuple[TcpState, int]:
-    """The next TCP state after a segment with ``flags`` in ``direction`` (a
-    simplification of Linux's tcp_conntracks table: states from flags, no
-    sequence-window checks).  Returns (state, direction of the first FIN)."""
-    if flags & l4.TCP_RST:
-        return TcpState.CLOSE, fin_from
-    syn, ack, fin = flags & l4.TCP_SYN, flags & l4.TCP_ACK, flags & l4.TCP_FIN
-    if syn and not ack:
-        if state in (TcpState.NONE, TcpState.SYN_SENT):
-            return TcpState.SYN_SENT, -1
-        if state in (TcpState.TIME_WAIT, TcpState.CLOSE) and direction == ORIG:
-            return TcpState.SYN_SENT, -1  # the port is reused: a new connection
-        return state, fin_from
-    if syn and ack:
-        if state == TcpState.SYN_SENT and direction == REPLY:
-            return TcpState.SYN_RECV, fin_from
-        return state, fin_from
-    if state == TcpState.NONE:
-        # Picked up in mid-stream (nf_conntrack_tcp_loose, Linux's default).
-        state = TcpState.ESTABLISHED
-    if fin:
-        if state in (TcpState.SYN_RECV, TcpState.ESTABLISHED):
-            return TcpState.FIN_WAIT, direction
-        if state in (TcpState.FIN_WAIT, TcpState.CLOSE_WAIT) and direction != fin_from:
-            return TcpState.LAST_ACK, fin_from
-        return state, fin_from
-    if ack:
-        if state == TcpState.SYN_RECV and direction == ORIG:
-            return TcpState.ESTABLISHED, fin_from
-        if state == TcpState.FIN_WAIT and direction != fin_from:
-            return TcpState.CLOSE_WAIT, fin_from
-        if state == TcpState.LAST_ACK and direction == fin_from:
-            return TcpState.TIME_WAIT, fin_from
-    return state, fin_from
-
-
 Released = Callable[[Conn], None]
 
 
+def _tick(deadline: float) -> int:
+    """The first tick at or after ``deadline``."""
+    return math.ceil(deadline / TICK)
+
+
+class _Due(list[Conn]):
+    """The connections filed under one expiry tick (each holds a reference to
+    its bucket, so a stale filing elsewhere is recognised and skipped)."""
+
+    __slots__ = ("tick",)
+
+    def __init__(self, tick: int) -> None:
+        super().__init__()
+        self.tick = tick
+
+
+MAX_INTERNED_ADDRESSES = 1 << 16
+TICK = 1.0  # expiry runs once per tick: a connection leaves within TICK of its deadline
+UDP_STREAM_AFTER = 2.0  # seconds of replied traffic before UDP counts as a stream (Linux)
+
+
+class Refused(IntEnum):
+    """Why the table took no new connection."""
+
+    FULL = 1  # every entry is assured: nothing to evict
+    SOURCE_LIMIT = 2  # the source has max_connections_per_source already
+
+
 class ConnTable:
+    """The connections, by both tuples, with Linux conntrack's rules for keeping
+    them: a deadline that follows the state (expiry within a tick of it, whether
+    it moved later or earlier), assured only once both directions have spoken,
+    and, when full, the oldest unassured entry evicted before a new flow is
+    refused (early drop: half-open and unanswered flows go first, so a flood
+    cannot lock out established traffic)."""
+
     def __init__(
         self,
         timeouts: Timeouts,
         max_connections: int,
         timers: Timers,
         released: Released,
+        *,
+        max_per_source: int = 0,
+        be_liberal: bool = False,
+        counters: Counter[str] | None = None,
     ) -> None:
         self.timeouts = timeouts
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.be_liberal = be_liberal
         self._timers = timers
         self._released = released
         self._by_key: dict[Tuple, Side] = {}
         self._count = 0
+        self._peak = 0
+        # Early drop's candidates, least recently seen first: unassured
+        # connections, then assured TCP connections that are closing (Linux's
+        # tcp_can_early_drop), by when they began to close.
+        self._unassured: OrderedDict[Conn, None] = OrderedDict()
+        self._closing: OrderedDict[Conn, None] = OrderedDict()
+        # Connections per original source address (only with a per-source limit).
+        self._per_source: dict[tuple[int, int], int] = {}
+        # Expiry: connections filed by the tick of their deadline.  A connection
+        # whose deadline moved later is filed again when its tick comes; one
+        # whose deadline moved earlier is filed again at once.
+        self._due: dict[int, _Due] = {}
+        self._addresses: dict[int, int] = {}  # see _interned
+        # connections-expired, -early-dropped, -refused-full, -refused-source,
+        # tcp-invalid, tcp-out-of-window (the NAT's counters, shared)
+        self.counters: Counter[str] = Counter() if counters is None else counters
 
     def __len__(self) -> int:
         return self._count
@@ -291,57 +340,236 @@ class ConnTable:
         """The side of a connection a packet with this tuple arrives on."""
         return self._by_key.get(key)
 
-    def full(self) -> bool:
-        return self._count >= self.max_connections
-
-    def insert(self, conn: Conn, now: float) -> None:
-        self._by_key[conn.key_orig] = conn.sides[ORIG]
-        self._by_key[conn.key_reply] = conn.sides[REPLY]
-        self._count += 1
-        self._arm(conn, conn.expires)
-
     def taken(self, key: Tuple) -> bool:
         return key in self._by_key
 
-    def seen(self, conn: Conn, direction: int, size: int, tcp_flags: int, now: float) -> None:
-        """Account a packet of ``conn`` and move its state and deadline."""
-        conn.packets[direction] += 1
-        conn.bytes[direction] += size
+    # -- admission ---------------------------------------------------------------
+
+    def make_room(self, family: int, source: int) -> Refused | None:
+        """Before a new connection from ``source``: None if it may be inserted
+        (evicting the oldest unassured connection if the table is full), or why
+        it may not."""
+        if self.max_per_source and (
+            self._per_source.get((family, source), 0) >= self.max_per_source
+        ):
+            self.counters["connections-refused-source"] += 1
+            return Refused.SOURCE_LIMIT
+        if self._count < self.max_connections:
+            return None
+        candidates = self._unassured or self._closing
+        if candidates:
+            victim = next(iter(candidates))
+            self.counters["connections-early-dropped"] += 1
+            self.remove(victim)
+            return None
+        self.counters["connections-refused-full"] += 1
+        return Refused.FULL
+
+    def full(self) -> bool:
+        return self._count >= self.max_connections and not (self._unassured or self._closing)
+
+    def insert(self, conn: Conn, now: float) -> None:
+        conn.key_orig = self._interned(conn.key_orig)
+        conn.key_reply = self._interned(conn.key_reply)
+        self._by_key[conn.key_orig] = conn.orig
+        self._by_key[conn.key_reply] = conn.reply
+        self._count += 1
+        self._peak = max(self._peak, self._count)
+        self._unassured[conn] = None
+        if self.max_per_source:
+            src = (conn.key_orig[0], conn.key_orig[2])
+            self._per_source[src] = self._per_source.get(src, 0) + 1
+        self._file(conn, conn.expires)
+
+    def intern_address(self, address: int) -> int:
+        """One shared int object per address: many connections have a server,
+        a client or a pool address in common."""
+        addrs = self._addresses
+        if len(addrs) >= MAX_INTERNED_ADDRESSES:
+            addrs.clear()  # connections keep theirs; new ones start sharing again
+        return addrs.setdefault(address, address)
+
+    def _interned(self, key: Tuple) -> Tuple:
+        """The key with shared int objects (ports: one of ``U16``)."""
+        intern = self.intern_address
+        return (key[0], key[1], intern(key[2]), U16[key[3]], intern(key[4]), U16[key[5]])
+
+    # -- packets -----------------------------------------------------------------
+
+    def seen(
+        self,
+        conn: Conn,
+        direction: int,
+        size: int,
+        frame: Buffer,
+        at: int,
+        end: int,
+        now: float,
+        whole: bool = True,
+    ) -> Verdict:
+        """A packet of ``conn`` arriving in ``direction``, ``size`` bytes of IP,
+        its transport header at ``at`` and its end at ``end`` (not ``whole``: a
+        later fragment, with no transport header): check it (TCP), account it,
+        and move the connection's state and deadline.  Runs before the packet is
+        translated; a packet the verdict drops changes nothing."""
         t = self.timeouts
         proto = conn.key_orig[1]
-        if proto == PROTO_TCP:
-            conn.state, conn.fin_from = tcp_next(conn.state, direction, tcp_flags, conn.fin_from)
-            if conn.state == TcpState.ESTABLISHED:
-                conn.assured = True
-            conn.expires = now + t.tcp(conn.state)
+        if not whole:
+            verdict = Verdict.OK  # a later fragment: accounted, its first carried the header
+        elif proto == PROTO_TCP:
+            verdict = self._tcp(conn, direction, frame, at, end, now)
+            if verdict is not Verdict.OK and verdict is not Verdict.IGNORED:
+                return verdict
         elif proto == PROTO_UDP:
+            verdict = Verdict.OK
             if direction == REPLY:
-                conn.assured = True
-            conn.expires = now + (t.udp_stream if conn.assured else t.udp)
-        elif proto in (PROTO_ICMP, PROTO_ICMPV6):
-            if direction == REPLY:
-                conn.assured = True
-            conn.expires = now + t.icmp
+                conn.seen_reply = True
+            if conn.seen_reply:
+                if now - conn.created > UDP_STREAM_AFTER:
+                    self._assure(conn)
+                    self._refresh(conn, now + t.udp_stream)
+                else:
+                    self._refresh(conn, now + t.udp)
+            else:
+                self._refresh(conn, now + t.udp)
         else:
-            conn.expires = now + t.generic
+            # ICMP and other protocols: never assured (as Linux).
+            if direction == REPLY:
+                conn.seen_reply = True
+            icmp = proto in (PROTO_ICMP, PROTO_ICMPV6)
+            self._refresh(conn, now + (t.icmp if icmp else t.generic))
+            verdict = Verdict.OK
+        if direction == ORIG:
+            conn.packets_orig += 1
+            conn.bytes_orig += size
+        else:
+            conn.packets_reply += 1
+            conn.bytes_reply += size
+        return verdict
 
-    def _arm(self, conn: Conn, deadline: float) -> None:
-        def fire(now: float, out: list[Action]) -> None:
-            if not self._holds(conn):
-                return
-            if now < conn.expires:
-                self._arm(conn, conn.expires)
-                return
-            self.remove(conn)
+    def _tcp(
+        self, conn: Conn, direction: int, frame: Buffer, at: int, end: int, now: float
+    ) -> Verdict:
+        track = conn.tcp
+        assert track is not None
+        if end - at < 20:
+            self.counters["tcp-invalid"] += 1
+            return Verdict.INVALID
+        seg = tcptrack.Segment(frame, at, end)
+        old = conn.state
+        if old == TcpState.NONE and seg.index == tcptrack.ACK:
+            tcptrack.pickup(track, seg)
+        verdict, new = tcptrack.track(track, old, direction, seg, frame, at, self.be_liberal)
+        if verdict is Verdict.INVALID:
+            self.counters["tcp-invalid"] += 1
+            return verdict
+        if verdict is Verdict.OUT_OF_WINDOW:
+            self.counters["tcp-out-of-window"] += 1
+            return verdict
+        if verdict is not Verdict.OK:
+            return Verdict.IGNORED  # changes nothing (a REOPEN the caller did not act on)
+        conn.state = TcpState(new)
+        closing = new >= TcpState.FIN_WAIT and new != TcpState.SYN_SENT2
+        if closing and conn.assured and conn.due is not None:
+            self._closing[conn] = None
+        t = self.timeouts
+        if seg.index == tcptrack.RST:
+            timeout = t.tcp_close
+        elif tcptrack.unacknowledged(track) and t.tcp(conn.state) > t.tcp_unacknowledged:
+            timeout = t.tcp_unacknowledged
+        else:
+            timeout = t.tcp(conn.state)
+        if not conn.seen_reply:
+            if seg.index == tcptrack.RST:
+                # The only answer to a new connection is a reset (or it reset
+                # itself before any reply): forget it at once, as Linux.
+                if direction == REPLY:
+                    conn.seen_reply = True
+                return Verdict.CLOSE_NOW
+            if seg.index == tcptrack.SYN and old == TcpState.SYN_SENT:
+                return Verdict.OK  # a retransmitted SYN does not renew the deadline
+            if conn.state == TcpState.ESTABLISHED and timeout > t.tcp_unacknowledged:
+                timeout = t.tcp_unacknowledged  # picked up, never answered
+            if direction == REPLY:
+                conn.seen_reply = True
+        elif (
+            not conn.assured
+            and old in (TcpState.SYN_RECV, TcpState.ESTABLISHED)
+            and conn.state == TcpState.ESTABLISHED
+        ):
+            self._assure(conn)
+        self._refresh(conn, now + timeout)
+        return Verdict.OK
 
-        self._timers.call_at(deadline, fire)
+    def _assure(self, conn: Conn) -> None:
+        if not conn.assured:
+            conn.assured = True
+            self._unassured.pop(conn, None)
+
+    # -- expiry ------------------------------------------------------------------
+
+    def _refresh(self, conn: Conn, deadline: float) -> None:
+        conn.expires = deadline
+        if not conn.assured and conn.due is not None:  # (due: still in the table)
+            # Early drop takes the unassured connection idle longest: a ping or a
+            # handshake in progress outlives a flood's one-packet entries.
+            self._unassured.move_to_end(conn)
+        due = conn.due
+        if due is not None and _tick(deadline) < due.tick:
+            self._file(conn, deadline)  # earlier than it is filed for: file it again
+
+    def _file(self, conn: Conn, deadline: float) -> None:
+        tick = _tick(deadline)
+        bucket = self._due.get(tick)
+        if bucket is None:
+            self._due[tick] = bucket = _Due(tick)
+            self._timers.call_at(tick * TICK, lambda now, out: self._expire(tick, now))
+        bucket.append(conn)
+        conn.due = bucket
+
+    def _expire(self, tick: int, now: float) -> None:
+        bucket = self._due.pop(tick, None)
+        if bucket is None:
+            return
+        for conn in bucket:
+            if conn.due is not bucket or not self._holds(conn):
+                continue  # filed again elsewhere, or gone
+            if conn.expires <= now:
+                self.counters["connections-expired"] += 1
+                self.remove(conn)
+            else:
+                self._file(conn, conn.expires)
+        self._compact()
 
     def remove(self, conn: Conn) -> None:
-        if self._holds(conn):
-            del self._by_key[conn.key_orig]
-            self._by_key.pop(conn.key_reply, None)
-            self._count -= 1
-            self._released(conn)
+        self._unassured.pop(conn, None)
+        self._closing.pop(conn, None)
+        if not self._holds(conn):
+            return
+        del self._by_key[conn.key_orig]
+        self._by_key.pop(conn.key_reply, None)
+        self._count -= 1
+        conn.due = None
+        if self.max_per_source:
+            src = (conn.key_orig[0], conn.key_orig[2])
+            left = self._per_source.get(src, 1) - 1
+            if left > 0:
+                self._per_source[src] = left
+            else:
+                self._per_source.pop(src, None)
+        self._released(conn)
+
+    def _compact(self) -> None:
+        """Give back what a drained table held: Python's dicts never shrink on
+        deletion, so one that held a flood keeps its size until rebuilt."""
+        if self._peak > 4096 and self._count * 8 < self._peak:
+            self._by_key = dict(self._by_key)
+            self._per_source = dict(self._per_source)
+            self._peak = max(self._count, 1)
+
+    def holds(self, conn: Conn) -> bool:
+        """Whether ``conn`` is (still) in the table."""
+        return conn.due is not None
 
     def _holds(self, conn: Conn) -> bool:
         side = self._by_key.get(conn.key_orig)
@@ -349,3 +577,6 @@ class ConnTable:
 
     def connections(self) -> list[Conn]:
         return [side.conn for side in self._by_key.values() if side.direction == ORIG]
+
+    def unassured(self) -> int:
+        return len(self._unassured)

@@ -55,6 +55,9 @@ class NeighbourSettings:
     unicast_solicit: int = 3  # ucast_solicit
     queue_len: int = 64  # packets held per unresolved neighbour (unres_qlen)
     max_entries: int = 4096  # gc_thresh3 (Linux's default is 1024)
+    # An ARP message changes a known neighbour's MAC only if the entry has not
+    # changed for this long (locktime; gratuitous ARP excepted), as Linux's arp_process.
+    locktime: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,17 @@ class NatSpec:
     snat: tuple[SnatSpec, ...] = ()
     dnat: tuple[DnatSpec, ...] = ()
     max_connections: int = 65536  # net.netfilter.nf_conntrack_max
+    # New connections one source address may hold at once (0: no limit), as
+    # nftables' "ct count over N".
+    max_connections_per_source: int = 0
+    # Accept TCP segments outside the sequence window (not RSTs), as
+    # net.netfilter.nf_conntrack_tcp_be_liberal.
+    tcp_be_liberal: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     seed: int = 0  # for port choice: tests pass a fixed one
+    # Route new flows from a translating interface to its inside prefixes rather
+    # than drop them (nat-unsolicited): the NAT then no longer filters.
+    forward_unsolicited: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@
   one outside endpoint whatever it talks to, and keeps its own port when that is
   free.  The outside address is chosen by the inside address, so a host always
   appears from the same one (REQ-2, "paired").  Filtering is address-and-port
-  dependent: only replies come back in, as with nftables masquerade.
+  dependent: only replies come back in, as with nftables masquerade.  Anything
+  else arriving by a translating interface for one of its inside prefixes is
+  unsolicited and dropped (``unsolicited``), unless ``forward_unsolicited``.
 - DNAT: flows to a published address (and port) go to an inside address (and port).
 - Hairpinning (REQ-9): an inside host reaching a published endpoint, or another
   inside host's outside mapping, is translated both ways.
@@ -29,12 +31,13 @@ import random
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from struct import Struct
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from hopgate.packet import addr as A
 from hopgate.packet import checksum as cs
-from hopgate.packet import flows, icmp6, ipv4, ipv6, l4, rewrite
+from hopgate.packet import flows, icmp4, icmp6, ipv4, ipv6, l4, rewrite
 from hopgate.packet.types import Buffer
+from hopgate.pipeline import tcptrack
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import (
     ORIG,
@@ -42,12 +45,15 @@ from hopgate.pipeline.conntrack import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    U16,
     Conn,
     ConnTable,
+    Refused,
     Side,
     TcpState,
     Translation,
     Tuple,
+    Verdict,
 )
 from hopgate.pipeline.lb import Backend, Service, Services, flow_key
 from hopgate.pipeline.model import NatSpec
@@ -56,7 +62,10 @@ from hopgate.pipeline.timers import Timers
 
 _U16 = Struct("!H")
 _PORTS = Struct("!HH")
+_U32 = Struct("!I")
 _FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
+# What the connection table lets through (and so is translated).
+_PASSES = frozenset({Verdict.OK, Verdict.IGNORED, Verdict.CLOSE_NOW})
 
 
 def _adjust(buf: bytearray | memoryview, at: int, delta: int, udp: bool) -> int:
@@ -101,13 +110,16 @@ class DnatRule(NamedTuple):
     to_port: int  # 0: the same port
 
 
+Endpoint = tuple[int, int, int, int]  # family, protocol, address, port
+
+
 class Mapping:
     """One inside endpoint's outside endpoint (RFC 4787 endpoint-independent)."""
 
     __slots__ = ("inside", "outside", "refs")
 
-    def __init__(self, inside: Tuple, outside: Tuple) -> None:
-        self.inside = inside  # (family, proto, address, port, 0, 0)
+    def __init__(self, inside: Endpoint, outside: Endpoint) -> None:
+        self.inside = inside
         self.outside = outside
         self.refs = 0
 
@@ -154,6 +166,32 @@ def _fragment_ident(version: int, buf: Buffer, l3: int, end: int) -> int | None:
     return fh.ident if fh is not None else None
 
 
+def _bad_mtu(version: int, frame: Buffer, at: int, inner: int) -> bool:
+    """Whether the ICMP error at ``at``, quoting the packet at ``inner``, is a
+    fragmentation needed (IPv4 3/4) or Packet Too Big (IPv6 2) with an MTU no
+    link may have (below 68, IPv6 1280) or one the quoted packet would have fitted
+    (not below its size): broken or forged, whatever its sender."""
+    if version == A.V4:
+        if frame[at] != icmp4.DEST_UNREACH or frame[at + 1] != icmp4.FRAG_NEEDED_CODE:
+            return False
+        mtu = int(_U16.unpack_from(frame, at + 6)[0])
+        return mtu < ipv4.MIN_MTU or mtu >= ipv4.total_len(frame, inner)
+    if frame[at] != icmp6.PACKET_TOO_BIG:
+        return False
+    mtu = int(_U32.unpack_from(frame, at + 4)[0])
+    return mtu < ipv6.MIN_MTU or mtu >= ipv6.HEADER_LEN + ipv6.payload_len(frame, inner)
+
+
+def _is_redirect(version: int, kind: int, flow: flows.Flow, frame: Buffer) -> bool:
+    """Whether an ICMPv6 message read as another protocol's flow is a redirect."""
+    return (
+        version == A.V6
+        and kind == flows.OTHER
+        and flow.proto == PROTO_ICMPV6
+        and frame[flow.at] == icmp6.REDIRECT
+    )
+
+
 class Nat:
     """The translation engine: NAT rules and load-balanced services share its
     connection table."""
@@ -170,7 +208,15 @@ class Nat:
         self.port_names = [p.name for p in ports]
         self.services = services or Services(())
         self.counters: Counter[str] = Counter()
-        self.table = ConnTable(spec.timeouts, spec.max_connections, timers, self._released)
+        self.table = ConnTable(
+            spec.timeouts,
+            spec.max_connections,
+            timers,
+            self._released,
+            max_per_source=spec.max_connections_per_source,
+            be_liberal=spec.tcp_be_liberal,
+            counters=self.counters,
+        )
         self._rng = random.Random(spec.seed)
         self.snat: list[SnatRule] = []
         self.dnat: list[DnatRule] = []
@@ -215,11 +261,28 @@ class Nat:
         self._reserved_addrs = {(r.family, r.addr) for r in self.dnat if not r.port}
         for fam in (A.V4, A.V6):
             self.addresses[fam] |= self.services.vips[fam] | self.services.lips[fam]
-        self._by_inside: dict[Tuple, Mapping] = {}
-        self._by_outside: dict[Tuple, Mapping] = {}
+        self._by_inside: dict[Endpoint, Mapping] = {}
+        self._by_outside: dict[Endpoint, Mapping] = {}
         self._fragments: OrderedDict[tuple[int, int, int, int, int], tuple[Side, float]] = (
             OrderedDict()
         )
+        # The inside prefixes of each translating interface, by (port, family):
+        # a packet from it to one of them that NAT does not take is unsolicited.
+        self._guarded: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+        if not spec.forward_unsolicited:
+            for s in spec.snat:
+                at = port_by_name[s.interface]
+                for n in s.inside:
+                    k = (at, n.version)
+                    net = (int(n.network_address), int(n.netmask))
+                    self._guarded[k] = (*self._guarded.get(k, ()), net)
+        # Addresses hopgate answers for itself (interface, pool and published
+        # addresses on its subnets, VIPs): a fragment to one that follows no
+        # translated first fragment is reassembled and answered.
+        self._answered: dict[int, frozenset[int]] = {
+            A.V4: frozenset().union(*(p.v4_owned for p in ports), self.services.vips[A.V4]),
+            A.V6: frozenset().union(*(p.v6_owned for p in ports), self.services.vips[A.V6]),
+        }
 
     # -- what the router asks ------------------------------------------------------
 
@@ -243,7 +306,7 @@ class Nat:
             if side is None:
                 if dst not in self.addresses[A.V4]:
                     return None  # passing through, untracked: inbound() would find the same
-            elif side.conn.backend is None or not self._reused(side, frame, l3 + ihl, end):
+            elif not self._reused(side, frame, l3 + ihl, end):
                 return side
         return self.inbound(A.V4, frame, l3, end, src, dst, now)
 
@@ -263,9 +326,11 @@ class Nat:
             return None
         key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
         side = self.table.lookup(key)
-        if side is not None and (
-            side.conn.backend is None or not self._reused(side, frame, flow.at, flow.end)
-        ):
+        if side is not None and _is_redirect(version, kind, flow, frame):
+            # An ICMPv6 redirect (informational, so no error) matching a
+            # connection of another ICMPv6 message: never translated.
+            return DropReason.NAT_ICMP_REDIRECT
+        if side is not None and not self._reused(side, frame, flow.at, flow.end):
             return side
         if dst not in self.addresses[version] or not self._may_start(kind, flow, frame):
             return None
@@ -280,12 +345,22 @@ class Nat:
             )
         if kind == flows.PORTS:
             # Hairpinning: an inside host reaching another's outside mapping.
-            m = self._by_outside.get((version, flow.proto, dst, flow.dport, 0, 0))
+            m = self._by_outside.get((version, flow.proto, dst, flow.dport))
             snat = self._inside_rule(version, src)
             if m is not None and snat is not None:
                 to = Translation(src, flow.sport, m.inside[2], m.inside[3])
                 return Plan(kind, flow, m.inside[2], key=key, to=to, snat=snat)
         return None
+
+    def unsolicited(self, version: int, port: int, dst: int) -> bool:
+        """Whether a packet ``inbound`` did not take (no connection, not related,
+        not DNAT'd), arriving on ``port`` for ``dst`` and about to be forwarded,
+        is unsolicited: it came in by a translating interface and is addressed to
+        an inside prefix translated on it, where only replies come from (as
+        nftables masquerade with ``ct state established,related accept`` and
+        ``iifname <outside> drop``)."""
+        prefixes = self._guarded.get((port, version))
+        return prefixes is not None and any(dst & m == n for n, m in prefixes)
 
     def outbound(
         self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, egress: int
@@ -323,7 +398,9 @@ class Nat:
         Returns the side it was translated on (None for an ICMP error, which
         belongs to no side of its own), or why it is dropped."""
         if type(plan) is Side:
-            self._rewrite(plan, frame, l3, end, now, whole=True)
+            verdict = self._rewrite(plan, frame, l3, end, now, whole=True)
+            if verdict is not Verdict.OK:
+                return self._after(plan, verdict)
             hops = plan.conn.hops
             if hops is not None and hops[plan.direction] is None:
                 hops[plan.direction] = (in_port, bytes(frame[6:12]))
@@ -341,11 +418,27 @@ class Nat:
         made = self._commit(plan, now)
         if isinstance(made, DropReason):
             return made
-        side = made.sides[ORIG]
-        self._rewrite(side, frame, l3, end, now, whole=True)
+        side = made.orig
+        verdict = self._rewrite(side, frame, l3, end, now, whole=True)
+        if verdict is not Verdict.OK:
+            dropped = self._after(side, verdict)
+            if isinstance(dropped, DropReason):
+                self.table.remove(made)  # its first packet went no further
+                return dropped
         if made.hops is not None:
             made.hops[ORIG] = (in_port, bytes(frame[6:12]))
         return side
+
+    def _after(self, side: Side, verdict: Verdict) -> Side | DropReason:
+        """What becomes of a packet the connection table did not simply take."""
+        if verdict is Verdict.IGNORED:
+            return side
+        if verdict is Verdict.CLOSE_NOW:
+            self.table.remove(side.conn)  # this packet still leaves; the entry does not stay
+            return side
+        if verdict is Verdict.OUT_OF_WINDOW:
+            return DropReason.TCP_OUT_OF_WINDOW
+        return DropReason.TCP_INVALID
 
     def _rewrite(
         self,
@@ -356,25 +449,34 @@ class Nat:
         now: float,
         *,
         whole: bool,
-    ) -> None:
-        """Rewrite a packet arriving on ``side`` (all of it, or, for a later
-        fragment, only its addresses) and account it on its connection."""
+    ) -> Verdict:
+        """Account a packet arriving on ``side`` on its connection and, if the
+        connection table takes it, rewrite it (all of it, or, for a later
+        fragment, only its addresses).  Returns the table's verdict; a packet it
+        refuses is left as it was."""
         conn = side.conn
+        if not side.addrs:
+            side.prepare()
         v4_icmp = False
         if frame[l3] >> 4 == 4:
             v4_icmp = frame[l3 + ipv4.OFF_PROTO] == PROTO_ICMP
             at = l3 + ((frame[l3] & 0xF) << 2)
+            first = whole and bool(_U16.unpack_from(frame, l3 + ipv4.OFF_FRAG)[0] & ipv4.FLAG_MF)
+            verdict = self.table.seen(conn, side.direction, end - l3, frame, at, end, now, whole)
+            if verdict not in _PASSES:
+                return verdict
             frame[l3 + 12 : l3 + 20] = side.addrs
             _adjust(frame, l3 + ipv4.OFF_CSUM, side.ip_delta, False)
-            first = whole and bool(_U16.unpack_from(frame, l3 + ipv4.OFF_FRAG)[0] & ipv4.FLAG_MF)
         else:
-            frame[l3 + 8 : l3 + 40] = side.addrs
             chain = ipv6.walk(frame, l3, end)
             if isinstance(chain, str):
-                return
+                return Verdict.INVALID
             at = chain.offset
             first = whole and chain.is_fragment
-        flags = 0
+            verdict = self.table.seen(conn, side.direction, end - l3, frame, at, end, now, whole)
+            if verdict not in _PASSES:
+                return verdict
+            frame[l3 + 8 : l3 + 40] = side.addrs
         if whole:
             if side.ports_at >= 0:
                 p = at + side.ports_at
@@ -387,15 +489,13 @@ class Nat:
                     # whose words are now all zero sums to +0, so its checksum is
                     # 0xFFFF, not the 0x0000 the update gives.  Recount it.
                     rewrite.icmp4_checksum(frame, at, end)
-            if side.csum_at == l4.TCP_OFF_CSUM and at + 14 <= end:
-                flags = frame[at + 13] & 0x3F
-        self.table.seen(conn, side.direction, end - l3, flags, now)
         if first:  # a first fragment: its followers go the same way
             version = A.V4 if frame[l3] >> 4 == 4 else A.V6
             ident = _fragment_ident(version, frame, l3, end)
             if ident is not None:
                 arrived = conn.arrives_as(side.direction)
                 self._remember_fragment(version, arrived, ident, side, now)
+        return verdict
 
     # -- new connections -------------------------------------------------------------
 
@@ -421,21 +521,22 @@ class Nat:
         return Plan(kind, flow, backend.address, key=key, to=to, service=service, backend=backend)
 
     def _reused(self, side: Side, frame: Buffer, at: int, end: int) -> bool:
-        """A client's SYN on the tuple of a load-balanced connection that is over
-        (TIME_WAIT, CLOSE) or whose backend has failed: a new connection, to be
-        scheduled afresh (as IPVS's conn_reuse_mode), not sent to the old one.
-        Forgets the old connection if so."""
+        """A SYN from the original side on the tuple of a connection that is over
+        (TIME_WAIT, CLOSE: Linux's reopening), or of a load-balanced one whose
+        backend has failed: a new connection, to be translated and scheduled
+        afresh (as IPVS's conn_reuse_mode), not sent on as the old one.  Forgets
+        the old connection if so."""
         conn = side.conn
         if side.direction != ORIG or conn.proto != PROTO_TCP or at + 14 > end:
             return False
         if l4.tcp_flags(frame, at) & (l4.TCP_SYN | l4.TCP_ACK) != l4.TCP_SYN:
             return False
         backend = conn.backend
-        assert isinstance(backend, Backend)
-        if conn.state not in (TcpState.TIME_WAIT, TcpState.CLOSE) and backend.up:
+        over = conn.state in (TcpState.TIME_WAIT, TcpState.CLOSE)
+        if not over and (backend is None or cast(Backend, backend).up):
             return False
         self.table.remove(conn)
-        self.counters["connections-rescheduled"] += 1
+        self.counters["connections-rescheduled" if backend else "connections-reopened"] += 1
         return True
 
     def route_hint(self, plan: Side | Plan) -> tuple[tuple[int, bytes] | None, bool]:
@@ -460,8 +561,10 @@ class Nat:
         segment with RST (Linux's conntrack calls those invalid)."""
         if kind == flows.QUERY:
             return flow.dport == 0  # a request: the identifier is the source port
-        if flow.proto == PROTO_TCP and flow.at + 14 <= flow.end:
-            return not l4.tcp_flags(frame, flow.at) & l4.TCP_RST
+        if flow.proto == PROTO_TCP:
+            # A SYN, or a plain ACK picked up in mid-stream; never a RST, FIN or
+            # SYN-ACK (Linux's conntrack calls those invalid).
+            return flow.at + 14 <= flow.end and tcptrack.may_start(l4.tcp_flags(frame, flow.at))
         return True
 
     def _dnat_rule(
@@ -486,11 +589,14 @@ class Nat:
 
     def _commit(self, plan: Plan, now: float) -> Conn | DropReason:
         table = self.table
-        if table.full():
-            return DropReason.CONNTRACK_FULL
         key = plan.key
         assert key is not None
         fam, proto, src, sport, dst, dport = key
+        refused = table.make_room(fam, src)
+        if refused is not None:
+            if refused is Refused.SOURCE_LIMIT:
+                return DropReason.CONNTRACK_SOURCE_LIMIT
+            return DropReason.CONNTRACK_FULL
         to = plan.to or Translation(src, sport, dst, dport)
         if plan.service is not None:
             return self._fnat(plan, key, to, now)
@@ -565,14 +671,15 @@ class Nat:
     def _mapping(
         self, fam: int, proto: int, addr: int, port: int, rule: SnatRule
     ) -> Mapping | None:
-        inside: Tuple = (fam, proto, addr, port, 0, 0)
-        m = self._by_inside.get(inside)
+        m = self._by_inside.get((fam, proto, addr, port))
         if m is not None:
             return m
         for out_addr in self._pool_addresses(fam, addr, rule):
             out_port = self._free_port(fam, proto, out_addr, port)
             if out_port is not None:
-                m = Mapping(inside, (fam, proto, out_addr, out_port, 0, 0))
+                intern = self.table.intern_address
+                inside = (fam, proto, intern(addr), U16[port])
+                m = Mapping(inside, (fam, proto, out_addr, U16[out_port]))
                 self._by_inside[inside] = m
                 self._by_outside[m.outside] = m
                 self.counters["mappings-created"] += 1
@@ -581,12 +688,8 @@ class Nat:
 
     def _free_port(self, fam: int, proto: int, addr: int, want: int) -> int | None:
         def free(p: int) -> bool:
-            return (fam, proto, addr, p, 0, 0) not in self._by_outside and (
-                fam,
-                proto,
-                addr,
-                p,
-            ) not in self._reserved
+            endpoint = (fam, proto, addr, p)
+            return endpoint not in self._by_outside and endpoint not in self._reserved
 
         if free(want):
             return want  # the port kept (RFC 4787 REQ-3's port preservation)
@@ -613,7 +716,6 @@ class Nat:
         return None
 
     def _released(self, conn: Conn) -> None:
-        self.counters["connections-expired"] += 1
         if isinstance(conn.backend, Backend):
             conn.backend.conns.discard(conn)
         m = conn.mapping
@@ -653,9 +755,16 @@ class Nat:
         if ident is None:
             return None
         hit = self._fragments.get((version, src, dst, flow.proto, ident))
+        if hit is not None and not self.table.holds(hit[0].conn):
+            hit = None  # its connection is gone (expired, evicted): so is its translation
         if hit is None or hit[1] < now:
-            # Only our business if it is addressed to a translated address.
-            return DropReason.NAT_FRAGMENT_UNMATCHED if dst in self.addresses[version] else None
+            # Only our business if it is addressed to a translated address, and
+            # not one hopgate answers for: a fragmented ping to the outside
+            # address is reassembled and answered (its first fragment opened
+            # nothing, so its followers are hopgate's own).
+            if dst in self.addresses[version] and dst not in self._answered[version]:
+                return DropReason.NAT_FRAGMENT_UNMATCHED
+            return None
         side = hit[0]
         return Plan(flows.LATER_FRAGMENT, flow, side.dst, side=side)
 
@@ -680,10 +789,18 @@ class Nat:
         # The quote is a packet of the connection going the other way: its reverse
         # is how this error's direction arrives.
         side = self.table.lookup((version, iflow.proto, idst, iflow.dport, isrc, iflow.sport))
+        # A redirect is about its sender's routes, not the connection it quotes,
+        # and its gateway is on the sender's link: never translated (Linux's NAT
+        # translates IPv4 ones; see docs/behaviour.md).
+        redirect = version == A.V4 and frame[flow.at] == icmp4.REDIRECT
         if side is None:
             if isrc in self.addresses[version]:
-                return DropReason.NAT_ICMP_UNMATCHED
+                return DropReason.NAT_ICMP_REDIRECT if redirect else DropReason.NAT_ICMP_UNMATCHED
             return None
+        if redirect:
+            return DropReason.NAT_ICMP_REDIRECT
+        if _bad_mtu(version, frame, flow.at, inner):
+            return DropReason.NAT_BAD_MTU
         conn = side.conn
         a_src = conn.rewrite_for(1 - side.direction)[0]
         b = conn.arrives_as(1 - side.direction)
@@ -743,6 +860,7 @@ class Nat:
         return {
             "connections": len(self.table),
             "max_connections": self.table.max_connections,
+            "unassured": self.table.unassured(),
             "mappings": len(self._by_inside),
             "fragment_flows": len(self._fragments),
             "services": [svc.describe() for svc in self.services.all],

@@ -6,6 +6,12 @@ after a confirmation; STALE afterwards, still used; DELAY then PROBE (unicast
 solicitations) once a STALE entry is used again.  An INCOMPLETE entry that
 gets no answer after ``multicast_solicit`` tries fails: its packets are
 dropped, each answered with host/address unreachable by the router.
+
+A known entry's MAC changes as Linux's neigh_update decides: an ARP message
+only if the entry has not changed for ``locktime`` (the first of several
+answers wins; gratuitous ARP and requests addressed to us always change it); a
+Neighbor Advertisement only with the Override flag — without it, a different
+address turns a REACHABLE entry STALE and is otherwise ignored (RFC 4861 7.2.5).
 """
 
 from __future__ import annotations
@@ -58,7 +64,18 @@ class NeighbourHooks(Protocol):
 
 
 class Entry:
-    __slots__ = ("addr", "gen", "mac", "port", "probes", "queue", "state", "until", "used")
+    __slots__ = (
+        "addr",
+        "gen",
+        "mac",
+        "port",
+        "probes",
+        "queue",
+        "state",
+        "until",
+        "updated",
+        "used",
+    )
 
     def __init__(self, port: int, addr: int, state: State, now: float) -> None:
         self.port = port
@@ -70,6 +87,7 @@ class Entry:
         self.gen = 0
         self.until = now  # end of REACHABLE
         self.used = now
+        self.updated = now  # last change of state or MAC (Linux's neigh->updated)
 
 
 class NeighbourTable:
@@ -99,8 +117,10 @@ class NeighbourTable:
             if now < e.until:
                 return e.mac
             e.state = state = State.STALE
+            e.updated = e.until
         if state == State.STALE:
             e.state = State.DELAY
+            e.updated = now
             self._arm(e, now + self.settings.delay_first_probe)
         return e.mac
 
@@ -140,13 +160,18 @@ class NeighbourTable:
         solicited: bool,
         create: bool,
         override: bool = True,
+        weak_override: bool = False,
+        locktime: float = 0.0,
     ) -> None:
         """Record that ``addr`` on ``port`` is at ``mac``.
 
         ``solicited``: an answer to our solicitation (makes the entry REACHABLE).
         ``create``: make an entry if there is none (for solicitations addressed to
         us, as Linux does; never for unsolicited replies).
-        ``override``: a changed MAC replaces the known one (the NA O flag).
+        ``override``: a changed MAC replaces the known one (the NA O flag), but
+        not within ``locktime`` of the entry's last change (ARP).
+        ``weak_override``: without ``override``, a changed MAC turns a REACHABLE
+        entry STALE (a Neighbor Advertisement without the O flag).
         """
         key = (port, addr)
         e = self._entries.get(key)
@@ -162,17 +187,25 @@ class NeighbourTable:
             return
         if e.state == State.INCOMPLETE:
             e.mac = mac
+            e.updated = now
             self._confirm(e, now) if solicited else self._make_stale(e, now)
             queue, e.queue = e.queue, []
             for item in queue:
                 self._hooks.flush(port, item, mac, out)
             return
+        if e.state == State.REACHABLE and now >= e.until:
+            # What Linux's timer would have done by now.
+            e.state = State.STALE
+            e.updated = e.until
         if mac != e.mac:
+            if override and locktime and now < e.updated + locktime:
+                override = False  # the first of several answers wins
             if not override and e.mac is not None:
-                if solicited:
+                if weak_override and e.state == State.REACHABLE:
                     self._make_stale(e, now)
                 return
             e.mac = mac
+            e.updated = now
             if not solicited:
                 self._make_stale(e, now)
                 return
@@ -182,12 +215,16 @@ class NeighbourTable:
     # -- state changes and timers --------------------------------------------
 
     def _confirm(self, e: Entry, now: float) -> None:
+        if e.state != State.REACHABLE:
+            e.updated = now
         e.state = State.REACHABLE
         e.probes = 0
         e.until = now + self.settings.reachable_time
         e.gen += 1  # cancels a pending probe timer
 
     def _make_stale(self, e: Entry, now: float) -> None:
+        if e.state != State.STALE:
+            e.updated = now
         e.state = State.STALE
         e.probes = 0
         e.gen += 1
@@ -232,6 +269,7 @@ class NeighbourTable:
             self._arm(e, now + s.retrans_time)
         elif e.state == State.DELAY:
             e.state = State.PROBE
+            e.updated = now
             e.probes = 1
             self._hooks.solicit(e.port, e.addr, e.mac, out)
             self._arm(e, now + s.retrans_time)
@@ -256,6 +294,17 @@ class NeighbourTable:
                 del self._entries[key]
                 return True
         return False
+
+    def flush_port(self, port: int) -> list[Pending]:
+        """Forget every entry of ``port`` (its link went down or away, as Linux's
+        neigh_ifdown); returns the packets that were waiting on them."""
+        dropped: list[Pending] = []
+        for key in [k for k in self._entries if k[0] == port]:
+            e = self._entries.pop(key)
+            e.gen += 1  # its timers find it gone and do nothing
+            dropped += e.queue
+            e.queue = []
+        return dropped
 
     # -- for status and tests -------------------------------------------------
 

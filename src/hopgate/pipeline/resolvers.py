@@ -48,6 +48,13 @@ class _Resolver(ABC):
         item.frame[0:6] = mac
         self._emit.transmit(port, item.frame, out)
 
+    def port_down(self, port: int, out: list[Action]) -> None:
+        """The link of ``port`` is down or gone: its neighbours are forgotten and
+        the packets waiting on them dropped (silently, as Linux does)."""
+        for item in self.table.flush_port(port):
+            if item.in_port >= 0:  # not hopgate's own (a health check)
+                self._emit.drop(item.in_port, DropReason.LINK_DOWN, out)
+
     def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
         """The next hop never answered: drop the packet and tell its sender,
         host unreachable (IPv4) or address unreachable (IPv6)."""
@@ -89,14 +96,20 @@ class ArpResolver(_Resolver):
         # Learn only senders on this link's subnets: an ARP packet must not
         # install a next hop for an address that is not a neighbour.
         if msg.spa and any(a.contains(msg.spa) for a in p.v4):
+            for_us = target_is_ours and msg.op == arp.OP_REQUEST
+            # As Linux's arp_process: a request to us (neigh_event_ns) and a
+            # gratuitous ARP change a known MAC at once; anything else only once
+            # the entry is older than locktime.  Only a unicast reply confirms.
+            garp = msg.spa == msg.tpa and (msg.op != arp.OP_REPLY or msg.tha == msg.sha)
             self.table.learn(
                 port,
                 msg.spa,
                 msg.sha,
                 now,
                 out,
-                solicited=msg.op == arp.OP_REPLY,
-                create=target_is_ours and msg.op == arp.OP_REQUEST,
+                solicited=msg.op == arp.OP_REPLY and not frame[0] & 1,
+                create=for_us,
+                locktime=0.0 if for_us or garp else self.table.settings.locktime,
             )
         if msg.op == arp.OP_REQUEST and target_is_ours:
             reply = reply_l2(frame, l3, frame[6:12], p.mac)
@@ -191,6 +204,7 @@ class NdResolver(_Resolver):
             solicited=bool(nd.flags & icmp6.NA_SOLICITED),
             create=False,
             override=bool(nd.flags & icmp6.NA_OVERRIDE),
+            weak_override=True,
         )
 
 

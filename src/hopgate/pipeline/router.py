@@ -60,6 +60,9 @@ class Router:
         # the pipeline only records it; the daemon logs it.
         self.events: deque[str] = deque(maxlen=1000)
         self.counters = Counters([p.name for p in self.ports])
+        # Ports whose link is down or gone (the I/O layer says so): nothing is
+        # forwarded to them.
+        self.down_ports: set[int] = set()
         self.emit = Emitter(self.counters)
         self.timers = Timers()
         self.limiter = IcmpRateLimiter(spec.icmp, now)
@@ -175,6 +178,41 @@ class Router:
     def next_deadline(self) -> float | None:
         return self.timers.next_deadline()
 
+    # -- link events ------------------------------------------------------------
+
+    def link_down(self, port: int) -> list[Action]:
+        """``port``'s link went down (admin down, no carrier) or away.  Its
+        neighbours are forgotten and the packets waiting on them dropped;
+        until ``link_up``, packets routed to it are dropped as ``link-down``."""
+        out: list[Action] = []
+        self.down_ports.add(port)
+        self.arp.port_down(port, out)
+        self.nd.port_down(port, out)
+        return out
+
+    def link_up(self, port: int, mac: bytes | None = None) -> str | None:
+        """``port``'s link is back.  ``mac``: the link's MAC now (a re-created
+        interface may have a new one), adopted by the port, with the link-local
+        address derived from it.  Returns a note on what changed, if anything."""
+        self.down_ports.discard(port)
+        p = self.ports[port]
+        if mac is None or mac == p.mac:
+            return None
+        old = p.mac
+        old_ll = p.link_local
+        p.mac = mac
+        p.link_local = A.v6_link_local_from_mac(mac)
+        groups = {A.V6_ALL_NODES, A.V6_ALL_ROUTERS, A.v6_solicited_node(p.link_local)}
+        groups.update(A.v6_solicited_node(x) for x in p.v6_owned)
+        p.v6_groups = frozenset(groups)
+        if not any(a.addr == old_ll for a in p.v6):  # a configured one stays
+            self.local.v6_link_local.discard((port, old_ll))
+        self.local.v6_link_local.add((port, p.link_local))
+        return (
+            f"mac {ethernet.format_mac(old)} is now {ethernet.format_mac(mac)},"
+            f" link-local {A.v6_str(p.link_local)}"
+        )
+
     # -- IPv4 --------------------------------------------------------------------
 
     def _ipv4(
@@ -222,6 +260,9 @@ class Router:
             return
         if plan is not None:
             dst = plan.dst
+        elif self.nat is not None and self.nat.unsolicited(A.V4, port, dst):
+            self.emit.drop(port, DropReason.NAT_UNSOLICITED, out)
+            return
         self._forward_v4(frame, port, l3, src, dst, total, frag, ttl, now, out, plan)
 
     def _nat_refused(
@@ -417,6 +458,9 @@ class Router:
             return
         if plan is not None:
             dst = plan.dst
+        elif self.nat is not None and self.nat.unsolicited(A.V6, port, dst):
+            self.emit.drop(port, DropReason.NAT_UNSOLICITED, out)
+            return
         self._forward_v6(frame, port, l3, end, src, dst, now, out, plan)
 
     def _forward_v6(
@@ -609,6 +653,10 @@ class Router:
         """Send a forwarded packet to its next hop (or to ``mac``, the neighbour a
         connection's side is known to be behind), or queue it until the next hop
         answers."""
+        if self.down_ports and egress.index in self.down_ports:
+            if in_port >= 0:  # hopgate's own packets (health checks) just time out
+                self.emit.drop(in_port, DropReason.LINK_DOWN, out)
+            return
         if mac is not None or nh is None:
             frame[0:6] = mac or ethernet.BROADCAST
             frame[6:12] = egress.mac
