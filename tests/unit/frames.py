@@ -77,6 +77,12 @@ def from_upstream(payload: Any) -> bytearray:
     return bytearray(bytes(Ether(src=UPSTREAM_MAC, dst=GW_U_MAC) / payload))
 
 
+def one(frames: list[Ether]) -> Ether:
+    """The only frame of ``frames``."""
+    assert len(frames) == 1, frames
+    return frames[0]
+
+
 def sent(actions: list[Action], port: int | None = None) -> list[Ether]:
     """The frames transmitted (on ``port`` if given), decoded by scapy."""
     return [

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import TcpState, Timeouts
 from hopgate.pipeline.router import Router
-from tests.unit.frames import CLIENT_MAC, GW_C4, GW_U_MAC, UPSTREAM_MAC, C, U, drops, sent
+from tests.unit.frames import CLIENT_MAC, GW_C4, GW_U_MAC, UPSTREAM_MAC, C, U, drops, one, sent
 from tests.unit.nat_frames import (
     A4,
     A6,
@@ -27,11 +27,6 @@ from tests.unit.nat_frames import (
     nat_router,
     outside,
 )
-
-
-def one(frames: list[Ether]) -> Ether:
-    assert len(frames) == 1, frames
-    return frames[0]
 
 
 def test_udp_out_takes_the_outside_address_and_keeps_its_port() -> None:

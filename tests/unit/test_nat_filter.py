@@ -19,14 +19,13 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     fragment6,
 )
-from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from hopgate.control.config import ConfigError, parse
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.model import DnatSpec, NatSpec, SnatSpec
 from hopgate.pipeline.router import Router
-from tests.unit.frames import CLIENT_MAC, UPSTREAM4, UPSTREAM6, UPSTREAM_MAC, C, U, drops, sent
+from tests.unit.frames import CLIENT_MAC, UPSTREAM4, UPSTREAM6, UPSTREAM_MAC, C, U, drops, one, sent
 from tests.unit.lb_frames import RB_MAC, VIP4, lb_router, service, via_b
 from tests.unit.nat_frames import (
     A4,
@@ -41,12 +40,6 @@ from tests.unit.nat_frames import (
     nat_router,
     outside,
 )
-
-
-def one(frames: list[Ether]) -> Ether:
-    assert len(frames) == 1, frames
-    return frames[0]
-
 
 # -- unsolicited traffic from the translating interface ------------------------------
 
