@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.packet import Raw
 
 from hopgate.control.config import TimeoutsConfig
@@ -464,13 +464,11 @@ def test_a_fragment_of_an_evicted_connection_does_not_bring_it_back() -> None:
     """A later fragment is translated by its first's connection, remembered for
     30 s; if that connection was evicted meanwhile, its mapping is gone and may
     be another host's: the fragment is dropped, not translated by it."""
-    from scapy.layers.inet import fragment
-
     r = router()
     assert r.nat is not None
     r.nat.table.max_connections = 1
     big = IP(src=A4, dst=SERVER4, id=77) / UDP(sport=5000, dport=53) / Raw(b"x" * 3000)
-    first, *rest = fragment(big, fragsize=1400)
+    first, *rest = fragment(big, fragsize=1400)  # type: ignore[no-untyped-call]
     assert sent(r.process(inside(first), C, 1.0), U)
     # a new flow evicts it (unassured)
     assert sent(r.process(inside(IP(src=B4, dst=SERVER4) / UDP(sport=6000, dport=53)), C, 1.1), U)
