@@ -565,6 +565,8 @@ class ConnTable:
         if self._peak > 4096 and self._count * 8 < self._peak:
             self._by_key = dict(self._by_key)
             self._per_source = dict(self._per_source)
+            self._unassured = OrderedDict(self._unassured)
+            self._closing = OrderedDict(self._closing)
             self._peak = max(self._count, 1)
 
     def holds(self, conn: Conn) -> bool:
