@@ -1,5 +1,8 @@
-import sys
-from pathlib import Path
+"""Shared test configuration.
 
-# Let tests import their helpers as ``tests.unit.frames`` from any working directory.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+Helpers are imported as ``tests.unit.frames``: pyproject's ``pythonpath``
+puts the repository root on the path.  Markers (registered in pyproject):
+``lab`` (added to every test under tests/lab/) and ``slow`` (tests over
+about a second).  The inner loop is ``pytest -m "not slow and not lab"``;
+``scripts/test`` runs everything.
+"""

@@ -11,7 +11,8 @@ import click
 
 from hopgate import __version__
 from hopgate.control.conns import DEFAULT_LIMIT
-from hopgate.pipeline.relay import DEFAULT_IFACE_RATE, DEFAULT_MARK, DEFAULT_SRC_RATE
+from hopgate.control.specs import setting
+from hopgate.pipeline.model import RelaySettings, burst_for
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,6 +89,19 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
     return frozenset(ports)
 
 
+def _relay_range(name: str) -> click.FloatRange | click.IntRange:
+    """An option's type: the values the ``RelaySettings`` field ``name`` may take."""
+    s = setting(RelaySettings, name)
+    b = s.bounds
+    assert b is not None
+    if s.type is float:
+        low = b.gt if b.gt is not None else b.ge
+        return click.FloatRange(min=low, max=b.le, min_open=b.gt is not None)
+    assert b.gt is None
+    return click.IntRange(None if b.ge is None else int(b.ge), None if b.le is None else int(b.le))
+
+
+# The options' defaults and ranges are RelaySettings' (pipeline/model.py), as are [relay]'s.
 @main.command()
 @click.option(
     "-i",
@@ -107,34 +121,34 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 )
 @click.option(
     "--src-rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_SRC_RATE,
+    type=_relay_range("src_rate"),
+    default=RelaySettings.src_rate,
     show_default=True,
     help="Messages a second relayed from one source address.",
 )
 @click.option(
     "--src-burst",
-    type=click.FloatRange(min=1),
+    type=_relay_range("src_burst"),
     help="Messages one source may send at once.  [default: the rate, at least 1]",
 )
 @click.option(
     "--iface-rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_IFACE_RATE,
+    type=_relay_range("iface_rate"),
+    default=RelaySettings.iface_rate,
     show_default=True,
     help="Messages a second relayed from one interface.",
 )
 @click.option(
     "--iface-burst",
-    type=click.FloatRange(min=1),
+    type=_relay_range("iface_burst"),
     help="Messages one interface may relay at once.  [default: the rate, at least 1]",
 )
 @click.option(
     "--min-mtu",
-    type=click.IntRange(68, 65535),
+    type=_relay_range("min_mtu"),
     help="Relay only messages whose MTU is at least this (stricter than 68 / 1280).",
 )
-@click.option("--max-mtu", type=click.IntRange(68, 65535), help="...and at most this.")
+@click.option("--max-mtu", type=_relay_range("max_mtu"), help="...and at most this.")
 @click.option(
     "--ports",
     callback=_ports,
@@ -143,8 +157,8 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 )
 @click.option(
     "--mark",
-    type=click.IntRange(0, 63),
-    default=DEFAULT_MARK,
+    type=_relay_range("mark"),
+    default=RelaySettings.mark,
     show_default=True,
     help="DSCP that marks relayed copies, which are never relayed again.",
 )
@@ -184,7 +198,6 @@ def relay(
     from hopgate import relayd
     from hopgate.control.admin import AdminError
     from hopgate.control.config import parse_listen
-    from hopgate.pipeline.relay import RelaySettings, burst_for
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -13,6 +13,7 @@ from hopgate import __version__
 from hopgate.control import conns
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
+from hopgate.control.lbcontrol import RingWorker
 from hopgate.io import ctlpath
 from hopgate.io.afpacket import PacketSocket
 from hopgate.io.links import LinkMonitor, LinkWatch
@@ -60,7 +61,9 @@ def run(cfg: Config, config_path: str) -> None:
     links = interfaces.inspect()
     spec = cfg.router_spec({n: (link.mac, link.mtu) for n, link in links.items()})
     started = time.monotonic()
-    router = Router(spec, now=started)
+    # Maglev tables are computed by the control plane, not in the loop.
+    rings = RingWorker()
+    router = Router(spec, now=started, on_ring=rings.wake)
     sockets: list[PacketSocket] = []
     admin: AdminServer | None = None
     loop: Loop | None = None
@@ -79,6 +82,8 @@ def run(cfg: Config, config_path: str) -> None:
         loop = Loop(router, sockets, links=LinkMonitor(watch), prepare=interfaces.retake)
         loop.install_signal_handlers()
         the_loop = loop
+        if router.nat is not None and any(s.uses_maglev for s in router.nat.services.all):
+            rings.start(router.maglev, loop.call)
         admin = AdminServer(
             cfg.admin.socket,
             lambda: the_loop.call(
@@ -123,6 +128,7 @@ def run(cfg: Config, config_path: str) -> None:
     finally:
         if admin is not None:
             admin.stop()
+        rings.close()
         for s in sockets:
             s.close()
         if loop is not None:

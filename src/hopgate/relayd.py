@@ -87,6 +87,7 @@ class PeerTable:
     def refresh(self) -> bool:
         """Look again; True if every peer has a MAC."""
         from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl.ndmsg import NUD_FAILED
 
         with IPRoute() as ipr:
             for peer in self.peers:
@@ -104,7 +105,7 @@ class PeerTable:
                 for n in ipr.get_neighbours(family=family, ifindex=oif):
                     if n.get_attr("NDA_DST") == str(peer.address) and n.get_attr("NDA_LLADDR"):
                         state = n["state"]
-                        if state & 0x20 == 0:  # not NUD_FAILED
+                        if state & NUD_FAILED == 0:
                             peer.mac = ethernet.parse_mac(n.get_attr("NDA_LLADDR"))
                 if peer.mac is None:
                     _ping(peer.address)

@@ -1,5 +1,6 @@
 """The router judged by the real tools, with a Linux kernel router in the same lab as
-the reference (ICMP-BEHAVIOUR section 1, and issue 2's acceptance checks)."""
+the reference (docs/behaviour.md, "Forwarding (IPv4 / IPv6)" and "The router's own
+addresses", and issue 2's acceptance checks)."""
 
 from __future__ import annotations
 

@@ -4,13 +4,16 @@ LAN, and a TCP service on a VIP with two backends (weights 1 and 3)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
+from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from hopgate.pipeline.conntrack import PROTO_TCP
-from hopgate.pipeline.lb import BackendSpec, HealthSpec, ServiceSpec
+from hopgate.packet.proto import PROTO_TCP
+from hopgate.pipeline.actions import Action, Transmit
+from hopgate.pipeline.lb import BackendSpec, HealthKind, HealthSpec, ServiceSpec
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RelaySpec, RouterSpec, RouteSpec
 from hopgate.pipeline.router import Router
 from tests.unit.frames import learn_neighbours, mac
@@ -45,7 +48,7 @@ def service(**overrides: Any) -> ServiceSpec:
         "backends": (BackendSpec(_ip(BE1), 80, 1), BackendSpec(_ip(BE2), 80, 3)),
         "local_addresses": tuple(_ip(x) for x in LIPS4),
         "scheduler": "wrr",
-        "health": HealthSpec(kind="none"),
+        "health": HealthSpec(kind=HealthKind.NONE),
     }
     fields.update(overrides)
     return ServiceSpec(**fields)
@@ -64,8 +67,12 @@ def service6(**overrides: Any) -> ServiceSpec:
 
 
 def lb_router(
-    *services: ServiceSpec, resolved: bool = True, relay: RelaySpec | None = None
+    *services: ServiceSpec,
+    resolved: bool = True,
+    relay: RelaySpec | None = None,
+    on_ring: Callable[[], None] | None = None,
 ) -> Router:
+    """``on_ring``: as Router's (None: Maglev tables are computed at once)."""
     ports = (
         PortSpec(
             "gw-a",
@@ -91,7 +98,7 @@ def lb_router(
         RouteSpec(ipaddress.ip_network("::/0"), (NextHopSpec(ipaddress.ip_address(RA6)),)),
     )
     spec = RouterSpec(ports, routes, services=services or (service(),), relay=relay)
-    r = Router(spec, now=0.0)
+    r = Router(spec, now=0.0, on_ring=on_ring)
     if resolved:
         learn_neighbours(
             r,
@@ -116,3 +123,28 @@ def via_b(payload: Packet) -> bytearray:
 
 def from_backend(payload: Packet, backend_mac: str = BE2_MAC) -> bytearray:
     return bytearray(bytes(Ether(src=backend_mac, dst=GW_S_MAC) / payload))
+
+
+def probes(actions: list[Action]) -> list[Ether]:
+    return [Ether(bytes(a.frame)) for a in actions if isinstance(a, Transmit) and a.port == S]
+
+
+def logged(r: Router) -> list[str]:
+    """The events as the daemon logs them."""
+    return [str(e) for e in r.events]
+
+
+def answer_syns(
+    r: Router, out: list[Action], now: float, *, from_be: tuple[str, ...] = (BE1, BE2)
+) -> list[Action]:
+    """Answer every SYN probe from the given backends with a SYN-ACK."""
+    answers: list[Action] = []
+    for p in probes(out):
+        if p.haslayer(TCP) and p[TCP].flags == "S" and p[IP].dst in from_be:
+            synack = IP(src=p[IP].dst, dst=p[IP].src) / TCP(
+                sport=p[TCP].dport, dport=p[TCP].sport, flags="SA", seq=7, ack=p[TCP].seq + 1
+            )
+            answers += r.process(
+                from_backend(synack, BE2_MAC if p[IP].dst == BE2 else "02:00:00:00:05:0b"), S, now
+            )
+    return answers

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from scapy.layers.inet import UDP
+from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
@@ -80,7 +80,9 @@ _QUOTES = {"IPerror", "TCPerror", "UDPerror", "ICMPerror", "IPerror6"}
 
 def checksums_ok(pkt: Packet) -> bool:
     """Whether every checksum of a packet, up to any quoted packet it carries,
-    is what scapy computes for it (a UDP checksum of zero means none)."""
+    is what scapy computes for it (a UDP checksum of zero means none).  What a
+    TCP or UDP segment carries is data, whatever scapy decodes it as (UDP port
+    4754 is GRE-in-UDP to scapy, whose GRE checksum is not the packet's)."""
     fresh = pkt.__class__(bytes(pkt))
     layer: Packet = fresh
     while isinstance(layer, Packet) and layer.name != "NoPayload":
@@ -89,5 +91,7 @@ def checksums_ok(pkt: Packet) -> bool:
         for field in ("chksum", "cksum"):
             if field in layer.fields and not (isinstance(layer, UDP) and layer.fields[field] == 0):
                 delattr(layer, field)  # through scapy, which then drops its cached bytes
+        if isinstance(layer, TCP | UDP):
+            break
         layer = layer.payload
     return bytes(fresh) == bytes(pkt)

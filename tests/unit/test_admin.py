@@ -147,6 +147,7 @@ def test_the_metrics_port_serves_metrics_and_nothing_else(
     assert len(nat.table) == 1000
 
 
+@pytest.mark.slow
 def test_the_socket_lists_and_deletes_in_slices(
     served: tuple[str, tuple[str, int], FakeNat],
 ) -> None:

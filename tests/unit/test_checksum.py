@@ -188,6 +188,22 @@ def test_fold_matches_reference(total: int) -> None:
     assert cs.fold(total) == ref_fold(total)
 
 
+# Integers whose words sum to a multiple of 0xFFFF: the "negative zero" case.
+ffff_multiples = st.integers(0, 2**112).map(lambda k: k * 0xFFFF)
+
+
+@FAST
+@given(st.one_of(u32, u128, ffff_multiples, st.integers(0, 2**256)))
+def test_int_sum_matches_reference_word_by_word(value: int) -> None:
+    """The one sum of an integer's 16-bit words (addresses in the pseudo-header,
+    conntrack's checksum deltas, NAT rewrites) is RFC 1071's sum of its bytes."""
+    width = max(2, (value.bit_length() + 15) // 16 * 2)
+    got = cs.int_sum(value)
+    assert got == ref_sum(value.to_bytes(width, "big"))
+    assert got == cs.ones_sum(value.to_bytes(width, "big"))
+    assert (got == 0) == (value == 0)  # only zero sums to +0; a multiple of 0xFFFF to 0xFFFF
+
+
 @FAST
 @given(st.binary(min_size=2, max_size=200), st.data())
 def test_verify_after_inserting_checksum(data: bytes, draw: st.DataObject) -> None:

@@ -19,14 +19,8 @@ from hopgate.control import conns
 from hopgate.control.conns import STEP, Filters
 from hopgate.io import mailbox as mb
 from hopgate.io.mailbox import JobStalledError, Mailbox, Steps
-from hopgate.pipeline.conntrack import (
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
-    Conn,
-    TcpState,
-    Translation,
-)
+from hopgate.packet.proto import PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from hopgate.pipeline.conntrack import Conn, TcpState, Translation
 from tests.unit.frames import C
 from tests.unit.nat_frames import A4, B4, SERVER4, inside, nat_router
 

@@ -407,6 +407,7 @@ def test_closing_connections_make_room_when_every_entry_is_assured() -> None:
     assert ports == [41001, 50000]
 
 
+@pytest.mark.slow
 def test_memory_of_expired_connections_is_reused() -> None:
     """A drained table is rebuilt small (dicts never shrink on deletion)."""
     r = router(udp=1)
@@ -435,6 +436,7 @@ segment = st.tuples(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(segment, max_size=12), st.booleans())
 @settings(max_examples=300, deadline=None)
 def test_any_segments_leave_a_valid_state_and_never_raise(

@@ -1,5 +1,6 @@
 """The full-NAT load balancer on exact bytes: translation, source in source out for
-every protocol, the VIP as a host, ICMP errors both ways (ICMP-BEHAVIOUR section 4)."""
+every protocol, the VIP as a host, ICMP errors both ways (docs/behaviour.md, "Load
+balancer")."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from hopgate.packet.proto import PROTO_UDP
 from hopgate.pipeline.actions import Action, DropReason, Transmit
-from hopgate.pipeline.conntrack import PROTO_UDP
 from hopgate.pipeline.router import Router
 from tests.unit.frames import drops
 from tests.unit.lb_frames import (

@@ -3,6 +3,7 @@ port, mutated or random, is handled or dropped with a reason; nothing raises."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -10,9 +11,9 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from hopgate.packet.proto import PROTO_UDP
 from hopgate.pipeline.actions import Drop, Transmit
-from hopgate.pipeline.conntrack import PROTO_UDP
-from hopgate.pipeline.lb import HealthSpec
+from hopgate.pipeline.lb import HealthKind, HealthSpec
 from hopgate.pipeline.model import RelaySpec
 from hopgate.pipeline.router import Router
 from tests.unit.lb_frames import (
@@ -62,10 +63,10 @@ SEEDS = [
 
 
 def node() -> Router:
-    tcp_checked = service(health=HealthSpec(kind="tcp", interval=0.5, timeout=0.2, fall=1))
+    tcp_checked = service(health=HealthSpec(kind=HealthKind.TCP, interval=0.5, timeout=0.2, fall=1))
     return lb_router(
         tcp_checked,
-        service(name="dns", protocol=PROTO_UDP, port=53, health=HealthSpec(kind="icmp")),
+        service(name="dns", protocol=PROTO_UDP, port=53, health=HealthSpec(kind=HealthKind.ICMP)),
         service6(),
         relay=RelaySpec(("gw-b",)),
     )
@@ -93,12 +94,14 @@ def mutated(draw: st.DrawFn) -> tuple[int, bytes]:
     return draw(st.integers(0, 2)), bytes(frame[:cut]) + draw(st.binary(max_size=16))
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated(), min_size=1, max_size=10), st.floats(0, 100))
 def test_mutated_frames_never_raise(frames: list[tuple[int, bytes]], poll_at: float) -> None:
     _run(frames, poll_at)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=200)), max_size=15), st.floats(0, 100)

@@ -3,50 +3,31 @@
 from __future__ import annotations
 
 from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.l2 import Ether
 
-from hopgate.pipeline.actions import Action, Transmit
-from hopgate.pipeline.lb import HealthSpec
-from hopgate.pipeline.router import Router
+from hopgate.pipeline.lb import HealthKind, HealthSpec
 from tests.unit.frames import drops
 from tests.unit.lb_frames import (
     BE1,
     BE2,
-    BE2_MAC,
     CLIENT4,
     GW_S4,
     VIP4,
     B,
     S,
+    answer_syns,
     from_backend,
     lb_router,
+    logged,
+    probes,
     service,
     via_b,
 )
 
 
-def probes(actions: list[Action]) -> list[Ether]:
-    return [Ether(bytes(a.frame)) for a in actions if isinstance(a, Transmit) and a.port == S]
-
-
-def answer_syns(
-    r: Router, out: list[Action], now: float, *, from_be: tuple[str, ...] = (BE1, BE2)
-) -> list[Action]:
-    """Answer every SYN probe from the given backends with a SYN-ACK."""
-    answers: list[Action] = []
-    for p in probes(out):
-        if p.haslayer(TCP) and p[TCP].flags == "S" and p[IP].dst in from_be:
-            synack = IP(src=p[IP].dst, dst=p[IP].src) / TCP(
-                sport=p[TCP].dport, dport=p[TCP].sport, flags="SA", seq=7, ack=p[TCP].seq + 1
-            )
-            answers += r.process(
-                from_backend(synack, BE2_MAC if p[IP].dst == BE2 else "02:00:00:00:05:0b"), S, now
-            )
-    return answers
-
-
 def test_tcp_check_sends_syn_and_resets_after_the_syn_ack() -> None:
-    r = lb_router(service(health=HealthSpec(kind="tcp", interval=2, timeout=1, rise=2, fall=3)))
+    r = lb_router(
+        service(health=HealthSpec(kind=HealthKind.TCP, interval=2, timeout=1, rise=2, fall=3))
+    )
     out = r.poll(0.0)
     syns = [p for p in probes(out) if p.haslayer(TCP)]
     assert {p[IP].dst for p in syns} == {BE1, BE2} and all(p[IP].src == GW_S4 for p in syns)
@@ -58,7 +39,9 @@ def test_tcp_check_sends_syn_and_resets_after_the_syn_ack() -> None:
 
 
 def test_a_silent_backend_goes_down_after_fall_checks_and_its_connections_stay() -> None:
-    r = lb_router(service(health=HealthSpec(kind="tcp", interval=2, timeout=1, rise=2, fall=3)))
+    r = lb_router(
+        service(health=HealthSpec(kind=HealthKind.TCP, interval=2, timeout=1, rise=2, fall=3))
+    )
     r.poll(0.0)
     # a connection to each backend first
     for sport in range(6000, 6004):
@@ -74,7 +57,7 @@ def test_a_silent_backend_goes_down_after_fall_checks_and_its_connections_stay()
         answer_syns(r, out, t + 0.1, from_be=(BE2,))
         t += 1.0
     assert not be1.up and backends["198.18.20.12:80"].up
-    assert any("backend 198.18.20.11:80 is down" in e for e in r.events)
+    assert any("backend 198.18.20.11:80 is down" in e for e in logged(r))
     assert len(be1.conns) == kept  # existing connections are left alone
     for sport in range(7000, 7010):  # new connections all go to the living one
         out = r.process(
@@ -84,7 +67,7 @@ def test_a_silent_backend_goes_down_after_fall_checks_and_its_connections_stay()
 
 
 def test_close_policy_forgets_a_failed_backends_connections() -> None:
-    health = HealthSpec(kind="tcp", interval=2, timeout=1, rise=2, fall=1)
+    health = HealthSpec(kind=HealthKind.TCP, interval=2, timeout=1, rise=2, fall=1)
     r = lb_router(service(health=health, on_backend_down="close"))
     for sport in range(6000, 6004):
         r.process(via_b(IP(src=CLIENT4, dst=VIP4) / TCP(sport=sport, dport=80, flags="S")), B, 0.0)
@@ -93,11 +76,13 @@ def test_close_policy_forgets_a_failed_backends_connections() -> None:
     r.poll(1.5)
     be1 = r.nat.services.all[0].backends[0]  # type: ignore[union-attr]
     assert not be1.up and not be1.conns
-    assert any("1 connections closed" in e for e in r.events)
+    assert any("1 connections closed" in e for e in logged(r))
 
 
 def test_a_backend_comes_back_after_rise_successes() -> None:
-    r = lb_router(service(health=HealthSpec(kind="tcp", interval=2, timeout=1, rise=2, fall=1)))
+    r = lb_router(
+        service(health=HealthSpec(kind=HealthKind.TCP, interval=2, timeout=1, rise=2, fall=1))
+    )
     be1 = r.nat.services.all[0].backends[0]  # type: ignore[union-attr]
     r.poll(0.0)
     r.poll(1.5)  # timed out: down
@@ -108,7 +93,9 @@ def test_a_backend_comes_back_after_rise_successes() -> None:
 
 
 def test_a_reset_fails_the_check_at_once() -> None:
-    r = lb_router(service(health=HealthSpec(kind="tcp", interval=2, timeout=1, rise=1, fall=1)))
+    r = lb_router(
+        service(health=HealthSpec(kind=HealthKind.TCP, interval=2, timeout=1, rise=1, fall=1))
+    )
     out = r.poll(0.0)
     for p in probes(out):
         if p[IP].dst == BE1:
@@ -120,7 +107,9 @@ def test_a_reset_fails_the_check_at_once() -> None:
 
 
 def test_icmp_check() -> None:
-    r = lb_router(service(health=HealthSpec(kind="icmp", interval=2, timeout=1, rise=1, fall=1)))
+    r = lb_router(
+        service(health=HealthSpec(kind=HealthKind.ICMP, interval=2, timeout=1, rise=1, fall=1))
+    )
     out = r.poll(0.0)
     pings = [p for p in probes(out) if p.haslayer(ICMP)]
     assert len(pings) == 2 and all(p[ICMP].type == 8 for p in pings)
@@ -138,7 +127,7 @@ def _http_exchange(status: bytes) -> bool:
     r = lb_router(
         service(
             health=HealthSpec(
-                kind="http", interval=2, timeout=1, rise=1, fall=1, http_path="/health"
+                kind=HealthKind.HTTP, interval=2, timeout=1, rise=1, fall=1, http_path="/health"
             )
         )
     )
@@ -183,7 +172,9 @@ def test_http_check_reads_the_status_line() -> None:
 
 
 def test_a_repeated_syn_ack_gets_the_same_request_again() -> None:
-    r = lb_router(service(health=HealthSpec(kind="http", interval=2, timeout=1, rise=1, fall=1)))
+    r = lb_router(
+        service(health=HealthSpec(kind=HealthKind.HTTP, interval=2, timeout=1, rise=1, fall=1))
+    )
     be2 = r.nat.services.all[0].backends[1]  # type: ignore[union-attr]
     syn = next(p for p in probes(r.poll(0.0)) if p[IP].dst == BE2)
     synack = IP(src=BE2, dst=syn[IP].src) / TCP(

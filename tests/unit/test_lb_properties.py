@@ -4,6 +4,7 @@ reply (full or 8-byte quote), finds its own client again, by the way it came."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
@@ -11,7 +12,7 @@ from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from hopgate.pipeline.conntrack import PROTO_TCP, PROTO_UDP
+from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
 from tests.unit.lb_frames import (
     BE1,
     BE1_6,
@@ -62,6 +63,7 @@ def _ip(v6: bool, src: str, dst: str) -> Packet:
     return IPv6(src=src, dst=dst, hlim=60) if v6 else IP(src=src, dst=dst, ttl=60, flags="DF")
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(flows(), min_size=1, max_size=8, unique_by=lambda f: (f[0], f[1], f[2], f[3])))
 def test_every_flow_reaches_a_backend_and_comes_back_the_way_it_came(

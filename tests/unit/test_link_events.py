@@ -9,13 +9,13 @@ import ipaddress
 from typing import Any
 
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_UP, ifinfmsg
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from hopgate.io.afpacket import IoCounters, PacketSocket
-from hopgate.io.links import IFF_LOWER_UP, IFF_UP, LinkInfo, LinkMonitor, LinkWatch, link_info
+from hopgate.io.links import LinkInfo, LinkMonitor, LinkWatch, link_info
 from hopgate.io.loop import Loop
 from hopgate.packet import addr as A
 from hopgate.pipeline.actions import DropReason

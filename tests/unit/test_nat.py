@@ -1,5 +1,5 @@
 """NAT on exact bytes: SNAT with endpoint-independent mapping, DNAT, hairpinning,
-echo identifiers, TCP states, expiry and limits (ICMP-BEHAVIOUR section 3)."""
+echo identifiers, TCP states, expiry and limits (docs/behaviour.md, "NAT")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ICMP errors through the NAT, on exact bytes (RFC 5508; ICMP-BEHAVIOUR section 3).
+"""ICMP errors through the NAT, on exact bytes (RFC 5508; docs/behaviour.md, "NAT").
 
 For each error: the packet the inside host sent (O), what it became outside (T),
 and an error that a router beyond the NAT sends about T.  Translated, the error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -49,6 +50,7 @@ def flows(draw: st.DrawFn) -> tuple[int, Packet, Packet]:
     return h, ip / ICMP(type=8, id=ident) / data, ICMP(type=0, id=ident) / data
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(flows(), min_size=1, max_size=6))
 def test_translate_verify_undo_and_reply(cases: list[tuple[int, Packet, Packet]]) -> None:

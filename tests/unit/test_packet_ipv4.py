@@ -28,6 +28,7 @@ from scapy.layers.inet import (
 from scapy.packet import Raw
 
 from hopgate.packet import ipv4
+from hopgate.packet.proto import PROTO_UDP
 
 FAST = settings(max_examples=200, deadline=None)
 SLOW = settings(max_examples=100, deadline=None)
@@ -259,6 +260,7 @@ def test_check_reason_precedence() -> None:
 # decrement_ttl()
 
 
+@pytest.mark.slow
 @FAST
 @given(header_fields, st.binary(max_size=64), st.integers(0, 22))
 def test_decrement_ttl_matches_scapy(fields: dict[str, Any], payload: bytes, lead: int) -> None:
@@ -307,7 +309,7 @@ def test_build_header_matches_scapy(
 
 
 def test_build_header_defaults() -> None:
-    hdr = ipv4.build_header(0x0A000001, 0x0A000002, ipv4.PROTO_UDP, 8)
+    hdr = ipv4.build_header(0x0A000001, 0x0A000002, PROTO_UDP, 8)
     assert bytes(hdr) == bytes(IP(src="10.0.0.1", dst="10.0.0.2", proto=17, ttl=64, id=0, len=28))
     assert ipv4.check(bytes(hdr) + bytes(8), 0, 28) is None
 
@@ -373,6 +375,7 @@ def assert_well_formed_pieces(
         assert data_len > 0
 
 
+@pytest.mark.slow
 @SLOW
 @given(scapy_fields, st.integers(1, 4000), st.integers(68, 1500), st.randoms())
 def test_fragment_properties_and_scapy_reassembly(
@@ -407,6 +410,7 @@ def _assert_well_formed_with_options(
     )
 
 
+@pytest.mark.slow
 @SLOW
 @given(header_fields, st.integers(100, 3000), st.integers(68, 1500), st.randoms())
 def test_fragment_options_in_later_fragments(
@@ -489,6 +493,7 @@ def test_fragment_a_fragment_keeps_base_and_mf(
         assert pieces == [raw]
 
 
+@pytest.mark.slow
 @SLOW
 @given(scapy_fields, st.integers(200, 4000), st.data(), st.randoms())
 def test_fragment_twice_then_scapy_reassembles(

@@ -221,6 +221,7 @@ def test_walk_scapy_composed_chain() -> None:
     assert raw[frag_at] == ipv6.NH_UDP
 
 
+@pytest.mark.slow
 @FAST
 @given(
     chains,
@@ -261,6 +262,7 @@ def test_walk_chain(kinds: list[tuple[str, int]], upper: int, lead: int, trail: 
     assert ipv6.walk(buf[:chain_end], lead, chain_end) == got
 
 
+@pytest.mark.slow
 @FAST
 @given(chains.filter(bool), st.data())
 def test_walk_truncated_chain(kinds: list[tuple[str, int]], draw: st.DataObject) -> None:
@@ -320,6 +322,7 @@ def test_walk_mobility_header_is_an_extension() -> None:
     assert ipv6.walk(raw, 0, len(raw)) == ipv6.Chain(ipv6.NH_NONE, 56, 0, False, 40)
 
 
+@pytest.mark.slow
 @FAST
 @given(
     st.lists(st.tuples(st.sampled_from(("routing", "dest")), st.integers(0, 20)), max_size=4),
@@ -365,6 +368,7 @@ def test_walk_esp_is_opaque() -> None:
 # fragment_header()
 
 
+@pytest.mark.slow
 @FAST
 @given(
     st.lists(st.tuples(st.sampled_from(("routing", "dest", "ah")), st.integers(0, 20)), max_size=4),
@@ -446,6 +450,7 @@ def original(kind: str, size: int, rnd: random.Random, **ip: Any) -> bytes:
     return bytes(base / Raw(data))  # next header 59 ... with a body: opaque bytes
 
 
+@pytest.mark.slow
 @SLOW
 @given(
     st.sampled_from(["udp", "icmp", "raw"]),

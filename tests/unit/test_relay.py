@@ -219,6 +219,7 @@ def test_per_interface_rate_limit_holds_against_many_sources() -> None:
     assert isinstance(relay.consider(frag_needed(), 1, 0.0), PmtuMessage)
 
 
+@pytest.mark.slow
 def test_the_sources_table_is_bounded() -> None:
     relay = Relay(RelaySettings(max_sources=10, iface_rate=1e9, iface_burst=1e9), 1)
     for i in range(1000):
@@ -239,6 +240,7 @@ def test_counters_and_snapshot() -> None:
 SEEDS = [frag_needed(), too_big(), frag_needed(quote=big4(443)[:40])]
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None)
 @given(
     st.sampled_from(SEEDS),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.packet import Packet
@@ -59,6 +60,7 @@ def hop_of(r: Router, pkt: Packet) -> str:
     return str(f.dst)
 
 
+@pytest.mark.slow
 def test_flows_spread_over_all_next_hops_and_stay_put() -> None:
     r = ecmp_router()
     spread: Counter[str] = Counter()

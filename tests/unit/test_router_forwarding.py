@@ -1,4 +1,5 @@
-"""Forwarding and the errors of the forwarding path (ICMP-BEHAVIOUR section 1)."""
+"""Forwarding and the errors of the forwarding path (docs/behaviour.md, "Forwarding
+(IPv4 / IPv6)")."""
 
 from __future__ import annotations
 

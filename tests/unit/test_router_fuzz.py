@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -76,6 +77,7 @@ def _run(frames: list[bytes], poll_at: float, nat: bool = False) -> None:
     r.poll(poll_at)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(min_size=0, max_size=200), max_size=20), st.floats(0, 100), st.booleans())
 def test_random_bytes_never_raise(frames: list[bytes], poll_at: float, nat: bool) -> None:
@@ -92,6 +94,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(frame[:cut]) + draw(st.binary(max_size=16))
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated(), min_size=1, max_size=8), st.floats(0, 100), st.booleans())
 def test_mutated_valid_frames_never_raise(frames: list[bytes], poll_at: float, nat: bool) -> None:

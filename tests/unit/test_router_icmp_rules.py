@@ -1,4 +1,5 @@
-"""The rules for every ICMP error hopgate originates (ICMP-BEHAVIOUR section 2)."""
+"""The rules for every ICMP error hopgate originates (docs/behaviour.md, "Every ICMP error
+hopgate sends")."""
 
 from __future__ import annotations
 

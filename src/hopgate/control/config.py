@@ -12,17 +12,33 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
+from hopgate.control.specs import Setting, setting, settings
+from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
 from hopgate.pipeline import maglev
-from hopgate.pipeline.conntrack import PROTO_TCP, PROTO_UDP, Timeouts
-from hopgate.pipeline.lb import BackendSpec, HealthSpec, ServiceSpec
 from hopgate.pipeline.model import (
+    BackendDown,
+    BackendSpec,
     DnatSpec,
+    EchoPolicy,
+    HealthKind,
+    HealthSpec,
+    IcmpRateSettings,
     IPAddress,
     IPInterface,
     NatSpec,
@@ -30,17 +46,14 @@ from hopgate.pipeline.model import (
     NextHopSpec,
     PortSpec,
     ReassemblySettings,
+    RelaySettings,
     RelaySpec,
     RouterSpec,
     RouteSpec,
+    Scheduler,
+    ServiceSpec,
     SnatSpec,
-)
-from hopgate.pipeline.ratelimit import IcmpRateSettings
-from hopgate.pipeline.relay import (
-    DEFAULT_IFACE_RATE,
-    DEFAULT_MARK,
-    DEFAULT_SRC_RATE,
-    RelaySettings,
+    Timeouts,
     burst_for,
 )
 
@@ -68,6 +81,61 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _Section(_Strict):
+    """A section whose keys are a pipeline spec's settings, one per field (see
+    ``_from_spec``)."""
+
+    spec: ClassVar[type[Any]]
+
+    def to_spec(self, **given: Any) -> Any:
+        """The spec this section describes; ``given``: its fields that are not keys."""
+        values = {s.field: s.from_key(getattr(self, s.key)) for s in _keys(self.spec)}
+        return self.spec(**values, **given)
+
+
+_S = TypeVar("_S", bound=_Section)
+_T = TypeVar("_T")
+
+
+def _keys(spec: type[Any]) -> list[Setting]:
+    return [s for s in settings(spec) if not s.internal]
+
+
+def _from_spec(spec: type[Any]) -> Callable[[type[_S]], type[_S]]:
+    """Give a section one key per setting of ``spec``, a pipeline spec dataclass:
+    named, typed, bounded and defaulted as its field says (``control/specs.py``).
+    Adding a field to the spec adds the key; nothing here changes."""
+
+    def build(cls: type[_S]) -> type[_S]:
+        keys: dict[str, Any] = {}
+        for s in _keys(spec):
+            kind = int if s.scale != 1 else s.type  # scaled keys take integers
+            keys[s.key] = (Annotated[kind, Field(**s.key_bounds())], s.to_key(s.default))
+        model = create_model(
+            cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **keys
+        )
+        model.spec = spec
+        return model
+
+    return build
+
+
+def _spec(kind: type[_T], section: _Section, **given: Any) -> _T:
+    assert section.spec is kind
+    return cast(_T, section.to_spec(**given))
+
+
+def _default(spec: type[Any], name: str) -> Any:
+    """A spec field's default in its key's unit, for a hand-written key."""
+    s = setting(spec, name)
+    return s.to_key(s.default)
+
+
+# The StrEnums of the pipeline's policies; strict validation would take only their
+# members, and the TOML file gives their values.
+_Policy = Strict(False)
 
 
 def _valid_interface_address(text: str) -> str:
@@ -115,28 +183,14 @@ class RouteConfig(_Strict):
         return v
 
 
-class IcmpConfig(_Strict):
+@_from_spec(IcmpRateSettings)
+class IcmpConfig(_Section):
     """Named after Linux's sysctls; the defaults are Linux's.  0 turns a limit off."""
 
-    ratelimit_interval_ms: Annotated[int, Field(ge=0)] = 1000
-    ratelimit_burst: Annotated[int, Field(ge=1)] = 6
-    msgs_per_second: Annotated[int, Field(ge=0)] = 1000
-    msgs_burst: Annotated[int, Field(ge=1)] = 50
 
-
-class NeighbourConfig(_Strict):
+@_from_spec(NeighbourSettings)
+class NeighbourConfig(_Section):
     """ARP/ND timing, named after net.ipv4.neigh.default.*; the defaults are Linux's."""
-
-    base_reachable_time_ms: Annotated[int, Field(ge=1000)] = 30000
-    retrans_time_ms: Annotated[int, Field(ge=100)] = 1000
-    delay_first_probe_time_ms: Annotated[int, Field(ge=0)] = 5000
-    mcast_solicit: Annotated[int, Field(ge=1, le=32)] = 3
-    ucast_solicit: Annotated[int, Field(ge=1, le=32)] = 3
-    unres_qlen: Annotated[int, Field(ge=1, le=4096)] = 64
-    max_entries: Annotated[int, Field(ge=16)] = 4096
-    # ARP only (as Linux): a reply or request changes a known neighbour's MAC only
-    # once the entry is this old; gratuitous ARP always does.
-    locktime_ms: Annotated[int, Field(ge=0)] = round(NeighbourSettings.locktime * 1000)
 
 
 class AdminConfig(_Strict):
@@ -177,7 +231,6 @@ def _valid_endpoint(text: str) -> str:
 Network = Annotated[str, AfterValidator(_valid_network)]
 Address = Annotated[str, AfterValidator(_valid_address)]
 Endpoint = Annotated[str, AfterValidator(_valid_endpoint)]
-Seconds = Annotated[float, Field(gt=0)]
 
 
 class SnatConfig(_Strict):
@@ -193,30 +246,17 @@ class DnatConfig(_Strict):
     inside: Endpoint
 
 
-class TimeoutsConfig(_Strict):
+@_from_spec(Timeouts)
+class TimeoutsConfig(_Section):
     """Seconds; named after net.netfilter.nf_conntrack_*_timeout.  The defaults
-    are the pipeline's (conntrack.Timeouts): Linux's."""
-
-    tcp_syn_sent: Seconds = Timeouts.tcp_syn_sent
-    tcp_syn_recv: Seconds = Timeouts.tcp_syn_recv
-    tcp_established: Seconds = Timeouts.tcp_established
-    tcp_fin_wait: Seconds = Timeouts.tcp_fin_wait
-    tcp_close_wait: Seconds = Timeouts.tcp_close_wait
-    tcp_last_ack: Seconds = Timeouts.tcp_last_ack
-    tcp_time_wait: Seconds = Timeouts.tcp_time_wait
-    tcp_close: Seconds = Timeouts.tcp_close
-    tcp_unacknowledged: Seconds = Timeouts.tcp_unacknowledged
-    udp: Seconds = Timeouts.udp
-    udp_stream: Seconds = Timeouts.udp_stream
-    icmp: Seconds = Timeouts.icmp
-    generic: Seconds = Timeouts.generic
+    are the pipeline's (model.Timeouts): Linux's."""
 
 
 class NatConfig(_Strict):
-    max_connections: Annotated[int, Field(ge=1)] = NatSpec.max_connections  # nf_conntrack_max
+    max_connections: Annotated[int, Field(ge=1)] = NatSpec.max_connections
     # 0: no limit
     max_connections_per_source: Annotated[int, Field(ge=0)] = NatSpec.max_connections_per_source
-    tcp_be_liberal: bool = NatSpec.tcp_be_liberal  # nf_conntrack_tcp_be_liberal
+    tcp_be_liberal: bool = NatSpec.tcp_be_liberal
     snat: list[SnatConfig] = Field(default_factory=list)
     dnat: list[DnatConfig] = Field(default_factory=list)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
@@ -227,19 +267,19 @@ class NatConfig(_Strict):
 class BackendConfig(_Strict):
     address: Address
     port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default: the service's port
-    weight: Annotated[int, Field(ge=0, le=1000)] = 1  # 0: no new connections
+    weight: Annotated[int, Field(ge=0, le=1000)] = BackendSpec.weight  # 0: no new connections
 
 
 class HealthConfig(_Strict):
-    kind: Literal["tcp", "icmp", "http", "none"] | None = None  # default: tcp, or icmp for UDP
-    interval_ms: Annotated[int, Field(ge=100)] = 2000
-    timeout_ms: Annotated[int, Field(ge=50)] = 1000
-    rise: Annotated[int, Field(ge=1, le=100)] = 2
-    fall: Annotated[int, Field(ge=1, le=100)] = 3
-    http_path: str = "/"
+    kind: Annotated[HealthKind, _Policy] | None = None  # default: tcp, or icmp for UDP
+    interval_ms: Annotated[int, Field(ge=100)] = _default(HealthSpec, "interval")
+    timeout_ms: Annotated[int, Field(ge=50)] = _default(HealthSpec, "timeout")
+    rise: Annotated[int, Field(ge=1, le=100)] = HealthSpec.rise
+    fall: Annotated[int, Field(ge=1, le=100)] = HealthSpec.fall
+    http_path: str = HealthSpec.http_path
     http_status: Annotated[
         list[Annotated[int, Field(ge=100, le=599)]], Field(min_length=2, max_length=2)
-    ] = [200, 399]
+    ] = list(HealthSpec.http_status)
 
 
 class ServiceConfig(_Strict):
@@ -247,11 +287,11 @@ class ServiceConfig(_Strict):
     vip: Address
     port: Annotated[int, Field(ge=1, le=65535)]
     protocol: Literal["tcp", "udp"]
-    scheduler: Literal["rr", "wrr", "lc", "maglev"] = "wrr"
+    scheduler: Annotated[Scheduler, _Policy] = ServiceSpec.scheduler
     local_addresses: Annotated[list[Address], Field(min_length=1)]
-    echo: Literal["answer", "forward"] = "answer"
-    on_backend_down: Literal["keep", "close"] = "keep"
-    maglev_table_size: Annotated[int, Field(ge=7)] = maglev.DEFAULT_TABLE_SIZE
+    echo: Annotated[EchoPolicy, _Policy] = ServiceSpec.echo
+    on_backend_down: Annotated[BackendDown, _Policy] = ServiceSpec.on_backend_down
+    maglev_table_size: Annotated[int, Field(ge=7)] = ServiceSpec.maglev_table_size
     backend: Annotated[list[BackendConfig], Field(min_length=1)]
     health: HealthConfig = Field(default_factory=HealthConfig)
 
@@ -262,14 +302,14 @@ class RelayConfig(_Strict):
 
     interfaces: Annotated[list[str], Field(min_length=1)]  # where errors arrive, copies go
     peers: list[Address] = Field(default_factory=list)  # unicast to these; none: broadcast
-    src_rate: Annotated[float, Field(gt=0)] = DEFAULT_SRC_RATE  # messages a second, one source
+    src_rate: Annotated[float, Field(gt=0)] = RelaySettings.src_rate  # a second, one source
     src_burst: Annotated[float, Field(ge=1)] | None = None  # default: the rate
-    iface_rate: Annotated[float, Field(gt=0)] = DEFAULT_IFACE_RATE  # per interface
+    iface_rate: Annotated[float, Field(gt=0)] = RelaySettings.iface_rate  # per interface
     iface_burst: Annotated[float, Field(ge=1)] | None = None
     min_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
     max_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
-    mark: Annotated[int, Field(ge=0, le=63)] = DEFAULT_MARK
+    mark: Annotated[int, Field(ge=0, le=63)] = RelaySettings.mark
 
     def settings(self) -> RelaySettings:
         return RelaySettings(
@@ -315,26 +355,11 @@ class Config(_Strict):
             )
             for r in self.route
         )
-        i, n = self.icmp, self.neighbour
         return RouterSpec(
             ports=tuple(ports),
             routes=routes,
-            icmp=IcmpRateSettings(
-                ratelimit_interval_ms=i.ratelimit_interval_ms,
-                ratelimit_burst=i.ratelimit_burst,
-                msgs_per_second=i.msgs_per_second,
-                msgs_burst=i.msgs_burst,
-            ),
-            neighbour=NeighbourSettings(
-                reachable_time=n.base_reachable_time_ms / 1000,
-                retrans_time=n.retrans_time_ms / 1000,
-                delay_first_probe=n.delay_first_probe_time_ms / 1000,
-                multicast_solicit=n.mcast_solicit,
-                unicast_solicit=n.ucast_solicit,
-                queue_len=n.unres_qlen,
-                max_entries=n.max_entries,
-                locktime=n.locktime_ms / 1000,
-            ),
+            icmp=_spec(IcmpRateSettings, self.icmp),
+            neighbour=_spec(NeighbourSettings, self.neighbour),
             reassembly=ReassemblySettings(),
             nat=self._nat_spec(),
             services=tuple(_service_spec(i, svc) for i, svc in enumerate(self.service)),
@@ -371,7 +396,7 @@ class Config(_Strict):
             max_connections=n.max_connections,
             max_connections_per_source=n.max_connections_per_source,
             tcp_be_liberal=n.tcp_be_liberal,
-            timeouts=Timeouts(**n.timeouts.model_dump()),
+            timeouts=_spec(Timeouts, n.timeouts),
             forward_unsolicited=n.forward_unsolicited,
         )
 
@@ -425,7 +450,7 @@ def _service_spec(index: int, svc: ServiceConfig) -> ServiceSpec:
     vip = ipaddress.ip_address(svc.vip)
     proto = PROTO_TCP if svc.protocol == "tcp" else PROTO_UDP
     h = svc.health
-    kind = h.kind or ("tcp" if proto == PROTO_TCP else "icmp")
+    kind = h.kind or (HealthKind.TCP if proto == PROTO_TCP else HealthKind.ICMP)
     return ServiceSpec(
         name=svc.name or f"{svc.protocol}/{_endpoint_text(vip, svc.port)}",
         family=vip.version,
@@ -443,8 +468,8 @@ def _service_spec(index: int, svc: ServiceConfig) -> ServiceSpec:
         maglev_table_size=svc.maglev_table_size,
         health=HealthSpec(
             kind=kind,
-            interval=h.interval_ms / 1000,
-            timeout=h.timeout_ms / 1000,
+            interval=setting(HealthSpec, "interval").from_key(h.interval_ms),
+            timeout=setting(HealthSpec, "timeout").from_key(h.timeout_ms),
             rise=h.rise,
             fall=h.fall,
             http_path=h.http_path,
@@ -838,8 +863,8 @@ def _check_services(
                 )
             backends.setdefault((a, b.port or svc.port), j)
         h = svc.health
-        kind = h.kind or ("tcp" if svc.protocol == "tcp" else "icmp")
-        if kind in ("tcp", "http") and svc.protocol != "tcp":
+        kind = h.kind or (HealthKind.TCP if svc.protocol == "tcp" else HealthKind.ICMP)
+        if kind in (HealthKind.TCP, HealthKind.HTTP) and svc.protocol != "tcp":
             issues.append(
                 ConfigIssue(
                     f"{where}.health.kind", f"a {kind} check needs a tcp service; use icmp or none"
@@ -851,7 +876,7 @@ def _check_services(
             )
         if h.http_status[0] > h.http_status[1]:
             issues.append(ConfigIssue(f"{where}.health.http_status", "give [lowest, highest]"))
-        if svc.scheduler == "maglev" and not maglev.is_prime(svc.maglev_table_size):
+        if svc.scheduler == Scheduler.MAGLEV and not maglev.is_prime(svc.maglev_table_size):
             issues.append(
                 ConfigIssue(
                     f"{where}.maglev_table_size", f"{svc.maglev_table_size} is not prime (65537 is)"

@@ -11,14 +11,8 @@ from typing import TYPE_CHECKING, Any
 from hopgate.io.mailbox import Steps
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet
-from hopgate.pipeline.conntrack import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
-    Conn,
-    TcpState,
-)
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from hopgate.pipeline.conntrack import Conn, TcpState
 from hopgate.pipeline.lb import Backend
 
 if TYPE_CHECKING:
@@ -36,7 +30,7 @@ Clock = Callable[[], float]
 
 
 def _state(conn: Conn) -> str | None:
-    return _STATE_NAMES[conn.state] if conn.key_orig[1] == PROTO_TCP else None
+    return _STATE_NAMES[conn.state] if conn.proto == PROTO_TCP else None
 
 
 def _endpoint(version: int, address: int, port: int, proto: int) -> str:

@@ -33,13 +33,15 @@ from dataclasses import dataclass
 
 from hopgate.packet import ethernet, l4
 
+# linux/socket.h, linux/if_packet.h, linux/if_ether.h: Python's socket module
+# (3.11) names only PACKET_OUTGOING of these.
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_ALLMULTI = 2
 PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
-PACKET_OUTGOING = 4
+PACKET_OUTGOING = socket.PACKET_OUTGOING
 ETH_P_ALL = 0x0003
 
 TP_STATUS_CSUMNOTREADY = 1 << 3
@@ -54,7 +56,7 @@ _STATS = struct.Struct("II")  # struct tpacket_stats: packets, drops
 # operation per frame.
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait here rather than being dropped
-SO_RCVBUFFORCE = 33
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h: not in Python's socket module
 SO_SNDBUFFORCE = 32
 
 

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from hopgate.packet import addr as A
+from hopgate.packet.ethernet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
 from hopgate.pipeline.ports import Port
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
@@ -41,9 +42,6 @@ RET_K = 0x06
 BPF_MAXINSNS = 4096
 ACCEPT = 0x40000  # the whole frame
 
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
 _V4_DST = 14 + 16
 _V6_DST = 14 + 24
 

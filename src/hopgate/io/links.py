@@ -30,13 +30,11 @@ from typing import Any, NamedTuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_UP
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger(__name__)
 
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
-AF_UNSPEC = 0
 _RCVBUF = 1024 * 1024
 
 
@@ -59,7 +57,10 @@ class LinkInfo:
 def link_info(msg: Any) -> LinkInfo | None:
     """A LinkInfo from a parsed RTM_NEWLINK / RTM_DELLINK message (None for others)."""
     kind = msg["header"]["type"]
-    if kind not in (RTM_NEWLINK, RTM_DELLINK) or msg.get("family", AF_UNSPEC) != AF_UNSPEC:
+    if (
+        kind not in (RTM_NEWLINK, RTM_DELLINK)
+        or msg.get("family", socket.AF_UNSPEC) != socket.AF_UNSPEC
+    ):
         return None
     name = msg.get_attr("IFLA_IFNAME")
     if name is None:

@@ -17,15 +17,17 @@ Everything changed is recorded and restored on exit.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.ethtool import Ethtool
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 log = logging.getLogger(__name__)
 
-ARPHRD_ETHER = 1
+ARPHRD_ETHER = 1  # linux/if_arp.h (neither socket nor pyroute2 names it)
 # Receive offloads that merge frames; what hopgate must not be shown.
 MERGING_OFFLOADS = ("rx-gro", "rx-lro", "rx-gro-hw", "rx-gro-list", "rx-udp-gro-forwarding")
 _SYSCTLS = (
@@ -103,7 +105,7 @@ class Interfaces:
         held = []
         for a in ipr.get_addr(index=index):
             address = str(_attr(a, "IFA_ADDRESS"))
-            if a["family"] == 10 and address.lower().startswith("fe80:"):
+            if a["family"] == socket.AF_INET6 and address.lower().startswith("fe80:"):
                 continue  # the kernel's own link-local: goes with its IPv6
             held.append(f"{address}/{a['prefixlen']}")
         if held:
@@ -156,7 +158,7 @@ class Interfaces:
                 log.debug("%s: %s", path, e)
         self._offloads_off(ethtool, taken)
         msg = ipr.get_links(link.index)[0]
-        if not msg["flags"] & 1:  # IFF_UP
+        if not msg["flags"] & IFF_UP:
             taken.was_down = True
             ipr.link("set", index=link.index, state="up")
 

@@ -53,7 +53,7 @@ def pseudo_sum_v4(src: int, dst: int, proto: int, length: int) -> int:
 
 def pseudo_sum_v6(src: int, dst: int, proto: int, length: int) -> int:
     """Unfolded sum of the IPv6 pseudo-header (RFC 8200 section 8.1)."""
-    return _int_sum(src) + _int_sum(dst) + proto + (length >> 16) + (length & 0xFFFF)
+    return int_sum(src) + int_sum(dst) + proto + (length >> 16) + (length & 0xFFFF)
 
 
 def update16(hc: int, old: int, new: int) -> int:
@@ -73,10 +73,16 @@ def update_bytes(hc: int, old: Buffer, new: Buffer) -> int:
 
 def update_addr(hc: int, old: int, new: int) -> int:
     """RFC 1624 for an address (as an integer, any width) changed from ``old`` to ``new``."""
-    return update_sum(hc, _int_sum(old), _int_sum(new))
+    return update_sum(hc, int_sum(old), int_sum(new))
 
 
-def _int_sum(value: int) -> int:
+def int_sum(value: int) -> int:
+    """Ones'-complement sum of the 16-bit words of a non-negative integer of any
+    width (an address), in 0..0xFFFF: ``ones_sum`` of its big-endian bytes.
+
+    The result is 0 only for 0; a nonzero multiple of 0xFFFF sums to 0xFFFF
+    (negative zero), as adding its words with end-around carry does.
+    """
     if value == 0:
         return 0
     r = value % _FOLD

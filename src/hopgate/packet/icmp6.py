@@ -6,7 +6,7 @@ from struct import Struct
 from typing import NamedTuple
 
 from hopgate.packet import checksum as cs
-from hopgate.packet.ipv6 import NH_ICMPV6
+from hopgate.packet.proto import PROTO_ICMPV6
 from hopgate.packet.types import Buffer
 
 HEADER = Struct("!BBHI")  # type, code, checksum, rest of header
@@ -53,7 +53,7 @@ def is_error(icmp_type: int) -> bool:
 
 
 def checksum(src: int, dst: int, message: Buffer) -> int:
-    return cs.checksum(message, cs.pseudo_sum_v6(src, dst, NH_ICMPV6, len(message)))
+    return cs.checksum(message, cs.pseudo_sum_v6(src, dst, PROTO_ICMPV6, len(message)))
 
 
 def build(src: int, dst: int, icmp_type: int, code: int, rest: int, data: Buffer) -> bytearray:

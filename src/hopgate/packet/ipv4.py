@@ -30,10 +30,6 @@ FLAG_DF = 0x4000
 FLAG_MF = 0x2000
 FRAG_OFFSET_MASK = 0x1FFF
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-
 # Reasons a header is refused; the pipeline counts them under these names.
 BAD_TRUNCATED = "ipv4-truncated"
 BAD_VERSION = "ipv4-bad-version"

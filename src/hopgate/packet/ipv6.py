@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from struct import Struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
+from hopgate.packet.proto import (
+    PROTO_AH,
+    PROTO_DSTOPTS,
+    PROTO_ESP,
+    PROTO_FRAGMENT,
+    PROTO_HOPOPTS,
+    PROTO_ICMPV6,
+    PROTO_MH,
+    PROTO_NONE,
+    PROTO_ROUTING,
+    PROTO_TCP,
+    PROTO_UDP,
+)
 from hopgate.packet.types import Buffer
 
 HEADER_LEN = 40
@@ -20,17 +33,19 @@ OFF_HOP_LIMIT = 7
 OFF_SRC = 8
 OFF_DST = 24
 
-NH_HOP_BY_HOP = 0
-NH_TCP = 6
-NH_UDP = 17
-NH_ROUTING = 43
-NH_FRAGMENT = 44
-NH_ESP = 50
-NH_AH = 51
-NH_ICMPV6 = 58
-NH_NONE = 59
-NH_DEST_OPTS = 60
-NH_MOBILITY = 135
+# Next Header values are IP protocol numbers (``proto``); these are their
+# RFC 8200 names, which the header chain below is written in.
+NH_HOP_BY_HOP: Final = PROTO_HOPOPTS
+NH_TCP: Final = PROTO_TCP
+NH_UDP: Final = PROTO_UDP
+NH_ROUTING: Final = PROTO_ROUTING
+NH_FRAGMENT: Final = PROTO_FRAGMENT
+NH_ESP: Final = PROTO_ESP
+NH_AH: Final = PROTO_AH
+NH_ICMPV6: Final = PROTO_ICMPV6
+NH_NONE: Final = PROTO_NONE
+NH_DEST_OPTS: Final = PROTO_DSTOPTS
+NH_MOBILITY: Final = PROTO_MH
 
 _EXTENSIONS = frozenset({NH_HOP_BY_HOP, NH_ROUTING, NH_FRAGMENT, NH_AH, NH_DEST_OPTS, NH_MOBILITY})
 # A chain longer than this is refused rather than walked: a cheap bound on work per packet.

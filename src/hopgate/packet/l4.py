@@ -6,6 +6,7 @@ from struct import Struct
 
 from hopgate.packet import checksum as cs
 from hopgate.packet import ipv4, ipv6
+from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
 from hopgate.packet.types import Buffer
 
 UDP_HEADER = Struct("!HHHH")  # source port, destination port, length, checksum
@@ -88,9 +89,9 @@ def complete_partial_checksum(frame: bytearray | memoryview, l3: int, ethertype:
         proto, at = chain.proto, chain.offset
     else:
         return False
-    if proto == 6 and stop - at >= TCP_HEADER_LEN:
+    if proto == PROTO_TCP and stop - at >= TCP_HEADER_LEN:
         field = at + TCP_OFF_CSUM
-    elif proto == 17 and stop - at >= UDP_HEADER_LEN:
+    elif proto == PROTO_UDP and stop - at >= UDP_HEADER_LEN:
         field = at + UDP_OFF_CSUM
     else:
         return False

@@ -13,21 +13,11 @@ from struct import Struct
 
 from hopgate.packet import checksum as cs
 from hopgate.packet import ipv4, ipv6, l4
+from hopgate.packet.checksum import int_sum
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 _U16 = Struct("!H")
 _U32 = Struct("!I")
-
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMPV6 = 58
-
-
-def _addr_sum(a: int) -> int:
-    if a == 0:
-        return 0
-    r = a % 0xFFFF
-    return r if r else 0xFFFF
 
 
 def _adjust(buf: bytearray | memoryview, at: int, old_sum: int, new_sum: int, udp: bool) -> None:
@@ -103,8 +93,8 @@ def ipv4_addresses(buf: bytearray | memoryview, l3: int, src: int, dst: int) -> 
     """Set an IPv4 header's addresses, adjusting its checksum.  Returns the
     ones'-complement sums of the old and new addresses, for the transport checksum."""
     old_src, old_dst = ipv4.addrs(buf, l3)
-    old = _addr_sum(old_src) + _addr_sum(old_dst)
-    new = _addr_sum(src) + _addr_sum(dst)
+    old = int_sum(old_src) + int_sum(old_dst)
+    new = int_sum(src) + int_sum(dst)
     if old_src != src:
         _U32.pack_into(buf, l3 + ipv4.OFF_SRC, src)
     if old_dst != dst:
@@ -122,4 +112,4 @@ def ipv6_addresses(buf: bytearray | memoryview, l3: int, src: int, dst: int) -> 
         buf[l3 + ipv6.OFF_SRC : l3 + ipv6.OFF_DST] = src.to_bytes(16, "big")
     if old_dst != dst:
         buf[l3 + ipv6.OFF_DST : l3 + ipv6.HEADER_LEN] = dst.to_bytes(16, "big")
-    return _addr_sum(old_src) + _addr_sum(old_dst), _addr_sum(src) + _addr_sum(dst)
+    return int_sum(old_src) + int_sum(old_dst), int_sum(src) + int_sum(dst)

@@ -21,66 +21,28 @@ import math
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import IntEnum
-from functools import cached_property
 from typing import NamedTuple
 
 from hopgate.packet import checksum as cs
 from hopgate.packet import l4
+from hopgate.packet.checksum import int_sum
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from hopgate.packet.types import Buffer
 from hopgate.pipeline import tcptrack
+from hopgate.pipeline.model import Timeouts
 from hopgate.pipeline.tcptrack import ORIG, REPLY, TcpState, Verdict
 from hopgate.pipeline.timers import Timers
 
-__all__ = ["ORIG", "REPLY", "TcpState", "Verdict"]
+__all__ = ["ORIG", "REPLY", "TcpState", "Timeouts", "Verdict"]
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMPV6 = 58
-
-Tuple = tuple[int, int, int, int, int, int]  # family, proto, src, sport, dst, dport
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds, with Linux's defaults (net.netfilter.nf_conntrack_*_timeout)."""
-
-    tcp_syn_sent: float = 120
-    tcp_syn_recv: float = 60
-    tcp_established: float = 432000
-    tcp_fin_wait: float = 120
-    tcp_close_wait: float = 60
-    tcp_last_ack: float = 30
-    tcp_time_wait: float = 120
-    tcp_close: float = 10
-    # A connection with data in flight not yet acknowledged, or picked up in
-    # mid-stream and not yet answered, never waits longer than this.
-    tcp_unacknowledged: float = 300
-    udp: float = 30  # unreplied, or replied within its first 2 s
-    udp_stream: float = 120  # still replied to after 2 s
-    icmp: float = 30
-    generic: float = 600
-
-    @cached_property
-    def _tcp_by_state(self) -> tuple[float, ...]:
-        # Built once: tcp() runs for every TCP packet of every tracked connection.
-        return (
-            self.generic,  # NONE
-            self.tcp_syn_sent,
-            self.tcp_syn_recv,
-            self.tcp_established,
-            self.tcp_fin_wait,
-            self.tcp_close_wait,
-            self.tcp_last_ack,
-            self.tcp_time_wait,
-            self.tcp_close,
-            self.tcp_syn_sent,  # SYN_SENT2
-        )
-
-    def tcp(self, state: TcpState) -> float:
-        return self._tcp_by_state[state]
+# A connection's key, and a packet's: (family, proto, src, sport, dst, dport).
+# Plain tuples, not NamedTuples: they are built for every packet (a NamedTuple
+# costs about six times as much to build), and the garbage collector stops
+# tracking a tuple of ints but never a tuple subclass (two more tracked objects
+# per connection made a full collection at 500k connections 100 ms longer).
+Tuple = tuple[int, int, int, int, int, int]
+FAMILY, PROTO, SRC, SPORT, DST, DPORT = range(6)  # its fields
 
 
 class Translation(NamedTuple):
@@ -90,14 +52,6 @@ class Translation(NamedTuple):
     sport: int
     dst: int
     dport: int
-
-
-def _sum(value: int) -> int:
-    """Ones'-complement sum of an integer's 16-bit words (any width)."""
-    if value == 0:
-        return 0
-    r = value % 0xFFFF
-    return r if r else 0xFFFF
 
 
 def _delta(old: int, new: int) -> int:
@@ -147,7 +101,7 @@ class Side:
         src, sport, dst, dport = conn.rewrite_for(direction)
         width = 4 if fam == 4 else 16
         self.addrs = src.to_bytes(width, "big") + dst.to_bytes(width, "big")
-        addr_old, addr_new = _sum(osrc) + _sum(odst), _sum(src) + _sum(dst)
+        addr_old, addr_new = int_sum(osrc) + int_sum(odst), int_sum(src) + int_sum(dst)
         self.ip_delta = _delta(addr_old, addr_new) if fam == 4 else 0
         self.udp = proto == PROTO_UDP
         if proto in (PROTO_TCP, PROTO_UDP):
@@ -173,7 +127,7 @@ class Side:
     def dst(self) -> int:
         """The destination a packet arriving on this side leaves with."""
         conn = self.conn
-        return conn.key_orig[2] if self.direction else conn.key_reply[2]
+        return conn.key_orig[SRC] if self.direction else conn.key_reply[SRC]
 
 
 class Conn:
@@ -202,7 +156,7 @@ class Conn:
     def __init__(self, key: Tuple, to: Translation, now: float, *, echo: bool = False) -> None:
         self.key_orig = key
         self.echo = echo  # an ICMP echo "connection": the identifier is its port
-        fam, proto = key[0], key[1]
+        fam, proto = key[FAMILY], key[PROTO]
         self.key_reply: Tuple = (fam, proto, to.dst, to.dport, to.src, to.sport)
         self.state = TcpState.NONE
         self.assured = False  # replies seen as Linux requires: early drop spares it
@@ -226,17 +180,17 @@ class Conn:
 
     @property
     def family(self) -> int:
-        return self.key_orig[0]
+        return self.key_orig[FAMILY]
 
     @property
     def proto(self) -> int:
-        return self.key_orig[1]
+        return self.key_orig[PROTO]
 
     @property
     def to(self) -> Translation:
         """What its original-direction packets become (the reply tuple, reversed)."""
         r = self.key_reply
-        return Translation(r[4], r[5], r[2], r[3])
+        return Translation(r[DST], r[DPORT], r[SRC], r[SPORT])
 
     @property
     def packets(self) -> list[int]:
@@ -250,9 +204,9 @@ class Conn:
         """(src, sport, dst, dport) a packet of ``direction`` leaves with."""
         if direction == ORIG:
             r = self.key_reply
-            return r[4], r[5], r[2], r[3]
+            return r[DST], r[DPORT], r[SRC], r[SPORT]
         o = self.key_orig
-        return o[4], o[5], o[2], o[3]
+        return o[DST], o[DPORT], o[SRC], o[SPORT]
 
     def arrives_as(self, direction: int) -> Tuple:
         return self.key_orig if direction == ORIG else self.key_reply
@@ -377,7 +331,7 @@ class ConnTable:
         self._peak = max(self._peak, self._count)
         self._unassured[conn] = None
         if self.max_per_source:
-            src = (conn.key_orig[0], conn.key_orig[2])
+            src = (conn.key_orig[FAMILY], conn.key_orig[SRC])
             self._per_source[src] = self._per_source.get(src, 0) + 1
         self._file(conn, conn.expires)
 
@@ -392,7 +346,8 @@ class ConnTable:
     def _interned(self, key: Tuple) -> Tuple:
         """The key with shared int objects (ports: one of ``U16``)."""
         intern = self.intern_address
-        return (key[0], key[1], intern(key[2]), U16[key[3]], intern(key[4]), U16[key[5]])
+        fam, proto, src, sport, dst, dport = key
+        return (fam, proto, intern(src), U16[sport], intern(dst), U16[dport])
 
     # -- packets -----------------------------------------------------------------
 
@@ -413,7 +368,7 @@ class ConnTable:
         and move the connection's state and deadline.  Runs before the packet is
         translated; a packet the verdict drops changes nothing."""
         t = self.timeouts
-        proto = conn.key_orig[1]
+        proto = conn.key_orig[PROTO]
         if not whole:
             verdict = Verdict.OK  # a later fragment: accounted, its first carried the header
         elif proto == PROTO_TCP:
@@ -551,7 +506,7 @@ class ConnTable:
         self._count -= 1
         conn.due = None
         if self.max_per_source:
-            src = (conn.key_orig[0], conn.key_orig[2])
+            src = (conn.key_orig[FAMILY], conn.key_orig[SRC])
             left = self._per_source.get(src, 1) - 1
             if left > 0:
                 self._per_source[src] = left

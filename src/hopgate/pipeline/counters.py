@@ -10,7 +10,8 @@ from hopgate.pipeline.actions import DropReason
 
 
 class NotSent(StrEnum):
-    """Why an ICMP error was not sent although its case arose (ICMP-BEHAVIOUR section 2)."""
+    """Why an ICMP error was not sent although its case arose (docs/behaviour.md,
+    "Every ICMP error hopgate sends")."""
 
     ABOUT_ICMP_ERROR = "about-an-icmp-error"
     TO_BROADCAST = "packet-was-to-broadcast-or-multicast"

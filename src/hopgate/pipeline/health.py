@@ -7,7 +7,10 @@ hopgate has no kernel stack on its interfaces, so it speaks the probes itself:
   status line read from the in-order data, RST; a status in the configured
   range is healthy.
 A probe that gets no answer within the timeout fails.  A backend goes down
-after ``fall`` failures in a row and comes back after ``rise`` successes.
+after ``fall`` failures in a row and comes back after ``rise`` successes: the
+checker keeps that verdict (``Backend.healthy``) and reports each change to
+``changed``; what the service does with it (``Backend.up``) is the router's
+and lb.py's business.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from struct import Struct
 from hopgate.packet import addr as A
 from hopgate.packet import checksum as cs
 from hopgate.packet import icmp4, icmp6, l4
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action
-from hopgate.pipeline.conntrack import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 from hopgate.pipeline.lb import Backend, Service, Services
 from hopgate.pipeline.timers import Timers
 
@@ -248,15 +251,15 @@ class HealthChecker:
             b.checks["ok"] += 1
             b.successes += 1
             b.failures = 0
-            if not b.up and b.successes >= health.rise:
-                b.up = True
+            if not b.healthy and b.successes >= health.rise:
+                b.healthy = True
                 self._changed(b, now)
         else:
             b.checks["failed"] += 1
             b.failures += 1
             b.successes = 0
-            if b.up and b.failures >= health.fall:
-                b.up = False
+            if b.healthy and b.failures >= health.fall:
+                b.healthy = False
                 self._changed(b, now)
 
 

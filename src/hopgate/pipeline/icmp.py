@@ -1,5 +1,5 @@
 """The ICMP and ICMPv6 messages hopgate originates, under the rules of RFC 1812 4.3.2
-and RFC 4443 2.4 (ICMP-BEHAVIOUR section 2).
+and RFC 4443 2.4 (docs/behaviour.md, "Every ICMP error hopgate sends").
 
 Every error:
 - is never sent about an ICMP error, a broadcast or multicast packet (IPv6: but
@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from hopgate.packet import addr as A
 from hopgate.packet import icmp4, icmp6, ipv4, ipv6
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.counters import Counters, NotSent
@@ -74,7 +75,7 @@ class IcmpOut:
             return NotSent.TO_BROADCAST
         if ipv4.is_later_fragment(ipv4.frag_field(frame, l3)):
             return NotSent.LATER_FRAGMENT
-        if frame[l3 + ipv4.OFF_PROTO] == ipv4.PROTO_ICMP:
+        if frame[l3 + ipv4.OFF_PROTO] == PROTO_ICMP:
             at = l3 + ipv4.header_len(frame, l3)
             # Unreadable or an error: either way, not to be answered (as Linux).
             if at >= len(frame) or icmp4.is_error(frame[at]):
@@ -118,7 +119,7 @@ class IcmpOut:
         quote = memoryview(frame)[l3 : min(end, l3 + max(room, ihl + 8))]
         msg = icmp4.build(icmp_type, code, rest, quote)
         header = ipv4.build_header(
-            src, orig_src, ipv4.PROTO_ICMP, len(msg), tos=ERROR_TOS, ident=self.next_ident()
+            src, orig_src, PROTO_ICMP, len(msg), tos=ERROR_TOS, ident=self.next_ident()
         )
         self._send(4, frame, l3, in_port, in_mac, header, msg, out)
 
@@ -145,7 +146,7 @@ class IcmpOut:
             return None  # a malformed chain is answered (Parameter Problem) like any other
         if chain.frag_offset:
             return NotSent.LATER_FRAGMENT
-        if chain.proto == ipv6.NH_ICMPV6:
+        if chain.proto == PROTO_ICMPV6:
             if chain.offset >= end:
                 return NotSent.ABOUT_ICMP_ERROR
             t = frame[chain.offset]
@@ -186,7 +187,7 @@ class IcmpOut:
         end = min(l3 + ipv6.HEADER_LEN + ipv6.payload_len(frame, l3), len(frame))
         quote = memoryview(frame)[l3 : min(end, l3 + room)]
         msg = icmp6.build(src, orig_src, icmp_type, code, rest, quote)
-        header = ipv6.build_header(src, orig_src, ipv6.NH_ICMPV6, len(msg), hop_limit=TTL)
+        header = ipv6.build_header(src, orig_src, PROTO_ICMPV6, len(msg), hop_limit=TTL)
         self._send(6, frame, l3, in_port, in_mac, header, msg, out)
 
     # -- shared ----------------------------------------------------------------

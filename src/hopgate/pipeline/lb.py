@@ -1,4 +1,4 @@
-"""L4 services for the full-NAT load balancer (ICMP-BEHAVIOUR section 4).
+"""L4 services for the full-NAT load balancer (docs/behaviour.md, "Load balancer").
 
 A service is a VIP, a port and a protocol; a pool of local addresses (LIPs)
 its connections leave from; and backends, with a weight and a health state.
@@ -7,52 +7,54 @@ weighted round robin, weighted least connections, or Maglev (the same choice on
 every node that has the same backends).  Only backends that are up are chosen;
 what happens to a failed backend's connections is the service's choice: they
 are kept (the default) or closed.
+
+A Maglev table is control-plane work, done off the packet path (Katran's split:
+the control plane computes the ring, the data path only indexes it).  When a
+backend's checks fail, it is down at once: until the table without it is
+installed, a flow whose slot names a backend that is down takes the next slot
+(slot + 1, wrapping) whose backend is up, so the flows of backends that are up
+stay where they are, and nodes that see the same flip choose alike.  A backend
+whose checks pass again is up, and chosen, once the table that includes it is
+installed.  ``MaglevControl`` is the seam: it computes tables at once (tests) or
+leaves them to the control plane (the daemon's worker process).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hopgate.packet import addr as A
+from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline import maglev
-from hopgate.pipeline.conntrack import PROTO_TCP, Conn
+from hopgate.pipeline.conntrack import Conn
+from hopgate.pipeline.model import (
+    BackendDown,
+    BackendSpec,
+    EchoPolicy,
+    HealthKind,
+    HealthSpec,
+    Scheduler,
+    ServiceSpec,
+)
 
-
-@dataclass(frozen=True)
-class HealthSpec:
-    kind: str = "tcp"  # "tcp", "icmp", "http", or "none"
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2  # successes in a row to come up
-    fall: int = 3  # failures in a row to go down
-    http_path: str = "/"
-    http_status: tuple[int, int] = (200, 399)  # a status in this range is healthy
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    address: int
-    port: int
-    weight: int = 1
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    family: int
-    protocol: int  # PROTO_TCP or PROTO_UDP
-    vip: int
-    port: int
-    backends: tuple[BackendSpec, ...]
-    local_addresses: tuple[int, ...]
-    scheduler: str = "wrr"
-    echo: str = "answer"  # "answer": the VIP answers pings; "forward": a backend does
-    on_backend_down: str = "keep"  # "keep" its connections, or "close" them
-    maglev_table_size: int = maglev.DEFAULT_TABLE_SIZE
-    health: HealthSpec = field(default_factory=HealthSpec)
+# The specs and their policies are defined with the other specs (model.py), and
+# importable from here.
+__all__ = [
+    "Backend",
+    "BackendDown",
+    "BackendSpec",
+    "EchoPolicy",
+    "HealthKind",
+    "HealthSpec",
+    "Scheduler",
+    "Service",
+    "ServiceSpec",
+    "Services",
+    "flow_key",
+]
 
 
 class Backend:
@@ -62,6 +64,7 @@ class Backend:
         "conns",
         "failures",
         "family",
+        "healthy",
         "index",
         "name",
         "port",
@@ -81,6 +84,10 @@ class Backend:
         self.weight = spec.weight
         text = A.ip_str(self.family, spec.address)
         self.name = f"[{text}]:{spec.port}" if self.family == A.V6 else f"{text}:{spec.port}"
+        # The checks' verdict (rise and fall), and whether new connections may be
+        # given to it: the same, except that a Maglev backend coming back is up
+        # only once its service's table includes it.
+        self.healthy = True
         self.up = True  # until its checks say otherwise
         self.successes = 0
         self.failures = 0
@@ -102,17 +109,64 @@ class Service:
         self._rr = 0
         self._current = [0] * len(self.backends)  # smooth weighted round robin
         self._lip = 0
-        self._table: list[int] = []
-        self.rebuild()
+        self.uses_maglev = self.spec.scheduler == "maglev"
+        # Maglev: the installed table, and which checks' verdicts it reflects.
+        self.generation = 0  # counts the verdicts that changed
+        self._installed = -1  # the generation of the installed table
+        self._table: Sequence[int] = ()
+        self._members: frozenset[int] = frozenset()
+        if self.uses_maglev:  # built here: before the loop runs, the wait harms no packet
+            request = self.ring_request()
+            self.install(request, request.compute())
 
-    def rebuild(self) -> None:
-        """Recompute what depends on which backends are up (the Maglev table)."""
-        if self.spec.scheduler == "maglev":
-            self._table = maglev.build(
-                [b.name for b in self.backends],
-                [b.weight if b.up else 0 for b in self.backends],
-                self.spec.maglev_table_size,
-            )
+    # -- health ------------------------------------------------------------------------
+
+    def withdraw(self, backend: Backend) -> None:
+        """Its checks failed: no new connection goes to it from now on."""
+        backend.up = False
+        self.generation += 1
+
+    def admit(self, backend: Backend) -> bool:
+        """Its checks pass again.  True if it is up now; a Maglev backend is up once
+        a table that includes it is installed (``install``)."""
+        self.generation += 1
+        if self.uses_maglev:
+            return False
+        backend.up = True
+        return True
+
+    def ring_request(self) -> RingRequest:
+        """The Maglev table the checks' verdicts call for, to be computed."""
+        return RingRequest(
+            self,
+            self.generation,
+            tuple(b.name for b in self.backends),
+            tuple(b.weight if b.healthy else 0 for b in self.backends),
+            self.spec.maglev_table_size,
+            tuple(b.healthy for b in self.backends),
+        )
+
+    def install(self, request: RingRequest, ring: maglev.Ring) -> list[Backend]:
+        """Put a computed table in place (one assignment) unless a newer one already
+        is.  Returns the backends it brings up: healthy when it was requested
+        (so the table is the one for them: with their slots, if their weight
+        gives them any), and still healthy."""
+        if request.generation <= self._installed:
+            return []
+        self._installed = request.generation
+        self._table = ring.table
+        self._members = ring.members
+        came = []
+        for b in self.backends:
+            if not b.up and b.healthy and request.healthy[b.index]:
+                b.up = True
+                came.append(b)
+        return came
+
+    @property
+    def table(self) -> Sequence[int]:
+        """The installed Maglev table (empty for other schedulers)."""
+        return self._table
 
     def up(self) -> list[Backend]:
         return [b for b in self.backends if b.up and b.weight > 0]
@@ -121,9 +175,21 @@ class Service:
         """The backend for a new connection, or None when none is up."""
         scheduler = self.spec.scheduler
         if scheduler == "maglev":
-            if not self._table:
+            table = self._table
+            size = len(table)
+            if not size:
                 return None
-            return self.backends[self._table[maglev.flow_hash(flow_key) % len(self._table)]]
+            slot = maglev.flow_hash(flow_key) % size
+            backend = self.backends[table[slot]]
+            if backend.up:
+                return backend
+            # Down since the table was built: the next slot whose backend is up.
+            if not any(self.backends[i].up for i in self._members):
+                return None
+            while not backend.up:
+                slot = slot + 1 if slot + 1 < size else 0
+                backend = self.backends[table[slot]]
+            return backend
         live = self.up()
         if not live:
             return None
@@ -171,6 +237,64 @@ class Service:
                 for b in self.backends
             ],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RingRequest:
+    """A Maglev table to compute: a snapshot of a service's backends.  The names,
+    weights (0 for a backend that is down) and size are plain values that can
+    cross to a thread or a process; ``service`` stays behind, for ``install``."""
+
+    service: Service
+    generation: int
+    names: tuple[str, ...]
+    weights: tuple[int, ...]
+    size: int
+    healthy: tuple[bool, ...]  # each backend's verdict when requested
+
+    def compute(self) -> maglev.Ring:
+        return maglev.ring(self.names, self.weights, self.size)
+
+
+class MaglevControl:
+    """Where the pipeline hands Maglev tables to the control plane.
+
+    ``changed(service)`` is called when a service's checks' verdicts change.
+    Built without ``notify``, it computes the new table at once (what tests
+    use: the caller waits as long as that takes).  With ``notify``, it only
+    marks the service and calls ``notify()``; whoever owns the control plane
+    then takes ``pending()`` (in the pipeline's thread), computes each request
+    wherever it likes, and gives each result to ``install`` (in the pipeline's
+    thread again).  ``announce`` is told of every backend an install brings up.
+    """
+
+    def __init__(
+        self, announce: Callable[[Backend], None], notify: Callable[[], None] | None = None
+    ) -> None:
+        self._announce = announce
+        self._notify = notify
+        self._dirty: dict[Service, None] = {}  # an ordered set
+
+    def changed(self, service: Service) -> None:
+        if not service.uses_maglev:
+            return
+        if self._notify is None:
+            request = service.ring_request()
+            self.install(request, request.compute())
+            return
+        self._dirty[service] = None
+        self._notify()
+
+    def pending(self) -> list[RingRequest]:
+        """The tables to compute: one per service changed since the last call,
+        each for its backends as they are now."""
+        requests = [s.ring_request() for s in self._dirty]
+        self._dirty.clear()
+        return requests
+
+    def install(self, request: RingRequest, ring: maglev.Ring) -> None:
+        for backend in request.service.install(request, ring):
+            self._announce(backend)
 
 
 def flow_key(family: int, proto: int, src: int, sport: int, dst: int, dport: int) -> bytes:

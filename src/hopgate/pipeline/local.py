@@ -1,4 +1,4 @@
-"""Packets addressed to the router itself (ICMP-BEHAVIOUR section 1, lower rows).
+"""Packets addressed to the router itself (docs/behaviour.md, "The router's own addresses").
 
 Echo requests are answered from the address they were sent to; UDP gets port
 unreachable; TCP gets a reset, as Linux sends it; any other protocol gets
@@ -14,6 +14,7 @@ from struct import Struct
 from hopgate.packet import addr as A
 from hopgate.packet import checksum as cs
 from hopgate.packet import icmp4, icmp6, ipv4, ipv6, l4, rewrite
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_NONE, PROTO_TCP, PROTO_UDP
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.counters import Counters
@@ -66,16 +67,16 @@ class LocalDelivery:
             4, frame, at, end, proto, src, dst, now, out
         ):
             return
-        if proto == ipv4.PROTO_ICMP:
+        if proto == PROTO_ICMP:
             self._icmp4(frame, port, l3, at, end, src, dst, now, out)
-        elif proto == ipv4.PROTO_UDP:
+        elif proto == PROTO_UDP:
             if self._udp_ok(frame, port, at, end, 4, src, dst, out):
                 self._emit.drop(port, DropReason.LOCAL_UDP_PORT_CLOSED, out)
                 self._icmp.error_v4(
                     frame, l3, port, frame[6:12], icmp4.DEST_UNREACH, icmp4.PORT_UNREACH, 0,
                     now, out, l2_group=bool(frame[0] & 1), source=dst,
                 )  # fmt: skip
-        elif proto == ipv4.PROTO_TCP:
+        elif proto == PROTO_TCP:
             self._tcp(frame, port, l3, at, end, 4, src, dst, out)
         else:
             self._emit.drop(port, DropReason.LOCAL_PROTOCOL_UNREACHABLE, out)
@@ -166,7 +167,7 @@ class LocalDelivery:
         packet = ipv4.build_header(
             dst,
             src,
-            ipv4.PROTO_ICMP,
+            PROTO_ICMP,
             len(reply),
             tos=frame[l3 + ipv4.OFF_TOS],
             ident=self._icmp.next_ident(),
@@ -213,23 +214,23 @@ class LocalDelivery:
             6, frame, at, end, proto, src, dst, now, out
         ):
             return
-        if src == 0 and proto != ipv6.NH_ICMPV6:
+        if src == 0 and proto != PROTO_ICMPV6:
             emit.drop(port, DropReason.MARTIAN_SOURCE, out)
             return
-        if proto == ipv6.NH_ICMPV6:
+        if proto == PROTO_ICMPV6:
             self._icmp6(frame, port, l3, at, end, src, dst, now, out, multicast=multicast)
         elif multicast:
             emit.drop(port, DropReason.BROADCAST_IGNORED, out)
-        elif proto == ipv6.NH_UDP:
+        elif proto == PROTO_UDP:
             if self._udp_ok(frame, port, at, end, 6, src, dst, out):
                 emit.drop(port, DropReason.LOCAL_UDP_PORT_CLOSED, out)
                 self._icmp.error_v6(
                     frame, l3, port, frame[6:12], icmp6.DEST_UNREACH, icmp6.PORT_UNREACH, 0,
                     now, out, l2_group=bool(frame[0] & 1), source=dst,
                 )  # fmt: skip
-        elif proto == ipv6.NH_TCP:
+        elif proto == PROTO_TCP:
             self._tcp(frame, port, l3, at, end, 6, src, dst, out)
-        elif proto == ipv6.NH_NONE:
+        elif proto == PROTO_NONE:
             emit.drop(port, DropReason.NO_NEXT_HEADER, out)
         else:
             emit.drop(port, DropReason.LOCAL_PROTOCOL_UNREACHABLE, out)
@@ -300,7 +301,7 @@ class LocalDelivery:
             emit.drop(port, DropReason.LOCAL_TRUNCATED, out)
             return
         msg = memoryview(frame)[at:end]
-        if not cs.verify(msg, cs.pseudo_sum_v6(src, dst, ipv6.NH_ICMPV6, end - at)):
+        if not cs.verify(msg, cs.pseudo_sum_v6(src, dst, PROTO_ICMPV6, end - at)):
             emit.drop(port, DropReason.LOCAL_BAD_CHECKSUM, out)
             return
         icmp_type = msg[0]
@@ -338,7 +339,7 @@ class LocalDelivery:
         reply[0] = icmp6.ECHO_REPLY
         reply[2] = reply[3] = 0
         _U16.pack_into(reply, 2, icmp6.checksum(reply_src, src, reply))
-        packet = ipv6.build_header(reply_src, src, ipv6.NH_ICMPV6, len(reply), hop_limit=TTL)
+        packet = ipv6.build_header(reply_src, src, PROTO_ICMPV6, len(reply), hop_limit=TTL)
         packet += reply
         self._send_back(frame, port, l3, packet, 6, out)
         self._icmp.sent_echo_reply(A.V6)
@@ -369,9 +370,9 @@ class LocalDelivery:
         if version == 4:
             if not has_sum:
                 return True
-            pseudo_sum = cs.pseudo_sum_v4(src, dst, ipv4.PROTO_UDP, length)
+            pseudo_sum = cs.pseudo_sum_v4(src, dst, PROTO_UDP, length)
         else:
-            pseudo_sum = cs.pseudo_sum_v6(src, dst, ipv6.NH_UDP, length)
+            pseudo_sum = cs.pseudo_sum_v6(src, dst, PROTO_UDP, length)
         if not has_sum or not cs.verify(memoryview(frame)[at : at + length], pseudo_sum):
             self._emit.drop(port, DropReason.LOCAL_BAD_CHECKSUM, out)
             return False
@@ -400,9 +401,9 @@ class LocalDelivery:
             emit.drop(port, DropReason.LOCAL_TRUNCATED, out)
             return
         if version == 4:
-            pseudo = cs.pseudo_sum_v4(src, dst, ipv4.PROTO_TCP, end - at)
+            pseudo = cs.pseudo_sum_v4(src, dst, PROTO_TCP, end - at)
         else:
-            pseudo = cs.pseudo_sum_v6(src, dst, ipv6.NH_TCP, end - at)
+            pseudo = cs.pseudo_sum_v6(src, dst, PROTO_TCP, end - at)
         if not cs.verify(memoryview(frame)[at:end], pseudo):
             emit.drop(port, DropReason.LOCAL_BAD_CHECKSUM, out)
             return
@@ -430,12 +431,12 @@ class LocalDelivery:
         if version == 4:
             l4.fill_checksum(
                 segment, 0, len(segment), l4.TCP_OFF_CSUM,
-                cs.pseudo_sum_v4(dst, src, ipv4.PROTO_TCP, len(segment)), udp=False,
+                cs.pseudo_sum_v4(dst, src, PROTO_TCP, len(segment)), udp=False,
             )  # fmt: skip
             packet = ipv4.build_header(
                 dst,
                 src,
-                ipv4.PROTO_TCP,
+                PROTO_TCP,
                 len(segment),
                 tos=frame[l3 + ipv4.OFF_TOS] & 0xFC,
                 ident=0,
@@ -444,9 +445,9 @@ class LocalDelivery:
         else:
             l4.fill_checksum(
                 segment, 0, len(segment), l4.TCP_OFF_CSUM,
-                cs.pseudo_sum_v6(dst, src, ipv6.NH_TCP, len(segment)), udp=False,
+                cs.pseudo_sum_v6(dst, src, PROTO_TCP, len(segment)), udp=False,
             )  # fmt: skip
-            packet = ipv6.build_header(dst, src, ipv6.NH_TCP, len(segment), hop_limit=TTL)
+            packet = ipv6.build_header(dst, src, PROTO_TCP, len(segment), hop_limit=TTL)
         packet += segment
         emit.drop(port, DropReason.LOCAL_TCP_RESET, out)
         self._counters.tcp_resets_sent += 1

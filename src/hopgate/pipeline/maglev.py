@@ -10,15 +10,24 @@ same table, and a backend leaving moves only about 1/N of the flows.
 
 The hashes are BLAKE2b, not Python's hash(): nodes must agree whatever their
 Python or PYTHONHASHSEED.
+
+Building a table is control-plane work (tens of milliseconds for 65,537 slots): ``ring``
+runs wherever the control plane runs it (the daemon: a worker process) and
+returns plain values that cross to the packet loop, where installing the result
+is one assignment (lb.py, ``MaglevControl``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import gcd
 
-DEFAULT_TABLE_SIZE = 65537  # prime, as the paper asks; what DPVS uses
+from hopgate.pipeline.model import ServiceSpec
+
+DEFAULT_TABLE_SIZE = ServiceSpec.maglev_table_size  # 65537: prime, as the paper asks
 
 
 def _h(data: bytes, person: bytes) -> int:
@@ -80,3 +89,21 @@ def build(
                 if filled == size:
                     return table
             following[i] = j
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """A built table as the data path uses it: ``table[slot]`` is a backend's
+    index; ``members`` the indexes that hold at least one slot (a backend whose
+    turn never came in a small table holds none)."""
+
+    table: Sequence[int]
+    members: frozenset[int]
+
+
+def ring(names: Sequence[str], weights: Sequence[int], size: int = DEFAULT_TABLE_SIZE) -> Ring:
+    """``build``, packed for the data path: the slots in a compact array (4 bytes
+    each; it pickles as one block of bytes, so it crosses from a worker process
+    cheaply) and the backends that hold any."""
+    table = build(names, weights, size)
+    return Ring(array("I", table), frozenset(table))

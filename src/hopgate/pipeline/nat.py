@@ -1,4 +1,4 @@
-"""Source and destination NAT for IPv4 and IPv6 (ICMP-BEHAVIOUR section 3).
+"""Source and destination NAT for IPv4 and IPv6 (docs/behaviour.md, "NAT").
 
 - SNAT ("masquerade" when no pool is given): flows from inside prefixes leaving
   an interface take an outside address and port.  Mappings are
@@ -36,15 +36,12 @@ from typing import NamedTuple, cast
 from hopgate.packet import addr as A
 from hopgate.packet import checksum as cs
 from hopgate.packet import flows, icmp4, icmp6, ipv4, ipv6, l4, rewrite
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from hopgate.packet.types import Buffer
 from hopgate.pipeline import tcptrack
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import (
     ORIG,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
     U16,
     Conn,
     ConnTable,

@@ -10,10 +10,20 @@ never starved.  Echo replies are not errors and are not limited.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from enum import StrEnum
 
 from hopgate.packet import icmp4, icmp6
+from hopgate.pipeline.model import IcmpRateSettings
+
+# IcmpRateSettings is defined with the other specs (model.py), and importable from here.
+__all__ = [
+    "V4_LIMITED_TYPES",
+    "IcmpRateLimiter",
+    "IcmpRateSettings",
+    "Limit",
+    "TokenBucket",
+    "is_limited_type",
+]
 
 # Linux's default icmp_ratemask 0x1818: Destination Unreachable, Source Quench,
 # Time Exceeded, Parameter Problem.
@@ -25,18 +35,6 @@ V4_LIMITED_TYPES = frozenset(
 class Limit(StrEnum):
     GLOBAL = "global"
     PER_DESTINATION = "per-destination"
-
-
-@dataclass(frozen=True)
-class IcmpRateSettings:
-    """The ``[icmp]`` settings; 0 turns the corresponding limit off."""
-
-    ratelimit_interval_ms: int = 1000
-    ratelimit_burst: int = 6
-    msgs_per_second: int = 1000
-    msgs_burst: int = 50
-    # How many destinations keep their own bucket; the least recently created go first.
-    max_destinations: int = 65536
 
 
 class TokenBucket:

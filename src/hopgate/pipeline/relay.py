@@ -29,24 +29,28 @@ from enum import StrEnum
 from struct import Struct
 
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from hopgate.packet.types import Buffer
+from hopgate.pipeline.model import RelaySettings
 from hopgate.pipeline.ratelimit import TokenBucket
+
+# RelaySettings is defined with the other specs (model.py), and importable from here.
+__all__ = [
+    "MAX_MTU",
+    "PmtuMessage",
+    "Relay",
+    "RelayCounters",
+    "RelayDrop",
+    "RelaySettings",
+    "is_marked",
+    "read",
+    "relayed_copy",
+]
 
 _U16 = Struct("!H")
 _U32 = Struct("!I")
 
 MAX_MTU = 65535
-# DSCP 63 (0b111111): RFC 2474's Pool 2 (xxxxx1... xxxx11) is for experimental
-# and local use, so no router sets it on the errors it sends.
-DEFAULT_MARK = 63
-# Messages a second relayed from one source address and from one interface.
-DEFAULT_SRC_RATE = 10.0
-DEFAULT_IFACE_RATE = 100.0
-
-
-def burst_for(rate: float, burst: float | None) -> float:
-    """A bucket's burst when none is given: the rate, never below one message."""
-    return max(1.0, rate) if burst is None else burst
 
 
 class RelayDrop(StrEnum):
@@ -60,20 +64,6 @@ class RelayDrop(StrEnum):
     PORT_FILTERED = "port-filtered"
     RATE_SOURCE = "rate-limited-source"
     RATE_INTERFACE = "rate-limited-interface"
-
-
-@dataclass(frozen=True)
-class RelaySettings:
-    # Bursts are at least 1 (the CLI and the config check it; burst_for() fills them in).
-    src_rate: float = DEFAULT_SRC_RATE
-    src_burst: float = DEFAULT_SRC_RATE
-    iface_rate: float = DEFAULT_IFACE_RATE
-    iface_burst: float = DEFAULT_IFACE_RATE
-    min_mtu: int | None = None  # a stricter range than the sanity check's
-    max_mtu: int | None = None
-    ports: frozenset[int] = frozenset()  # only errors about these source ports (empty: all)
-    mark: int = DEFAULT_MARK
-    max_sources: int = 4096  # sources with a bucket of their own; the oldest go first
 
 
 @dataclass(frozen=True)
@@ -181,7 +171,7 @@ def read(frame: Buffer) -> PmtuMessage | RelayDrop:
         at = l3 + ipv4.header_len(frame, l3)
         frag = ipv4.frag_field(frame, l3)
         if (
-            frame[l3 + ipv4.OFF_PROTO] != ipv4.PROTO_ICMP
+            frame[l3 + ipv4.OFF_PROTO] != PROTO_ICMP
             or ipv4.is_fragment(frag)
             or at + icmp4.HEADER_LEN > end
             or frame[at] != icmp4.DEST_UNREACH
@@ -203,7 +193,7 @@ def read(frame: Buffer) -> PmtuMessage | RelayDrop:
         transport = inner + ipv4.header_len(frame, inner)
         sport = (
             _U16.unpack_from(frame, transport)[0]
-            if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP)
+            if proto in (PROTO_TCP, PROTO_UDP)
             and not ipv4.is_later_fragment(ipv4.frag_field(frame, inner))
             else None
         )
@@ -215,7 +205,7 @@ def read(frame: Buffer) -> PmtuMessage | RelayDrop:
         chain = ipv6.walk(frame, l3, end)
         if (
             isinstance(chain, str)
-            or chain.proto != ipv6.NH_ICMPV6
+            or chain.proto != PROTO_ICMPV6
             or chain.is_fragment
             or chain.offset + icmp6.HEADER_LEN > end
             or frame[chain.offset] != icmp6.PACKET_TOO_BIG
@@ -228,13 +218,13 @@ def read(frame: Buffer) -> PmtuMessage | RelayDrop:
         if inner + ipv6.HEADER_LEN + 8 > end or frame[inner] >> 4 != 6:
             return RelayDrop.NO_QUOTE
         sport = None
-        if frame[inner + ipv6.OFF_NEXT_HEADER] in (ipv6.NH_TCP, ipv6.NH_UDP):
+        if frame[inner + ipv6.OFF_NEXT_HEADER] in (PROTO_TCP, PROTO_UDP):
             sport = _U16.unpack_from(frame, inner + ipv6.HEADER_LEN)[0]
         else:
             ichain = ipv6.walk(frame, inner, end)
             if (
                 not isinstance(ichain, str)
-                and ichain.proto in (ipv6.NH_TCP, ipv6.NH_UDP)
+                and ichain.proto in (PROTO_TCP, PROTO_UDP)
                 and not ichain.frag_offset
                 and ichain.offset + 2 <= end
             ):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from hopgate.packet import addr as A
 from hopgate.packet import arp, ethernet, icmp4, icmp6, ipv6
+from hopgate.packet.proto import PROTO_ICMPV6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.conntrack import Side
@@ -137,7 +138,7 @@ class NdResolver(_Resolver):
         body = icmp6.nd_body(addr, icmp6.OPT_SOURCE_LL, p.mac)
         msg = icmp6.build(src, dst, icmp6.NEIGHBOR_SOLICITATION, 0, 0, body)
         frame = bytearray(ethernet.header(dst_mac, p.mac, ethernet.ETH_P_IPV6))
-        frame += ipv6.build_header(src, dst, ipv6.NH_ICMPV6, len(msg), hop_limit=icmp6.ND_HOP_LIMIT)
+        frame += ipv6.build_header(src, dst, PROTO_ICMPV6, len(msg), hop_limit=icmp6.ND_HOP_LIMIT)
         frame += msg
         self._emit.counters.nd_sent["solicitation"] += 1
         self._emit.transmit(port, frame, out)
@@ -177,7 +178,7 @@ class NdResolver(_Resolver):
         na = icmp6.build(nd.target, dst, icmp6.NEIGHBOR_ADVERTISEMENT, 0, flags, body)
         reply = reply_l2(frame, l3, dst_mac, p.mac)
         reply += ipv6.build_header(
-            nd.target, dst, ipv6.NH_ICMPV6, len(na), hop_limit=icmp6.ND_HOP_LIMIT
+            nd.target, dst, PROTO_ICMPV6, len(na), hop_limit=icmp6.ND_HOP_LIMIT
         )
         reply += na
         self._emit.counters.nd_sent["advertisement"] += 1

@@ -1,4 +1,6 @@
-"""The router pipeline: frame + ingress port + time in, actions out (ICMP-BEHAVIOUR section 1).
+"""The router pipeline: frame + ingress port + time in, actions out.
+
+What it does with each packet is docs/behaviour.md, "Forwarding (IPv4 / IPv6)".
 
 Pure: no sockets, no clock.  The I/O layer calls ``process`` for each frame and
 ``poll`` when ``next_deadline`` passes, and carries out the actions returned.
@@ -8,18 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
+from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.cluster import ClusterRelay
 from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
+from hopgate.pipeline.events import BackendChanged, Event
 from hopgate.pipeline.health import HealthChecker
 from hopgate.pipeline.icmp import IcmpOut
-from hopgate.pipeline.lb import Backend, Services
+from hopgate.pipeline.lb import Backend, MaglevControl, Services
 from hopgate.pipeline.local import LocalDelivery
 from hopgate.pipeline.model import IPAddress, NatSpec, RouterSpec
 from hopgate.pipeline.nat import Nat, Plan
@@ -45,7 +50,13 @@ _IPV6_CHECK = ipv6.check
 
 
 class Router:
-    def __init__(self, spec: RouterSpec, now: float = 0.0) -> None:
+    def __init__(
+        self, spec: RouterSpec, now: float = 0.0, *, on_ring: Callable[[], None] | None = None
+    ) -> None:
+        """``on_ring``: called when a Maglev table is to be computed (a backend's
+        checks changed their verdict); its owner takes ``self.maglev.pending()``
+        and installs the results.  Without it, the table is computed at once,
+        inside the call that saw the change (tests)."""
         self.spec = spec
         extra = _nat_host_addresses(spec)
         self.ports: list[Port] = [
@@ -57,8 +68,9 @@ class Router:
         services = Services(spec.services) if spec.services else None
         self.local = LocalAddresses(self.ports, services.vips if services else None)
         # What happened that an operator should read (a backend going down...):
-        # the pipeline only records it; the daemon logs it.
-        self.events: deque[str] = deque(maxlen=1000)
+        # the pipeline only records it (pipeline/events.py); the daemon logs it.
+        self.events: deque[Event] = deque(maxlen=1000)
+        self.maglev = MaglevControl(self._backend_up, on_ring)
         self.counters = Counters([p.name for p in self.ports])
         # Ports whose link is down or gone (the I/O layer says so): nothing is
         # forwarded to them.
@@ -393,10 +405,10 @@ class Router:
         end = l3 + ipv4.total_len(frame, l3)
         if ipv4.is_fragment(ipv4.frag_field(frame, l3)):
             return flow_hash(proto, src, 0, dst, 0)
-        if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) and end - at >= 4:
+        if proto in (PROTO_TCP, PROTO_UDP) and end - at >= 4:
             sport, dport = l4.ports(frame, at)
             return flow_hash(proto, src, sport, dst, dport)
-        if proto == ipv4.PROTO_ICMP and end - at >= icmp4.HEADER_LEN:
+        if proto == PROTO_ICMP and end - at >= icmp4.HEADER_LEN:
             t = frame[at]
             if icmp4.is_error(t):
                 inner = at + icmp4.HEADER_LEN
@@ -404,7 +416,7 @@ class Router:
                     isrc, idst = ipv4.addrs(frame, inner)
                     iproto = frame[inner + ipv4.OFF_PROTO]
                     iat = inner + ipv4.header_len(frame, inner)
-                    if iproto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) and end - iat >= 4:
+                    if iproto in (PROTO_TCP, PROTO_UDP) and end - iat >= 4:
                         isport, idport = l4.ports(frame, iat)
                         return flow_hash(iproto, isrc, isport, idst, idport)
                     return flow_hash(iproto, isrc, 0, idst, 0)
@@ -536,10 +548,10 @@ class Router:
         if isinstance(chain, str) or chain.is_fragment:
             return flow_hash(0, src, 0, dst, 0)
         proto, at = chain.proto, chain.offset
-        if proto in (ipv6.NH_TCP, ipv6.NH_UDP) and end - at >= 4:
+        if proto in (PROTO_TCP, PROTO_UDP) and end - at >= 4:
             sport, dport = l4.ports(frame, at)
             return flow_hash(proto, src, sport, dst, dport)
-        if proto == ipv6.NH_ICMPV6 and end - at >= icmp6.HEADER_LEN:
+        if proto == PROTO_ICMPV6 and end - at >= icmp6.HEADER_LEN:
             t = frame[at]
             if icmp6.is_error(t):
                 inner = at + icmp6.HEADER_LEN
@@ -548,7 +560,7 @@ class Router:
                     ichain = ipv6.walk(frame, inner, end)
                     if not isinstance(ichain, str) and not ichain.is_fragment:
                         iat = ichain.offset
-                        if ichain.proto in (ipv6.NH_TCP, ipv6.NH_UDP) and end - iat >= 4:
+                        if ichain.proto in (PROTO_TCP, PROTO_UDP) and end - iat >= 4:
                             isport, idport = l4.ports(frame, iat)
                             return flow_hash(ichain.proto, isrc, isport, idst, idport)
                         return flow_hash(ichain.proto, isrc, 0, idst, 0)
@@ -589,15 +601,28 @@ class Router:
         return v6_source_for(self.ports, egress, dst)
 
     def _backend_changed(self, backend: Backend, now: float) -> None:
+        """The checks changed their verdict on ``backend`` (``backend.healthy``)."""
         service = backend.service
-        state = "up" if backend.up else "down"
-        service.rebuild()
-        closed = ""
-        if not backend.up and service.spec.on_backend_down == "close" and self.nat is not None:
-            closed = f"; {self.nat.close_backend(backend)} connections closed"
+        if backend.healthy:
+            if service.admit(backend):
+                self._backend_up(backend)
+        else:
+            service.withdraw(backend)
+            closed = None
+            if service.spec.on_backend_down == "close" and self.nat is not None:
+                closed = self.nat.close_backend(backend)
+            self._announce(BackendChanged(service.name, backend.name, False, closed))
+        # Maglev: a new table, computed at once or by the control plane (on_ring);
+        # a backend coming back is up when it is installed.
+        self.maglev.changed(service)
+
+    def _backend_up(self, backend: Backend) -> None:
+        self._announce(BackendChanged(backend.service.name, backend.name, True))
+
+    def _announce(self, event: BackendChanged) -> None:
         if self.nat is not None:
-            self.nat.counters[f"backends-{state}"] += 1
-        self.events.append(f"service {service.name}: backend {backend.name} is {state}{closed}")
+            self.nat.counters["backends-up" if event.up else "backends-down"] += 1
+        self.events.append(event)
 
     # -- NAT -------------------------------------------------------------------------
 
