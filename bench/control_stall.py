@@ -44,9 +44,8 @@ from bench.report import replace_section
 from hopgate.control.lbcontrol import process_executor
 from hopgate.packet import checksum as cs
 from hopgate.packet.proto import PROTO_TCP
-from hopgate.pipeline import maglev
 from hopgate.pipeline.actions import Action, Transmit
-from hopgate.pipeline.lb import BackendSpec, HealthKind, HealthSpec, Scheduler, ServiceSpec
+from hopgate.pipeline.lb import BackendSpec, HealthKind, HealthSpec, Scheduler, ServiceSpec, maglev
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RouterSpec, RouteSpec
 from hopgate.pipeline.router import Router
 

@@ -16,7 +16,6 @@ from scapy.layers.inet import IP, TCP
 
 from hopgate.control.lbcontrol import RingWorker, process_executor
 from hopgate.packet.proto import PROTO_TCP
-from hopgate.pipeline import maglev
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.events import BackendChanged
 from hopgate.pipeline.lb import (
@@ -27,6 +26,7 @@ from hopgate.pipeline.lb import (
     Scheduler,
     Service,
     ServiceSpec,
+    maglev,
 )
 from hopgate.pipeline.router import Router
 from tests.unit.lb_frames import (

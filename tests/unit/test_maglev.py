@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from hopgate.pipeline import maglev
+from hopgate.pipeline.lb import maglev
 
 SMALL = 5003  # prime; keeps the tests quick while leaving room for 100 slots a backend
 NAMES = [f"198.18.20.{i}:80" for i in range(11, 21)]

@@ -30,7 +30,7 @@ from pydantic import (
 
 from hopgate.control.specs import Setting, setting, settings
 from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
-from hopgate.pipeline import maglev
+from hopgate.pipeline.lb import maglev
 from hopgate.pipeline.model import (
     BackendDown,
     BackendSpec,

@@ -1,6 +1,6 @@
 """The load balancer's control plane: Maglev tables computed off the packet loop.
 
-A backend's checks are decided in the pipeline (pipeline/health.py); when the
+A backend's checks are decided in the pipeline (pipeline/lb/health.py); when the
 verdict changes, its service needs a new Maglev table: 65,537 slots, 25 to
 110 ms of Python (bench/control_stall.py).  Computed in the loop, that time
 would be a stall of every packet.  The router is built with
@@ -8,7 +8,7 @@ would be a stall of every packet.  The router is built with
 (``MaglevControl.pending``) in the loop thread, computes them in a worker
 process, and hands each result back through the loop's mailbox, where
 installing it is one assignment.  Meanwhile the data path stays consistent on
-its own (lb.py: a backend that is down is skipped).
+its own (lb/service.py: a backend that is down is skipped).
 
 A process rather than a thread: a thread computing a table holds the GIL, and
 the loop, which gives the GIL up at every system call, would wait up to the
@@ -33,8 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
-from hopgate.pipeline import maglev
-from hopgate.pipeline.lb import MaglevControl, RingRequest
+from hopgate.pipeline.lb import MaglevControl, RingRequest, maglev
 
 log = logging.getLogger(__name__)
 

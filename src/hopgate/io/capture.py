@@ -19,6 +19,7 @@ import ctypes
 import socket
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 from hopgate.io.afpacket import (
     ETH_P_ALL,
@@ -27,6 +28,7 @@ from hopgate.io.afpacket import (
     set_buffers,
     socket_drops,
 )
+from hopgate.packet import ethernet
 
 SO_ATTACH_FILTER = 26
 
@@ -98,6 +100,22 @@ def attach(sock: socket.socket, program: list[Insn]) -> None:
     buf = ctypes.create_string_buffer(code)
     fprog = _SockFprog(len(program), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+
+
+class InterfaceError(Exception):
+    """The interface named is not there, or is not Ethernet."""
+
+
+def interface_mac(ifname: str) -> bytes:
+    """The interface's MAC (the source of the copies relayed there)."""
+    try:
+        text = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+    except OSError:
+        raise InterfaceError(f"no interface named {ifname!r} here") from None
+    mac = ethernet.parse_mac(text)
+    if len(mac) != 6:
+        raise InterfaceError(f"{ifname} is not an Ethernet interface (address {text!r})")
+    return mac
 
 
 class CaptureSocket:

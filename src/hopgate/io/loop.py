@@ -1,8 +1,8 @@
 """The loop: frames from the packet sockets into the pipeline, actions out, timers run.
 
-Single-threaded over the pipeline.  Other threads (the admin API) ask for work
-to be done in the loop with ``call``; signals and those requests wake the loop
-through one pipe.
+Single-threaded over the pipeline, on the reactor (io/reactor.py) that the relay
+shares.  Other threads (the admin API) ask for work to be done in the loop with
+``call``; signals and those requests wake the loop through one pipe.
 
 Link events (io/links.py) arrive on an rtnetlink socket in the same epoll set:
 a link that goes down or away has its packet socket closed (no wake-ups from a
@@ -12,8 +12,8 @@ its name, is taken again (io/netprep.py) and its socket opened again.
 
 from __future__ import annotations
 
+import functools
 import logging
-import select
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from hopgate.io.afpacket import PacketSocket
 from hopgate.io.links import Change, LinkMonitor
-from hopgate.io.mailbox import Mailbox
+from hopgate.io.reactor import Reactor
 from hopgate.pipeline.actions import DropReason, Transmit
 from hopgate.pipeline.router import Router
 
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 BATCH = 64  # frames read from one socket before the others get their turn
 CONTROL_BATCH = 64  # the same for a control socket (io/ctlpath.py), read first
-MAX_SLEEP = 1.0
+# The order in which a turn reads what is ready (io/reactor.py).
+_CONTROL, _DATA, _LINKS = 0, 1, 2
 
 
 class Loop:
@@ -50,10 +51,10 @@ class Loop:
         self.links = links
         self.prepare = prepare
         self.internal_errors = 0
-        self.mailbox = Mailbox()
-        self._ep: select.epoll | None = None
-        # fd -> (port, socket, whether it is the control socket)
-        self._by_fd: dict[int, tuple[int, PacketSocket, bool]] = {}
+        self.reactor = Reactor(clock)
+        self.mailbox = self.reactor.mailbox
+        self._active = False  # running: sockets opened are read
+        self._by_fd: dict[int, int] = {}  # fd -> port
 
     def call(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` in the loop between two batches of frames; its result arrives
@@ -66,87 +67,64 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
-        ep = self._ep = select.epoll()
-        by_fd = self._by_fd
-        for port in range(len(self.sockets)):
-            self._register(port)
-        mailbox = self.mailbox
-        ep.register(mailbox.wake_fd, select.EPOLLIN)
-        links = self.links
-        links_fd = -1
-        if links is not None:
-            links_fd = links.fileno()
-            ep.register(links_fd, select.EPOLLIN)
-            # What changed between taking the interfaces and subscribing.
-            self.apply_link_changes(links.resync())
-        router = self.router
+        """Turn until stopped (io/reactor.py): each turn the control sockets are
+        read first (ARP, ND, answers to hopgate's own packets: they never wait
+        behind a batch of data frames), then the data sockets, then the link
+        events (they close and open sockets, whose descriptors this turn's events
+        name), then the pipeline's timers, the router's events logged and the
+        admin API's calls."""
+        self._active = True
         try:
-            while not mailbox.stopping:
-                deadline = router.next_deadline()
-                timeout = MAX_SLEEP
-                if deadline is not None:
-                    timeout = min(MAX_SLEEP, max(0.0, deadline - self.clock()))
-                events = ep.poll(timeout)
-                link_events = False
-                data = []
-                # Control sockets first (ARP, ND, answers to hopgate's own
-                # packets): they never wait behind a batch of data frames.
-                for fd, _ in events:
-                    if fd == mailbox.wake_fd:
-                        mailbox.drain()
-                        continue
-                    if fd == links_fd:
-                        link_events = True
-                        continue
-                    got = by_fd.get(fd)
-                    if got is None:
-                        continue
-                    if got[2]:
-                        self._receive(got[0], got[1], control=True)
-                    else:
-                        data.append(got)
-                for port, sock, _ in data:
-                    self._receive(port, sock)
-                # After the frames: closing or re-opening a socket changes the
-                # descriptors this round's events name.
-                if link_events and links is not None:
-                    self.apply_link_changes(links.read())
-                now = self.clock()
-                deadline = router.next_deadline()
-                if deadline is not None and deadline <= now:
-                    self._execute(router.poll(now))
-                # Logged before the admin API is answered: what a status shows
-                # has been logged by then.
-                news = router.events
-                while news:
-                    log.info("%s", news.popleft())
-                mailbox.run_calls()
+            for port in range(len(self.sockets)):
+                self._register(port)
+            links = self.links
+            if links is not None:
+                self.reactor.add_reader(
+                    links.fileno(), lambda: self.apply_link_changes(links.read()), order=_LINKS
+                )
+                # What changed between taking the interfaces and subscribing.
+                self.apply_link_changes(links.resync())
+            router = self.router
+            self.reactor.run(
+                next_deadline=router.next_deadline,
+                on_deadline=lambda now: self._execute(router.poll(now)),
+                end_of_turn=self._log_events,
+            )
         finally:
-            self._ep = None
-            by_fd.clear()
-            ep.close()
+            self._active = False
+            self._by_fd.clear()
+
+    def _log_events(self) -> None:
+        # Logged before the admin API is answered: what a status shows has been
+        # logged by then.
+        news = self.router.events
+        while news:
+            log.info("%s", news.popleft())
 
     # -- link events ------------------------------------------------------------------
 
     def _register(self, port: int) -> None:
-        sock = self.sockets[port]
-        if self._ep is None:
+        if not self._active:
             return
+        sock = self.sockets[port]
         for fd, control in sock.filenos():
-            self._ep.register(fd, select.EPOLLIN)
-            self._by_fd[fd] = (port, sock, control)
+            self.reactor.add_reader(
+                fd,
+                functools.partial(self._receive, port, sock, control),
+                order=_CONTROL if control else _DATA,
+            )
+            self._by_fd[fd] = port
 
     def _unregister(self, port: int) -> None:
         sock = self.sockets[port]
         for fd, _ in sock.filenos():
-            if fd < 0 or self._by_fd.get(fd, (None,))[0] != port:
+            if fd < 0 or self._by_fd.get(fd) != port:
                 continue
             del self._by_fd[fd]
-            if self._ep is not None:
-                try:
-                    self._ep.unregister(fd)
-                except OSError as e:
-                    log.debug("%s: %s", sock.ifname, e)
+            try:
+                self.reactor.remove_reader(fd)
+            except OSError as e:
+                log.debug("%s: %s", sock.ifname, e)
 
     def apply_link_changes(self, changes: list[Change]) -> None:
         """Carry out what the link events decided (one log line each)."""
@@ -230,6 +208,6 @@ class Loop:
             )
 
     def close(self) -> None:
-        self.mailbox.close()
+        self.reactor.close()
         if self.links is not None:
             self.links.close()

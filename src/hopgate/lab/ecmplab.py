@@ -25,11 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from hopgate.control.admin import fetch_status
+from hopgate.lab.configs import Table, dumps
 from hopgate.lab.netns import Namespace, Process, Topology
 from hopgate.lab.topologies import (
     HTTP_PORT,
     KERNEL_ROUTER,
-    LAB_ICMP,
+    LAB_ICMP_SETTINGS,
+    admin,
+    interface,
+    route,
     start_hopgate,
     wait_for_listen,
 )
@@ -77,51 +81,39 @@ ECMP_ROUTER = {
 
 
 def node_config(i: int, admin_socket: str, relay: bool) -> str:
+    """hopgate on ECMP node ``i`` (from 0), with or without its ``[relay]``."""
     a = ECMP_ADDR
-    relay_section = '[relay]\ninterfaces = ["gw-f"]\n' if relay else ""
-    backends4 = ", ".join(f'{{ address = "{b}" }}' for b in a.backends4)
-    backends6 = ", ".join(f'{{ address = "{b}" }}' for b in a.backends6)
-    return f"""\
-# hopgate node {i + 1} of {len(NODES)}: front gw-f toward the ECMP router, back gw-b.
-[[interface]]
-name = "gw-f"
-addresses = ["{a.nodes4[i]}/24", "{a.nodes6[i]}/64"]
 
-[[interface]]
-name = "gw-b"
-addresses = ["{a.back_nodes4[i]}/24", "{a.back_nodes6[i]}/64"]
+    def web(name: str, vip: str, lip: str, backends: tuple[str, ...]) -> Table:
+        return {
+            "name": name,
+            "vip": vip,
+            "port": HTTP_PORT,
+            "protocol": "tcp",
+            "scheduler": "maglev",
+            "local_addresses": [lip],
+            "backend": [{"address": b} for b in backends],
+        }
 
-[[route]]
-prefix = "0.0.0.0/0"
-via = ["{a.ecmp_d4}"]
-
-[[route]]
-prefix = "::/0"
-via = ["{a.ecmp_d6}"]
-
-[[service]]
-name = "web"
-vip = "{a.shared4}"
-port = {HTTP_PORT}
-protocol = "tcp"
-scheduler = "maglev"
-local_addresses = ["{a.lips4[i]}"]
-backend = [{backends4}]
-
-[[service]]
-name = "web6"
-vip = "{a.shared6}"
-port = {HTTP_PORT}
-protocol = "tcp"
-scheduler = "maglev"
-local_addresses = ["{a.lips6[i]}"]
-backend = [{backends6}]
-
-{relay_section}
-[admin]
-socket = "{admin_socket}"
-
-{LAB_ICMP}"""
+    doc: Table = {
+        "interface": [
+            interface("gw-f", f"{a.nodes4[i]}/24", f"{a.nodes6[i]}/64"),
+            interface("gw-b", f"{a.back_nodes4[i]}/24", f"{a.back_nodes6[i]}/64"),
+        ],
+        "route": [route("0.0.0.0/0", a.ecmp_d4), route("::/0", a.ecmp_d6)],
+        "service": [
+            web("web", a.shared4, a.lips4[i], a.backends4),
+            web("web6", a.shared6, a.lips6[i], a.backends6),
+        ],
+        "admin": admin(admin_socket),
+        **LAB_ICMP_SETTINGS,
+    }
+    if relay:
+        doc["relay"] = {"interfaces": ["gw-f"]}
+    return dumps(
+        doc,
+        f"hopgate node {i + 1} of {len(NODES)}: front gw-f toward the ECMP router, back gw-b.",
+    )
 
 
 class EcmpLab(Topology):

@@ -23,11 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from hopgate.control.admin import fetch_status
+from hopgate.lab.configs import Table, dumps, merge
 from hopgate.lab.netns import Process, Topology
 from hopgate.lab.topologies import (
     HTTP_PORT,
     KERNEL_ROUTER,
-    LAB_ICMP,
+    LAB_ICMP_SETTINGS,
+    admin,
+    interface,
+    route,
     serve_http,
     start_hopgate,
 )
@@ -78,95 +82,69 @@ CHECK_RISE = 2
 
 
 def lb_config(admin_socket: str, extra: str = "") -> str:
+    """hopgate as the LbLab's load balancer; ``extra`` is TOML merged in."""
     a = LB_ADDR
-    lips4 = ", ".join(f'"{x}"' for x in a.lips4)
-    lips6 = ", ".join(f'"{x}"' for x in a.lips6)
     b4, b6 = a.backends4, a.backends6
-    return f"""\
-# hopgate as a full-NAT load balancer: uplinks gw-a (the default route) and gw-b,
-# backends on gw-s.
-[[interface]]
-name = "gw-a"
-addresses = ["{a.gw_a4}/24", "{a.gw_a6}/64"]
+    checks = {"interval_ms": CHECK_INTERVAL_MS, "timeout_ms": CHECK_INTERVAL_MS - 50}
+    quick = {"interval_ms": CHECK_INTERVAL_MS, "timeout_ms": 250}
+    rise_fall = {"rise": CHECK_RISE, "fall": CHECK_FALL}
 
-[[interface]]
-name = "gw-b"
-addresses = ["{a.gw_b4}/24", "{a.gw_b6}/64"]
+    def service(name: str, vip: str, port: int, protocol: str, lips: tuple[str, ...]) -> Table:
+        return {
+            "name": name,
+            "vip": vip,
+            "port": port,
+            "protocol": protocol,
+            "local_addresses": list(lips),
+        }
 
-[[interface]]
-name = "gw-s"
-addresses = ["{a.gw_s4}/24", "{a.gw_s6}/64"]
+    def weighted(*pairs: tuple[str, int]) -> list[Table]:
+        return [{"address": b, "weight": w} for b, w in pairs]
 
-[[route]]
-prefix = "0.0.0.0/0"
-via = ["{a.ra_g4}"]
-
-[[route]]
-prefix = "::/0"
-via = ["{a.ra_g6}"]
-
-[[service]]
-name = "web"
-vip = "{a.vip4}"
-port = {HTTP_PORT}
-protocol = "tcp"
-scheduler = "wrr"
-local_addresses = [{lips4}]
-backend = [{{ address = "{b4[0]}", weight = 1 }}, {{ address = "{b4[1]}", weight = 3 }}]
-[service.health]
-kind = "http"
-interval_ms = {CHECK_INTERVAL_MS}
-timeout_ms = {CHECK_INTERVAL_MS - 50}
-rise = {CHECK_RISE}
-fall = {CHECK_FALL}
-
-[[service]]
-name = "web6"
-vip = "{a.vip6}"
-port = {HTTP_PORT}
-protocol = "tcp"
-local_addresses = [{lips6}]
-backend = [{{ address = "{b6[0]}", weight = 1 }}, {{ address = "{b6[1]}", weight = 3 }}]
-health = {{ kind = "http", interval_ms = {CHECK_INTERVAL_MS}, timeout_ms = 250 }}
-
-[[service]]
-name = "echo"
-vip = "{a.vip4}"
-port = {UDP_PORT}
-protocol = "udp"
-local_addresses = [{lips4}]
-backend = [{{ address = "{b4[0]}" }}, {{ address = "{b4[1]}" }}]
-health = {{ kind = "icmp", interval_ms = {CHECK_INTERVAL_MS}, timeout_ms = 250 }}
-
-[[service]]
-name = "echo6"
-vip = "{a.vip6}"
-port = {UDP_PORT}
-protocol = "udp"
-local_addresses = [{lips6}]
-backend = [{{ address = "{b6[0]}" }}, {{ address = "{b6[1]}" }}]
-health = {{ kind = "icmp", interval_ms = {CHECK_INTERVAL_MS}, timeout_ms = 250 }}
-
-[[service]]
-name = "maglev"
-vip = "{a.maglev_vip4}"
-port = {MAGLEV_PORT}
-protocol = "tcp"
-scheduler = "maglev"
-local_addresses = [{lips4}]
-backend = [{", ".join(f'{{ address = "{b}" }}' for b in b4)}]
-[service.health]
-kind = "tcp"
-interval_ms = {CHECK_INTERVAL_MS}
-timeout_ms = {CHECK_INTERVAL_MS - 50}
-rise = {CHECK_RISE}
-fall = {CHECK_FALL}
-
-[admin]
-socket = "{admin_socket}"
-
-{LAB_ICMP}
-{extra}"""
+    doc: Table = {
+        "interface": [
+            interface("gw-a", f"{a.gw_a4}/24", f"{a.gw_a6}/64"),
+            interface("gw-b", f"{a.gw_b4}/24", f"{a.gw_b6}/64"),
+            interface("gw-s", f"{a.gw_s4}/24", f"{a.gw_s6}/64"),
+        ],
+        "route": [route("0.0.0.0/0", a.ra_g4), route("::/0", a.ra_g6)],
+        "service": [
+            {
+                **service("web", a.vip4, HTTP_PORT, "tcp", a.lips4),
+                "scheduler": "wrr",
+                "backend": weighted((b4[0], 1), (b4[1], 3)),
+                "health": {"kind": "http", **checks, **rise_fall},
+            },
+            {
+                **service("web6", a.vip6, HTTP_PORT, "tcp", a.lips6),
+                "backend": weighted((b6[0], 1), (b6[1], 3)),
+                "health": {"kind": "http", **quick},
+            },
+            {
+                **service("echo", a.vip4, UDP_PORT, "udp", a.lips4),
+                "backend": [{"address": b} for b in b4[:2]],
+                "health": {"kind": "icmp", **quick},
+            },
+            {
+                **service("echo6", a.vip6, UDP_PORT, "udp", a.lips6),
+                "backend": [{"address": b} for b in b6[:2]],
+                "health": {"kind": "icmp", **quick},
+            },
+            {
+                **service("maglev", a.maglev_vip4, MAGLEV_PORT, "tcp", a.lips4),
+                "scheduler": "maglev",
+                "backend": [{"address": b} for b in b4],
+                "health": {"kind": "tcp", **checks, **rise_fall},
+            },
+        ],
+        "admin": admin(admin_socket),
+        **LAB_ICMP_SETTINGS,
+    }
+    return dumps(
+        merge(doc, extra),
+        "hopgate as a full-NAT load balancer: uplinks gw-a (the default route) and gw-b,\n"
+        "backends on gw-s.",
+    )
 
 
 # The client drops what arrives on an interface its route would not send back by

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hopgate.control.admin import AdminError, fetch_status
+from hopgate.lab.configs import Table, dumps, merge
 from hopgate.lab.netns import Lab, LabError, Namespace, Process, Topology
 
 # Linux's ICMP rate limits, turned off in reference routers so that what the
@@ -68,37 +69,47 @@ ADDR = Addresses()
 # As the kernel routers of the lab: no per-destination ICMP limit.  Linux's
 # default (a burst of 6, then 1 a second per destination) would blank out a hop
 # when traceroutes run back to back, for hopgate and a kernel router alike.
-LAB_ICMP = """\
-[icmp]
-ratelimit_interval_ms = 0
-"""
+LAB_ICMP_SETTINGS: Table = {"icmp": {"ratelimit_interval_ms": 0}}
+LAB_ICMP = dumps(LAB_ICMP_SETTINGS)
+
+
+def interface(name: str, *addresses: str, mtu: int | None = None) -> Table:
+    """An ``[[interface]]``."""
+    table: Table = {"name": name, "addresses": list(addresses)}
+    if mtu is not None:
+        table["mtu"] = mtu
+    return table
+
+
+def route(prefix: str, *via: str) -> Table:
+    """A ``[[route]]``."""
+    return {"prefix": prefix, "via": list(via)}
+
+
+def admin(socket: str) -> Table:
+    """The ``[admin]`` table."""
+    return {"socket": socket}
 
 
 def hopgate_config(admin_socket: str, uplink_mtu: int = UPLINK_MTU, icmp: str = LAB_ICMP) -> str:
+    """hopgate as gw of the RouterLab; ``icmp`` is TOML merged in (the lab's
+    ``[icmp]`` by default)."""
     a = ADDR
-    return f"""\
-# hopgate in the RouterLab: client side gw-c, upstream gw-u towards r1.
-[[interface]]
-name = "gw-c"
-addresses = ["{a.gw_c4}/24", "{a.gw_c6}/64"]
-
-[[interface]]
-name = "gw-u"
-addresses = ["{a.gw_u4}/24", "{a.gw_u6}/64"]
-mtu = {uplink_mtu}
-
-[[route]]
-prefix = "198.18.3.0/24"
-via = ["{a.r1_d4}"]
-
-[[route]]
-prefix = "2001:2:0:3::/64"
-via = ["{a.r1_d6}"]
-
-[admin]
-socket = "{admin_socket}"
-
-{icmp}"""
+    doc: Table = {
+        "interface": [
+            interface("gw-c", f"{a.gw_c4}/24", f"{a.gw_c6}/64"),
+            interface("gw-u", f"{a.gw_u4}/24", f"{a.gw_u6}/64", mtu=uplink_mtu),
+        ],
+        "route": [
+            route("198.18.3.0/24", a.r1_d4),
+            route("2001:2:0:3::/64", a.r1_d6),
+        ],
+        "admin": admin(admin_socket),
+    }
+    return dumps(
+        merge(doc, icmp),
+        "hopgate in the RouterLab: client side gw-c, upstream gw-u towards r1.",
+    )
 
 
 class RouterLab(Topology):
@@ -239,44 +250,36 @@ OUTSIDE_MTU = 1400  # r1's link to the server
 
 
 def nat_config(admin_socket: str, extra: str = "") -> str:
+    """hopgate as the NatLab's NAT; ``extra`` is TOML merged in."""
     a = NAT_ADDR
-    return f"""\
-# hopgate as a NAT: the inside hosts behind gw-c, translated to gw-u's addresses.
-[[interface]]
-name = "gw-c"
-addresses = ["{a.gw_c4}/24", "{a.gw_c6}/64"]
-
-[[interface]]
-name = "gw-u"
-addresses = ["{a.gw_u4}/24", "{a.gw_u6}/64"]
-
-[[route]]
-prefix = "0.0.0.0/0"
-via = ["{a.r1_d4}"]
-
-[[route]]
-prefix = "::/0"
-via = ["{a.r1_d6}"]
-
-[[nat.snat]]
-inside = ["198.18.1.0/24", "2001:2:0:1::/64"]
-interface = "gw-u"
-
-[[nat.dnat]]
-protocol = "tcp"
-published = "{a.gw_u4}:{a.published_port}"
-inside = "{a.inside1_4}:80"
-
-[[nat.dnat]]
-protocol = "tcp"
-published = "[{a.gw_u6}]:{a.published_port}"
-inside = "[{a.inside1_6}]:80"
-
-[admin]
-socket = "{admin_socket}"
-
-{LAB_ICMP}
-{extra}"""
+    doc: Table = {
+        "interface": [
+            interface("gw-c", f"{a.gw_c4}/24", f"{a.gw_c6}/64"),
+            interface("gw-u", f"{a.gw_u4}/24", f"{a.gw_u6}/64"),
+        ],
+        "route": [route("0.0.0.0/0", a.r1_d4), route("::/0", a.r1_d6)],
+        "nat": {
+            "snat": [{"inside": ["198.18.1.0/24", "2001:2:0:1::/64"], "interface": "gw-u"}],
+            "dnat": [
+                {
+                    "protocol": "tcp",
+                    "published": f"{a.gw_u4}:{a.published_port}",
+                    "inside": f"{a.inside1_4}:80",
+                },
+                {
+                    "protocol": "tcp",
+                    "published": f"[{a.gw_u6}]:{a.published_port}",
+                    "inside": f"[{a.inside1_6}]:80",
+                },
+            ],
+        },
+        "admin": admin(admin_socket),
+        **LAB_ICMP_SETTINGS,
+    }
+    return dumps(
+        merge(doc, extra),
+        "hopgate as a NAT: the inside hosts behind gw-c, translated to gw-u's addresses.",
+    )
 
 
 def nftables_nat() -> str:

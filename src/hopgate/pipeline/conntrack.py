@@ -22,7 +22,7 @@ from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from hopgate.packet import checksum as cs
 from hopgate.packet import l4
@@ -33,6 +33,11 @@ from hopgate.pipeline import tcptrack
 from hopgate.pipeline.model import Timeouts
 from hopgate.pipeline.tcptrack import ORIG, REPLY, TcpState, Verdict
 from hopgate.pipeline.timers import Timers
+
+if TYPE_CHECKING:
+    from hopgate.pipeline.lb.fnat import Hop
+    from hopgate.pipeline.lb.service import Backend
+    from hopgate.pipeline.nat.translate import Mapping
 
 __all__ = ["ORIG", "REPLY", "TcpState", "Timeouts", "Verdict"]
 
@@ -168,13 +173,13 @@ class Conn:
         self.packets_orig = self.packets_reply = 0
         self.bytes_orig = self.bytes_reply = 0
         # The source mapping this connection holds (released when it expires).
-        self.mapping: object | None = None
+        self.mapping: Mapping | None = None
         # A load-balanced connection: its backend, and for each direction the
         # (port, neighbour MAC) its first packet came from.  Packets and ICMP
         # errors bound for a side go back there, with no route lookup (source
         # in, source out).
-        self.backend: object | None = None
-        self.hops: list[tuple[int, bytes] | None] | None = None
+        self.backend: Backend | None = None
+        self.hops: list[Hop | None] | None = None
         self.orig = Side(self, ORIG)  # its original direction's packets arrive on this side
         self.reply = Side(self, REPLY)
 
@@ -230,6 +235,13 @@ class _Due(list[Conn]):
         super().__init__()
         self.tick = tick
 
+
+# Module constants for the per-packet path (an enum attribute costs a lookup).
+_OK, _IGNORED, _INVALID = Verdict.OK, Verdict.IGNORED, Verdict.INVALID
+_OUT_OF_WINDOW, _CLOSE_NOW = Verdict.OUT_OF_WINDOW, Verdict.CLOSE_NOW
+_STATES = tuple(TcpState)  # by value
+_NONE, _SYN_SENT, _SYN_RECV = TcpState.NONE, TcpState.SYN_SENT, TcpState.SYN_RECV
+_ESTABLISHED, _FIN_WAIT, _CLOSE = TcpState.ESTABLISHED, TcpState.FIN_WAIT, TcpState.CLOSE
 
 MAX_INTERNED_ADDRESSES = 1 << 16
 TICK = 1.0  # expiry runs once per tick: a connection leaves within TICK of its deadline
@@ -409,52 +421,48 @@ class ConnTable:
         assert track is not None
         if end - at < 20:
             self.counters["tcp-invalid"] += 1
-            return Verdict.INVALID
+            return _INVALID
         seg = tcptrack.Segment(frame, at, end)
+        index = seg.index
         old = conn.state
-        if old == TcpState.NONE and seg.index == tcptrack.ACK:
+        if old == _NONE and index == tcptrack.ACK:
             tcptrack.pickup(track, seg)
         verdict, new = tcptrack.track(track, old, direction, seg, frame, at, self.be_liberal)
-        if verdict is Verdict.INVALID:
-            self.counters["tcp-invalid"] += 1
+        if verdict is not _OK:
+            if verdict is _INVALID:
+                self.counters["tcp-invalid"] += 1
+            elif verdict is _OUT_OF_WINDOW:
+                self.counters["tcp-out-of-window"] += 1
+            else:
+                verdict = _IGNORED  # changes nothing (a REOPEN the caller did not act on)
             return verdict
-        if verdict is Verdict.OUT_OF_WINDOW:
-            self.counters["tcp-out-of-window"] += 1
-            return verdict
-        if verdict is not Verdict.OK:
-            return Verdict.IGNORED  # changes nothing (a REOPEN the caller did not act on)
-        conn.state = TcpState(new)
-        closing = new >= TcpState.FIN_WAIT and new != TcpState.SYN_SENT2
-        if closing and conn.assured and conn.due is not None:
-            self._closing[conn] = None
+        if new != old:
+            conn.state = _STATES[new]
+            if _FIN_WAIT <= new <= _CLOSE and conn.assured and conn.due is not None:
+                self._closing[conn] = None  # closing: early drop may take it
         t = self.timeouts
-        if seg.index == tcptrack.RST:
+        timeout = t.tcp(new)
+        if index == tcptrack.RST:
             timeout = t.tcp_close
-        elif tcptrack.unacknowledged(track) and t.tcp(conn.state) > t.tcp_unacknowledged:
+        elif timeout > t.tcp_unacknowledged and tcptrack.unacknowledged(track):
             timeout = t.tcp_unacknowledged
-        else:
-            timeout = t.tcp(conn.state)
         if not conn.seen_reply:
-            if seg.index == tcptrack.RST:
+            if index == tcptrack.RST:
                 # The only answer to a new connection is a reset (or it reset
                 # itself before any reply): forget it at once, as Linux.
                 if direction == REPLY:
                     conn.seen_reply = True
-                return Verdict.CLOSE_NOW
-            if seg.index == tcptrack.SYN and old == TcpState.SYN_SENT:
-                return Verdict.OK  # a retransmitted SYN does not renew the deadline
-            if conn.state == TcpState.ESTABLISHED and timeout > t.tcp_unacknowledged:
+                return _CLOSE_NOW
+            if index == tcptrack.SYN and old == _SYN_SENT:
+                return _OK  # a retransmitted SYN does not renew the deadline
+            if new == _ESTABLISHED and timeout > t.tcp_unacknowledged:
                 timeout = t.tcp_unacknowledged  # picked up, never answered
             if direction == REPLY:
                 conn.seen_reply = True
-        elif (
-            not conn.assured
-            and old in (TcpState.SYN_RECV, TcpState.ESTABLISHED)
-            and conn.state == TcpState.ESTABLISHED
-        ):
+        elif not conn.assured and new == _ESTABLISHED and old in (_SYN_RECV, _ESTABLISHED):
             self._assure(conn)
         self._refresh(conn, now + timeout)
-        return Verdict.OK
+        return _OK
 
     def _assure(self, conn: Conn) -> None:
         if not conn.assured:
@@ -464,14 +472,19 @@ class ConnTable:
     # -- expiry ------------------------------------------------------------------
 
     def _refresh(self, conn: Conn, deadline: float) -> None:
+        earlier = deadline < conn.expires
         conn.expires = deadline
-        if not conn.assured and conn.due is not None:  # (due: still in the table)
+        due = conn.due
+        if due is None:
+            return  # not (or no longer) in the table
+        if not conn.assured:
             # Early drop takes the unassured connection idle longest: a ping or a
             # handshake in progress outlives a flood's one-packet entries.
             self._unassured.move_to_end(conn)
-        due = conn.due
-        if due is not None and _tick(deadline) < due.tick:
-            self._file(conn, deadline)  # earlier than it is filed for: file it again
+        # A connection is filed no later than its deadline's tick; only a deadline
+        # that moved earlier can be before it.
+        if earlier and _tick(deadline) < due.tick:
+            self._file(conn, deadline)  # file it again, earlier
 
     def _file(self, conn: Conn, deadline: float) -> None:
         tick = _tick(deadline)

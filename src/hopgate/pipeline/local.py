@@ -19,8 +19,8 @@ from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
-from hopgate.pipeline.health import HealthChecker
 from hopgate.pipeline.icmp import TTL, IcmpOut, reply_l2
+from hopgate.pipeline.lb.health import HealthChecker
 from hopgate.pipeline.ports import Port, v6_source_for
 from hopgate.pipeline.reassembly import Complete, Head, Reassembler
 from hopgate.pipeline.resolvers import NdResolver

@@ -17,14 +17,14 @@ from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
 from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from hopgate.pipeline.actions import Action, DropReason
-from hopgate.pipeline.cluster import ClusterRelay
 from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.counters import Counters
 from hopgate.pipeline.emit import Emitter
 from hopgate.pipeline.events import BackendChanged, Event
-from hopgate.pipeline.health import HealthChecker
 from hopgate.pipeline.icmp import IcmpOut
 from hopgate.pipeline.lb import Backend, MaglevControl, Services
+from hopgate.pipeline.lb.cluster import ClusterRelay
+from hopgate.pipeline.lb.health import HealthChecker
 from hopgate.pipeline.local import LocalDelivery
 from hopgate.pipeline.model import IPAddress, NatSpec, RouterSpec
 from hopgate.pipeline.nat import Nat, Plan

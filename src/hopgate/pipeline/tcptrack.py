@@ -33,8 +33,6 @@ from hopgate.packet.types import Buffer
 ORIG = 0
 REPLY = 1
 
-_SEQ_ACK = Struct("!II")
-_WINDOW = Struct("!H")
 _MASK = 0xFFFFFFFF
 MAX_ACK_WINDOW = 66000  # Linux's MAXACKWINDOW floor
 
@@ -156,15 +154,19 @@ class Segment:
     __slots__ = ("ack", "end", "flags", "index", "options_end", "seq", "win")
 
     def __init__(self, frame: Buffer, at: int, end: int) -> None:
-        self.seq, self.ack = _SEQ_ACK.unpack_from(frame, at + 4)
-        doff = (frame[at + 12] >> 4) * 4
+        seq, self.ack, offset, flags, self.win = _HEADER.unpack_from(frame, at + 4)
+        self.seq = seq
+        doff = (offset >> 4) * 4
         self.options_end = min(at + doff, end)  # where the header's options stop
-        flags = frame[at + 13]
         self.flags = flags
-        self.index = index_of(flags)
-        self.win = _WINDOW.unpack_from(frame, at + 14)[0]
-        data = max(0, end - at - doff)
-        self.end = (self.seq + data + (flags & l4.TCP_SYN != 0) + (flags & l4.TCP_FIN != 0)) & _MASK
+        self.index = _INDEX_OF[flags]
+        data = end - at - doff
+        self.end = (seq + (data if data > 0 else 0) + _SYN_FIN_LENGTH[flags]) & _MASK
+
+
+_HEADER = Struct("!IIBBH")  # from byte 4: sequence, ack, data offset, flags, window
+_INDEX_OF = tuple(index_of(flags) for flags in range(256))
+_SYN_FIN_LENGTH = tuple(bool(f & l4.TCP_SYN) + bool(f & l4.TCP_FIN) for f in range(256))
 
 
 def new_tracker() -> array[int]:
@@ -190,16 +192,26 @@ def pickup(t: array[int], seg: Segment) -> None:
     t[FLAGS] = t[_PEER + FLAGS] = F_BE_LIBERAL
 
 
+# Module constants: an enum attribute or another module's global costs a lookup
+# on every segment.
+_SYN, _ACK, _RST = l4.TCP_SYN, l4.TCP_ACK, l4.TCP_RST
+_V_OK, _V_IGNORED, _V_INVALID = Verdict.OK, Verdict.IGNORED, Verdict.INVALID
+_V_OUT, _V_REOPEN = Verdict.OUT_OF_WINDOW, Verdict.REOPEN
+_HALF = 0x7FFFFFFF  # a - b, masked, above this: a is before b in sequence space
+
+
 def in_window(
     t: array[int], direction: int, state: int, seg: Segment, frame: Buffer, at: int
 ) -> bool:
     """Linux's tcp_in_window: check the segment against both sides' windows and,
-    if it passes, learn from it.  ``state`` is the connection's state before it."""
+    if it passes, learn from it.  ``state`` is the connection's state before it.
+    (``((a - b) & _MASK) > _HALF`` is ``_before(a, b)``, written out: this runs
+    for every segment.)"""
     s = _PEER if direction else 0
     r = _PEER - s
     seq, ack, end, win = seg.seq, seg.ack, seg.end, seg.win
     flags = seg.flags
-    syn = flags & l4.TCP_SYN
+    syn = flags & _SYN
     if t[s + MAXWIN] == 0:
         # The first segment seen in this direction.
         if syn:
@@ -207,7 +219,7 @@ def in_window(
             _peer_init_from_syn(t, s, seg, scale)
             if scale < 0 or (direction == REPLY and not t[r + FLAGS] & F_WINDOW_SCALE):
                 t[s + SCALE] = t[r + SCALE] = 0  # scaling only when both SYNs offer it
-            if not flags & l4.TCP_ACK:
+            if not flags & _ACK:
                 return True
         else:
             t[s + END] = end
@@ -226,47 +238,48 @@ def in_window(
         # A SYN (or SYN-ACK) sent again with a newer sequence number: the
         # endpoint started over (RFC 793).
         _peer_init_from_syn(t, s, seg, _window_scale(frame, at, seg.options_end))
-    if not flags & l4.TCP_ACK:
-        ack = t[r + END]  # as if it acknowledged what we last saw
-    elif flags & l4.TCP_RST and ack == 0:
-        ack = t[r + END]  # some stacks send RST+ACK with ack 0
-    if flags & l4.TCP_RST and seq == 0 and state == SS:
-        seq = end = t[s + END]  # the RST answering a SYN
-    max_ack_window = max(t[s + MAXWIN], MAX_ACK_WINDOW)
-    ok = (
-        _before(seq, (t[s + MAXEND] + 1) & _MASK)  # I: not beyond what the receiver allows
-        and _before((t[s + END] - t[r + MAXWIN] - 1) & _MASK, end)  # II: not too old
-        and _before(ack, (t[r + END] + 1) & _MASK)  # III: acks nothing unsent
-        and _before((t[r + END] - max_ack_window - 1) & _MASK, ack)  # IV: not too old an ack
-    )
-    if not ok:
-        return bool((t[s + FLAGS] | t[r + FLAGS]) & F_BE_LIBERAL) and not flags & l4.TCP_RST
+    # Both sides' fields at once (one unpack costs about what three reads do).
+    if direction:
+        (r_end, r_maxend, r_maxwin, _, _, r_flags,
+         s_end, s_maxend, s_maxwin, s_maxack, s_scale, s_flags, *_) = t  # fmt: skip
+    else:
+        (s_end, s_maxend, s_maxwin, s_maxack, s_scale, s_flags,
+         r_end, r_maxend, r_maxwin, _, _, r_flags, *_) = t  # fmt: skip
+    if not flags & _ACK:
+        ack = r_end  # as if it acknowledged what we last saw
+    elif flags & _RST and ack == 0:
+        ack = r_end  # some stacks send RST+ACK with ack 0
+    if flags & _RST and seq == 0 and state == SS:
+        seq = end = s_end  # the RST answering a SYN
+    max_ack_window = s_maxwin if s_maxwin > MAX_ACK_WINDOW else MAX_ACK_WINDOW
+    if not (
+        ((seq - s_maxend - 1) & _MASK) > _HALF  # I: not beyond what the receiver allows
+        and ((s_end - r_maxwin - 1 - end) & _MASK) > _HALF  # II: not too old
+        and ((ack - r_end - 1) & _MASK) > _HALF  # III: acks nothing unsent
+        and ((r_end - max_ack_window - 1 - ack) & _MASK) > _HALF  # IV: not too old an ack
+    ):
+        return bool((s_flags | r_flags) & F_BE_LIBERAL) and not flags & _RST
     if not syn:
-        win <<= t[s + SCALE]
-    if t[s + MAXWIN] < win:
+        win <<= s_scale
+    if s_maxwin < win:
         t[s + MAXWIN] = min(win, _MASK)
-    if _before(t[s + END], end):
+    if ((s_end - end) & _MASK) > _HALF:
         t[s + END] = end
-        t[s + FLAGS] |= F_DATA_UNACKNOWLEDGED
-    if flags & l4.TCP_ACK:
-        if not t[s + FLAGS] & F_MAXACK_SET:
+        s_flags |= F_DATA_UNACKNOWLEDGED
+    if flags & _ACK:
+        if not s_flags & F_MAXACK_SET:
             t[s + MAXACK] = ack
-            t[s + FLAGS] |= F_MAXACK_SET
-        elif _before(t[s + MAXACK], ack):
+            s_flags |= F_MAXACK_SET
+        elif ((s_maxack - ack) & _MASK) > _HALF:
             t[s + MAXACK] = ack
-    if t[r + MAXWIN] and _before(t[s + MAXEND], end):
-        t[r + MAXWIN] = min(t[r + MAXWIN] + ((end - t[s + MAXEND]) & _MASK), _MASK)
-    if not _before((ack + win) & _MASK, t[r + MAXEND]):
+    t[s + FLAGS] = s_flags
+    if r_maxwin and ((s_maxend - end) & _MASK) > _HALF:
+        t[r + MAXWIN] = min(r_maxwin + ((end - s_maxend) & _MASK), _MASK)
+    if not (((ack + win) - r_maxend) & _MASK) > _HALF:
         t[r + MAXEND] = (ack + win + (win == 0)) & _MASK
-    if ack == t[r + END]:
-        t[r + FLAGS] &= ~F_DATA_UNACKNOWLEDGED & 0xFF
+    if ack == r_end and r_flags & F_DATA_UNACKNOWLEDGED:
+        t[r + FLAGS] = r_flags & ~F_DATA_UNACKNOWLEDGED & 0xFF
     return True
-
-
-def _remember(t: array[int], seg: Segment, direction: int) -> None:
-    t[LAST_INDEX] = seg.index
-    t[LAST_DIR] = direction
-    t[LAST_END] = seg.end
 
 
 def _resync(t: array[int], direction: int) -> None:
@@ -286,7 +299,7 @@ def track(
     index = seg.index
     new = TRANSITIONS[direction][index][state]
     if new == SS and state >= TW and direction == ORIG:
-        return Verdict.REOPEN, state
+        return _V_REOPEN, state
     if new == IG or (new == SS and state >= TW):
         if (
             index == SYNACK
@@ -297,14 +310,14 @@ def track(
             _resync(t, direction)
             state, new = SS, SR
         else:
-            _remember(t, seg, direction)
-            return Verdict.IGNORED, state
+            t[LAST_INDEX], t[LAST_DIR], t[LAST_END] = index, direction, seg.end
+            return _V_IGNORED, state
     if new == IV:
-        return Verdict.INVALID, state
+        return _V_INVALID, state
     r = 0 if direction else _PEER
     if index == RST and t[r + FLAGS] & F_MAXACK_SET:
         if _before(seg.seq, t[r + MAXACK]):
-            return Verdict.OUT_OF_WINDOW, state
+            return _V_OUT, state
         if state == ES and seg.seq != t[r + MAXACK]:
             train = t[LAST_INDEX] == ACK and t[LAST_DIR] == direction and seg.seq == t[LAST_END]
             if not train:
@@ -313,11 +326,11 @@ def track(
                 # end the connection.
                 new = state
     if not in_window(t, direction, state, seg, frame, at) and (not liberal or index == RST):
-        return Verdict.OUT_OF_WINDOW, state
-    _remember(t, seg, direction)
+        return _V_OUT, state
+    t[LAST_INDEX], t[LAST_DIR], t[LAST_END] = index, direction, seg.end
     if new == FW and state != FW:
         t[(_PEER if direction else 0) + FLAGS] |= F_CLOSE_INIT
-    return Verdict.OK, new
+    return _V_OK, new
 
 
 def unacknowledged(t: array[int]) -> bool:

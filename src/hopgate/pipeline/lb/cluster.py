@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hopgate.packet import ethernet, flows
+from hopgate.packet import ethernet
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.emit import Emitter
 from hopgate.pipeline.model import IPAddress, RelaySpec
-from hopgate.pipeline.nat import Plan
+from hopgate.pipeline.plans import ErrorAbout
 from hopgate.pipeline.ports import Port
 from hopgate.pipeline.relay import PmtuMessage, Relay, is_marked, relayed_copy
 
@@ -53,9 +53,7 @@ class ClusterRelay:
         """Whether a frame that came in a link-layer broadcast is a peer's relayed
         copy of an error about a connection held here (to be translated and
         delivered like any error)."""
-        return (
-            isinstance(plan, Plan) and plan.kind == flows.ERROR and is_marked(frame, l3, self._mark)
-        )
+        return isinstance(plan, ErrorAbout) and is_marked(frame, l3, self._mark)
 
     def offer(self, frame: Buffer, port: int, now: float, out: list[Action]) -> bool:
         """An ICMP error about no connection of ours came in on ``port``: relay it

@@ -10,7 +10,7 @@ A probe that gets no answer within the timeout fails.  A backend goes down
 after ``fall`` failures in a row and comes back after ``rise`` successes: the
 checker keeps that verdict (``Backend.healthy``) and reports each change to
 ``changed``; what the service does with it (``Backend.up``) is the router's
-and lb.py's business.
+and service.py's business.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from hopgate.packet import icmp4, icmp6, l4
 from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action
-from hopgate.pipeline.lb import Backend, Service, Services
+from hopgate.pipeline.lb.service import Backend, Service, Services
 from hopgate.pipeline.timers import Timers
 
 _SEQ_ACK = Struct("!II")

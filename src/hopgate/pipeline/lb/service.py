@@ -1,4 +1,5 @@
-"""L4 services for the full-NAT load balancer (docs/behaviour.md, "Load balancer").
+"""L4 services and their schedulers, for the full-NAT load balancer
+(docs/behaviour.md, "Load balancer").
 
 A service is a VIP, a port and a protocol; a pool of local addresses (LIPs)
 its connections leave from; and backends, with a weight and a health state.
@@ -28,8 +29,8 @@ from typing import Any
 
 from hopgate.packet import addr as A
 from hopgate.packet.proto import PROTO_TCP
-from hopgate.pipeline import maglev
 from hopgate.pipeline.conntrack import Conn
+from hopgate.pipeline.lb import maglev
 from hopgate.pipeline.model import (
     BackendDown,
     BackendSpec,
@@ -41,7 +42,7 @@ from hopgate.pipeline.model import (
 )
 
 # The specs and their policies are defined with the other specs (model.py), and
-# importable from here.
+# importable from here (and from the package).
 __all__ = [
     "Backend",
     "BackendDown",
@@ -49,6 +50,8 @@ __all__ = [
     "EchoPolicy",
     "HealthKind",
     "HealthSpec",
+    "MaglevControl",
+    "RingRequest",
     "Scheduler",
     "Service",
     "ServiceSpec",

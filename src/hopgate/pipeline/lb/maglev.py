@@ -14,7 +14,7 @@ Python or PYTHONHASHSEED.
 Building a table is control-plane work (tens of milliseconds for 65,537 slots): ``ring``
 runs wherever the control plane runs it (the daemon: a worker process) and
 returns plain values that cross to the packet loop, where installing the result
-is one assignment (lb.py, ``MaglevControl``).
+is one assignment (service.py, ``MaglevControl``).
 """
 
 from __future__ import annotations

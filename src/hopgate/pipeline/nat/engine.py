@@ -1,0 +1,470 @@
+"""Source and destination NAT for IPv4 and IPv6 (docs/behaviour.md, "NAT").
+
+- SNAT ("masquerade" when no pool is given): flows from inside prefixes leaving
+  an interface take an outside address and port.  Mappings are
+  endpoint-independent (RFC 4787 REQ-1, RFC 5382 REQ-1): an inside endpoint keeps
+  one outside endpoint whatever it talks to, and keeps its own port when that is
+  free.  The outside address is chosen by the inside address, so a host always
+  appears from the same one (REQ-2, "paired").  Filtering is address-and-port
+  dependent: only replies come back in, as with nftables masquerade.  Anything
+  else arriving by a translating interface for one of its inside prefixes is
+  unsolicited and dropped (``unsolicited``), unless ``forward_unsolicited``.
+- DNAT: flows to a published address (and port) go to an inside address (and port).
+- Hairpinning (REQ-9): an inside host reaching a published endpoint, or another
+  inside host's outside mapping, is translated both ways.
+- ICMP echo identifiers are mapped like ports.  ICMP errors are translated by
+  the packet they quote (RFC 5508): the quote restored to what its sender sent,
+  the outer header to match, never creating a mapping; an error that matches no
+  connection but is about a translated address is dropped and counted.
+
+The router asks three things: ``inbound`` (is this packet part of, or does it
+start, a translated flow?), ``outbound`` (once routed: does leaving by this
+interface need a source translation?), and ``apply`` (the packet passed every
+check and leaves: commit the connection and rewrite the packet).  Connections are
+only committed by ``apply``, so a packet dropped on the way (a traceroute probe
+whose TTL runs out here) leaves no state behind.
+
+``Nat`` is the facade the router uses; the work is done by concern: translation
+(translate.py: rules, mappings, port choice, the rewrite), RFC 5508 error
+translation (errors.py), fragments (fragments.py), and the load balancer's full
+NAT (pipeline/lb/fnat.py), which shares the connection table.  What is decided
+before the router's checks is a plan (pipeline/plans.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from struct import Struct
+
+from hopgate.packet import addr as A
+from hopgate.packet import flows, ipv4, l4
+from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
+from hopgate.packet.types import Buffer
+from hopgate.pipeline import tcptrack
+from hopgate.pipeline.actions import DropReason
+from hopgate.pipeline.conntrack import (
+    ORIG,
+    Conn,
+    ConnTable,
+    Refused,
+    Side,
+    TcpState,
+    Translation,
+    Tuple,
+    Verdict,
+)
+from hopgate.pipeline.lb.fnat import Fnat, Hop, backend_failed
+from hopgate.pipeline.lb.service import Backend, Services
+from hopgate.pipeline.model import NatSpec
+from hopgate.pipeline.nat import errors
+from hopgate.pipeline.nat.fragments import Fragments
+from hopgate.pipeline.nat.translate import DnatRule, Mappings, SnatRule, translate
+from hopgate.pipeline.plans import ErrorAbout, LaterFragment, NewFlow, NewService, Plan
+from hopgate.pipeline.ports import Port
+from hopgate.pipeline.timers import Timers
+
+_PORTS = Struct("!HH")
+_FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
+
+_OK = Verdict.OK  # compared for every translated packet: a module global is read faster
+
+
+class Nat:
+    """The translation engine: NAT rules and load-balanced services share its
+    connection table."""
+
+    def __init__(
+        self,
+        spec: NatSpec,
+        ports: list[Port],
+        port_by_name: dict[str, int],
+        timers: Timers,
+        now: float = 0.0,
+        services: Services | None = None,
+    ) -> None:
+        self.port_names = [p.name for p in ports]
+        self.services = services or Services(())
+        self.counters: Counter[str] = Counter()
+        self.table = ConnTable(
+            spec.timeouts,
+            spec.max_connections,
+            timers,
+            self._released,
+            max_per_source=spec.max_connections_per_source,
+            be_liberal=spec.tcp_be_liberal,
+            counters=self.counters,
+        )
+        self._rng = random.Random(spec.seed)
+        self.snat: list[SnatRule] = []
+        self.dnat: list[DnatRule] = []
+        # Outside addresses: traffic to them is looked up here before the router
+        # takes it for its own.
+        self.addresses: dict[int, set[int]] = {A.V4: set(), A.V6: set()}
+        for s in spec.snat:
+            p = ports[port_by_name[s.interface]]
+            for fam in (A.V4, A.V6):
+                prefixes = tuple(
+                    (int(n.network_address), int(n.netmask)) for n in s.inside if n.version == fam
+                )
+                if not prefixes:
+                    continue
+                pool = tuple(int(a) for a in s.pool if a.version == fam)
+                if not pool:  # masquerade: the interface's own addresses
+                    pool = tuple(a.addr for a in (p.v4 if fam == A.V4 else p.v6))
+                if pool:
+                    self.snat.append(SnatRule(fam, prefixes, p.index, pool))
+                    self.addresses[fam].update(pool)
+        for d in spec.dnat:
+            proto = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "all": 0}[d.protocol]
+            fam = d.published.version
+            self.dnat.append(
+                DnatRule(
+                    fam,
+                    proto,
+                    int(d.published),
+                    d.published_port or 0,
+                    int(d.inside),
+                    d.inside_port or 0,
+                )
+            )
+            self.addresses[fam].add(int(d.published))
+        # Published endpoints no mapping may take.
+        reserved = {
+            (r.family, p, r.addr, r.port)
+            for r in self.dnat
+            for p in ((r.proto,) if r.proto else (PROTO_TCP, PROTO_UDP))
+            if r.port
+        }
+        reserved_addrs = {(r.family, r.addr) for r in self.dnat if not r.port}
+        for fam in (A.V4, A.V6):
+            self.addresses[fam] |= self.services.vips[fam] | self.services.lips[fam]
+        self.mappings = Mappings(self.table, self._rng, self.counters, reserved, reserved_addrs)
+        self.fnat = Fnat(self.services, self.table, self._rng, self.counters)
+        # The inside prefixes of each translating interface, by (port, family):
+        # a packet from it to one of them that NAT does not take is unsolicited.
+        self._guarded: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+        if not spec.forward_unsolicited:
+            for s in spec.snat:
+                at = port_by_name[s.interface]
+                for n in s.inside:
+                    k = (at, n.version)
+                    net = (int(n.network_address), int(n.netmask))
+                    self._guarded[k] = (*self._guarded.get(k, ()), net)
+        # Addresses hopgate answers for itself (interface, pool and published
+        # addresses on its subnets, VIPs): a fragment to one that follows no
+        # translated first fragment is reassembled and answered.
+        self._answered: dict[int, frozenset[int]] = {
+            A.V4: frozenset().union(*(p.v4_owned for p in ports), self.services.vips[A.V4]),
+            A.V6: frozenset().union(*(p.v6_owned for p in ports), self.services.vips[A.V6]),
+        }
+        self.fragments = Fragments(self.table, self.addresses, self._answered)
+
+    # -- what the router asks ------------------------------------------------------
+
+    def inbound_v4(
+        self,
+        frame: Buffer,
+        l3: int,
+        ihl: int,
+        end: int,
+        proto: int,
+        frag: int,
+        src: int,
+        dst: int,
+        now: float,
+    ) -> Side | Plan | DropReason | None:
+        """``inbound`` for IPv4, given the header the router has read: an
+        unfragmented TCP or UDP packet of a known connection is found at once."""
+        if proto in (PROTO_TCP, PROTO_UDP) and not frag & _FRAGMENT and end - l3 - ihl >= 4:
+            sport, dport = _PORTS.unpack_from(frame, l3 + ihl)
+            side = self.table.lookup((A.V4, proto, src, sport, dst, dport))
+            if side is None:
+                if dst not in self.addresses[A.V4]:
+                    return None  # passing through, untracked: inbound() would find the same
+            elif not self._reused(side, frame, l3 + ihl, end):
+                return side
+        return self.inbound(A.V4, frame, l3, end, src, dst, now)
+
+    def inbound(
+        self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, now: float
+    ) -> Side | Plan | DropReason | None:
+        """A packet just arrived: part of a known connection (its side), a new
+        DNAT or hairpin flow, an ICMP error about a translated flow, or none of
+        NAT's business."""
+        flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
+        kind = flow.kind
+        if kind == flows.ERROR:
+            return errors.error_plan(self.table, self.addresses[version], version, frame, flow, dst)
+        if kind == flows.LATER_FRAGMENT:
+            return self.fragments.plan(version, frame, l3, end, src, dst, flow, now)
+        if kind == flows.UNREADABLE:
+            return None
+        key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
+        side = self.table.lookup(key)
+        if side is not None and errors.is_redirect(version, kind, flow, frame):
+            # An ICMPv6 redirect (informational, so no error) matching a
+            # connection of another ICMPv6 message: never translated.
+            return DropReason.NAT_ICMP_REDIRECT
+        if side is not None and not self._reused(side, frame, flow.at, flow.end):
+            return side
+        if dst not in self.addresses[version] or not self._may_start(kind, flow, frame):
+            return None
+        if dst in self.services.vips[version]:
+            return self.fnat.plan(version, kind, flow, key)
+        rule = self._dnat_rule(version, flow.proto, dst, flow.dport, kind)
+        if rule is not None:
+            to_port = rule.to_port or flow.dport
+            to = Translation(src, flow.sport, rule.to_addr, to_port)
+            return NewFlow(flow, rule.to_addr, key, to, self._inside_rule(version, src))
+        if kind == flows.PORTS:
+            # Hairpinning: an inside host reaching another's outside mapping.
+            m = self.mappings.by_outside.get((version, flow.proto, dst, flow.dport))
+            snat = self._inside_rule(version, src)
+            if m is not None and snat is not None:
+                to = Translation(src, flow.sport, m.inside[2], m.inside[3])
+                return NewFlow(flow, m.inside[2], key, to, snat)
+        return None
+
+    def unsolicited(self, version: int, port: int, dst: int) -> bool:
+        """Whether a packet ``inbound`` did not take (no connection, not related,
+        not DNAT'd), arriving on ``port`` for ``dst`` and about to be forwarded,
+        is unsolicited: it came in by a translating interface and is addressed to
+        an inside prefix translated on it, where only replies come from (as
+        nftables masquerade with ``ct state established,related accept`` and
+        ``iifname <outside> drop``)."""
+        prefixes = self._guarded.get((port, version))
+        return prefixes is not None and any(dst & m == n for n, m in prefixes)
+
+    def outbound(
+        self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, egress: int
+    ) -> Plan | DropReason | None:
+        """A routed packet with no translation yet is about to leave by ``egress``."""
+        rule = None
+        for r in self.snat:
+            if r.port == egress and r.family == version and r.covers(src):
+                rule = r
+                break
+        if rule is None:
+            return None
+        flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
+        # Whatever leaves by a translating interface from inside is translated or
+        # dropped: never leaked with its inside address.
+        if flow.kind == flows.ERROR:
+            return DropReason.NAT_ICMP_UNMATCHED
+        if flow.kind == flows.LATER_FRAGMENT:
+            return DropReason.NAT_FRAGMENT_UNMATCHED
+        if flow.kind == flows.UNREADABLE or not self._may_start(flow.kind, flow, frame):
+            return DropReason.NAT_INVALID
+        key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
+        return NewFlow(flow, dst, key, None, rule)
+
+    def apply(
+        self,
+        plan: Side | Plan,
+        frame: bytearray | memoryview,
+        l3: int,
+        end: int,
+        now: float,
+        in_port: int = -1,
+    ) -> Side | DropReason | None:
+        """The packet leaves: commit a new connection, account, and rewrite it.
+        Returns the side it was translated on (None for an ICMP error, which
+        belongs to no side of its own), or why it is dropped."""
+        if type(plan) is Side:
+            verdict = translate(self.table, self.fragments, plan, frame, l3, end, now, whole=True)
+            if verdict is not _OK:
+                return self._after(plan, verdict)
+            hops = plan.conn.hops
+            if hops is not None and hops[plan.direction] is None:
+                hops[plan.direction] = Hop(in_port, bytes(frame[6:12]))
+            return plan
+        made: Conn | DropReason | None
+        match plan:
+            case ErrorAbout():
+                errors.translate_error(plan, frame, l3, end)
+                self.counters["icmp-errors-translated"] += 1
+                return None
+            case LaterFragment():
+                translate(self.table, self.fragments, plan.side, frame, l3, end, now, whole=False)
+                return plan.side
+            case NewService():
+                made = self._make_room(plan.key)
+                if made is None:
+                    made = self.fnat.commit(plan, now)
+            case NewFlow():
+                made = self._make_room(plan.key)
+                if made is None:
+                    made = self._commit(plan, now)
+            case _:  # a Side: handled above
+                raise AssertionError(plan)
+        if isinstance(made, DropReason):
+            return made
+        side = made.orig
+        verdict = translate(self.table, self.fragments, side, frame, l3, end, now, whole=True)
+        if verdict is not _OK:
+            dropped = self._after(side, verdict)
+            if isinstance(dropped, DropReason):
+                self.table.remove(made)  # its first packet went no further
+                return dropped
+        if made.hops is not None:
+            made.hops[ORIG] = Hop(in_port, bytes(frame[6:12]))
+        return side
+
+    def _after(self, side: Side, verdict: Verdict) -> Side | DropReason:
+        """What becomes of a packet the connection table did not simply take."""
+        if verdict is Verdict.IGNORED:
+            return side
+        if verdict is Verdict.CLOSE_NOW:
+            self.table.remove(side.conn)  # this packet still leaves; the entry does not stay
+            return side
+        if verdict is Verdict.OUT_OF_WINDOW:
+            return DropReason.TCP_OUT_OF_WINDOW
+        return DropReason.TCP_INVALID
+
+    def route_hint(self, plan: Side | Plan) -> tuple[Hop | None, bool]:
+        """For a load-balanced connection: the (port, MAC) the packet must leave
+        by, if its destination side has been heard from (source in, source out),
+        and whether the packet goes to a backend (the VIP was its destination:
+        no TTL to spend here)."""
+        if type(plan) is Side:
+            side, error = plan, False
+        else:
+            match plan:
+                case ErrorAbout():
+                    side, error = plan.side, True
+                case LaterFragment():
+                    side, error = plan.side, False
+                case NewService():
+                    return None, True
+                case _:
+                    return None, False
+        hops = side.conn.hops
+        if hops is None:
+            return None, False
+        return hops[1 - side.direction], side.direction == ORIG and not error
+
+    def close_backend(self, backend: Backend) -> int:
+        """Forget a failed backend's connections (lb/fnat.py)."""
+        return self.fnat.close_backend(backend)
+
+    def restore(self, frame: bytearray, l3: int, side: Side) -> None:
+        """Undo the translation of a packet that arrived on ``side`` (errors.py)."""
+        errors.restore(frame, l3, side)
+
+    # -- new connections -------------------------------------------------------------
+
+    def _reused(self, side: Side, frame: Buffer, at: int, end: int) -> bool:
+        """A SYN from the original side on the tuple of a connection that is over
+        (TIME_WAIT, CLOSE: Linux's reopening), or of a load-balanced one whose
+        backend has failed: a new connection, to be translated and scheduled
+        afresh (as IPVS's conn_reuse_mode), not sent on as the old one.  Forgets
+        the old connection if so."""
+        conn = side.conn
+        if side.direction != ORIG or conn.proto != PROTO_TCP or at + 14 > end:
+            return False
+        if l4.tcp_flags(frame, at) & (l4.TCP_SYN | l4.TCP_ACK) != l4.TCP_SYN:
+            return False
+        over = conn.state in (TcpState.TIME_WAIT, TcpState.CLOSE)
+        if not over and not backend_failed(conn):
+            return False
+        balanced = conn.backend is not None
+        self.table.remove(conn)
+        self.counters["connections-rescheduled" if balanced else "connections-reopened"] += 1
+        return True
+
+    @staticmethod
+    def _may_start(kind: int, flow: flows.Flow, frame: Buffer) -> bool:
+        """Whether a packet can open a connection: not an echo reply, not a TCP
+        segment with RST (Linux's conntrack calls those invalid)."""
+        if kind == flows.QUERY:
+            return flow.dport == 0  # a request: the identifier is the source port
+        if flow.proto == PROTO_TCP:
+            # A SYN, or a plain ACK picked up in mid-stream; never a RST, FIN or
+            # SYN-ACK (Linux's conntrack calls those invalid).
+            return flow.at + 14 <= flow.end and tcptrack.may_start(l4.tcp_flags(frame, flow.at))
+        return True
+
+    def _dnat_rule(
+        self, version: int, proto: int, dst: int, dport: int, kind: int
+    ) -> DnatRule | None:
+        best = None
+        for r in self.dnat:
+            if r.family != version or r.addr != dst:
+                continue
+            if r.port:
+                if r.proto == proto and r.port == dport and kind == flows.PORTS:
+                    return r
+            elif r.proto in (0, proto) and kind in (flows.PORTS, flows.QUERY):
+                best = r
+        return best
+
+    def _inside_rule(self, version: int, src: int) -> SnatRule | None:
+        for r in self.snat:
+            if r.family == version and r.covers(src):
+                return r
+        return None
+
+    def _make_room(self, key: Tuple) -> DropReason | None:
+        """Room in the table for a new connection from ``key``'s source, or why not."""
+        refused = self.table.make_room(key[0], key[2])
+        if refused is None:
+            return None
+        if refused is Refused.SOURCE_LIMIT:
+            return DropReason.CONNTRACK_SOURCE_LIMIT
+        return DropReason.CONNTRACK_FULL
+
+    def _commit(self, plan: NewFlow, now: float) -> Conn | DropReason:
+        """A new NAT connection, with its source mapping if it is translated."""
+        table = self.table
+        key = plan.key
+        fam, proto, src, sport, dst, dport = key
+        to = plan.to or Translation(src, sport, dst, dport)
+        mapping = None
+        if plan.snat is not None:
+            if plan.flow.kind == flows.OTHER:
+                # No ports: the address alone, if the reply tuple is free.
+                out = next(self.mappings.pool_addresses(fam, src, plan.snat), None)
+                if out is None:
+                    return DropReason.NAT_PORTS_EXHAUSTED
+                to = Translation(out, 0, to.dst, to.dport)
+            else:
+                mapping = self.mappings.get(fam, proto, src, sport, plan.snat)
+                if mapping is None:
+                    return DropReason.NAT_PORTS_EXHAUSTED
+                to = Translation(mapping.outside[2], mapping.outside[3], to.dst, to.dport)
+        conn = Conn(key, to, now, echo=plan.flow.kind == flows.QUERY)
+        if table.taken(conn.key_reply) or table.taken(key):
+            if mapping is not None and mapping.refs == 0:
+                self.mappings.release(mapping)  # made for this connection only
+            return DropReason.NAT_PORTS_EXHAUSTED
+        if mapping is not None:
+            mapping.refs += 1
+            conn.mapping = mapping
+        table.insert(conn, now)
+        self.counters["connections-created"] += 1
+        return conn
+
+    def _released(self, conn: Conn) -> None:
+        backend = conn.backend
+        if backend is not None:
+            backend.conns.discard(conn)
+        m = conn.mapping
+        if m is not None:
+            self.mappings.unref(m)
+
+    # -- for status ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        return {
+            "connections": len(self.table),
+            "max_connections": self.table.max_connections,
+            "unassured": self.table.unassured(),
+            "mappings": len(self.mappings),
+            "fragment_flows": len(self.fragments),
+            "services": [svc.describe() for svc in self.services.all],
+            "counters": dict(self.counters),
+        }
+
+    def connections(self) -> list[Conn]:
+        return self.table.connections()
