@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hopgate import __version__
-from hopgate.control import conns
+from hopgate.control import conns, views
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
 from hopgate.control.lbcontrol import RingWorker
@@ -28,7 +28,7 @@ def snapshot(
     router: Router, loop: Loop, sockets: list[PacketSocket], started: float, config_path: str
 ) -> dict[str, Any]:
     """The daemon's whole visible state, as plain data (runs in the loop thread)."""
-    state = router.state()
+    state = views.router(router.state())
     counters = router.counters.snapshot()
     interfaces = []
     for iface, ports, sock in zip(state["interfaces"], counters["ports"], sockets, strict=True):
@@ -96,7 +96,7 @@ def run(cfg: Config, config_path: str) -> None:
             ),
         )
         admin.start()
-        for iface in router.state()["interfaces"]:
+        for iface in views.router(router.state())["interfaces"]:
             log.info(
                 "%s: mac %s, mtu %d, addresses %s",
                 iface["name"],
@@ -106,7 +106,7 @@ def run(cfg: Config, config_path: str) -> None:
             )
         if router.nat is not None:
             for svc in router.nat.services.all:
-                d = svc.describe()
+                d = views.service(svc.describe())
                 log.info(
                     "service %s: %s %s port %d, %s over %s, backends %s",
                     d["name"],

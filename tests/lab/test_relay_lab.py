@@ -127,13 +127,18 @@ def test_with_the_relay_every_download_completes(servers: EcmpLab, family: int) 
         after = {n: counters(servers, n) for n in NODES}
         sent = _icmp_out(servers.ns("r1"))[family // 6] - sent_before[family // 6]
         seen = sum(after[n]["seen"] - seen_before[n]["seen"] for n in NODES)
-        if seen == sent or time.monotonic() > deadline:
+        if seen >= sent or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     relayed = sum(after[n]["relayed"] - seen_before[n]["relayed"] for n in NODES)
     # Every error r1 sent was seen once, by the server ECMP gave it to; the
-    # copies that server broadcast were never captured, let alone relayed, again.
-    assert sent > 0 and seen == sent, (sent, seen, after)
+    # copies that server broadcast were never captured, let alone relayed, again
+    # (that would double the count).  A few more may be seen than r1 counted
+    # after the baseline: errors about the flows the previous test left stalled,
+    # sent just before it and still waiting in a relay's socket that had just
+    # started (seen 200 for 191 sent, once, on a loaded machine).
+    slack = max(10, sent // 10)
+    assert sent > 0 and sent <= seen <= sent + slack, (sent, seen, after)
     assert 0 < relayed <= seen
 
 

@@ -11,6 +11,7 @@ from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from hopgate.control import views
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.model import RelaySpec
 from hopgate.pipeline.relay import RelaySettings
@@ -75,7 +76,7 @@ def test_an_error_about_a_flow_held_elsewhere_is_broadcast_marked() -> None:
     assert copy[IP].tos == 63 << 2 and checksums_ok(copy[IP]) and drops(out) == []
     assert bytes(copy[IP].payload) == bytes(frag_needed_about(45000).payload)
     assert r.cluster is not None
-    assert r.cluster.state()["interfaces"][0] == {
+    assert views.relay(r.cluster.state())["interfaces"][0] == {
         "interface": "gw-b", "seen": 1, "relayed": 1, "dropped": {},
     }  # fmt: skip
 
@@ -95,7 +96,7 @@ def test_other_unmatched_errors_are_not_relayed() -> None:
     err[ICMP].code = 3
     out = r.process(via_b(err), B, 1.0)
     assert out_on(out) == [] and drops(out) == [DropReason.NAT_ICMP_UNMATCHED]
-    assert r.cluster is not None and r.cluster.state()["interfaces"][0]["seen"] == 0
+    assert r.cluster is not None and views.relay(r.cluster.state())["interfaces"][0]["seen"] == 0
 
 
 def test_a_copy_for_a_flow_held_here_is_delivered_to_its_backend() -> None:
@@ -116,7 +117,7 @@ def test_a_copy_for_a_flow_held_nowhere_here_is_counted_and_dropped_never_relaye
     out = r.process(marked_broadcast(frag_needed_about(47000)), B, 1.0)
     assert out_on(out) == [] and drops(out) == [DropReason.NAT_ICMP_UNMATCHED]
     assert r.cluster is not None
-    assert r.cluster.state()["interfaces"][0]["dropped"] == {"relayed-copy": 1}
+    assert views.relay(r.cluster.state())["interfaces"][0]["dropped"] == {"relayed-copy": 1}
 
 
 def test_an_unmarked_broadcast_is_not_taken_for_a_copy() -> None:
@@ -134,7 +135,7 @@ def test_rate_limited_like_the_standalone_relay() -> None:
     assert [len(out_on(o)) for o in outs] == [1, 1, 0, 0, 0]
     assert drops(outs[4]) == [DropReason.NAT_ICMP_UNMATCHED]
     assert r.cluster is not None
-    assert r.cluster.state()["interfaces"][0]["dropped"] == {"rate-limited-source": 3}
+    assert views.relay(r.cluster.state())["interfaces"][0]["dropped"] == {"rate-limited-source": 3}
 
 
 def test_unicast_to_each_peer_once_resolved() -> None:
@@ -148,7 +149,7 @@ def test_unicast_to_each_peer_once_resolved() -> None:
     sent = out_on(r.process(via_b(frag_needed_about(49000)), B, 1.0))
     assert sorted((p, f.dst) for p, f in sent) == [(B, PEER_MACS[0]), (B, PEER_MACS[1])]
     assert all(f[IP].tos == 63 << 2 and f[IP].dst == VIP4 and checksums_ok(f[IP]) for _, f in sent)
-    assert r.cluster is not None and r.cluster.state()["sent_to_peers"] == 2
+    assert r.cluster is not None and views.relay(r.cluster.state())["sent_to_peers"] == 2
 
 
 def test_unicast_peers_are_resolved_first() -> None:

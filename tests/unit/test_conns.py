@@ -233,10 +233,10 @@ def test_flush_and_delete_release_the_real_nats_mappings() -> None:
     assert nat is not None and len(nat.table) == 6 * STEP
     body, _ = _run(conns.job("delete", nat, lambda: 2.0, {"address": B4}))
     assert json.loads(body) == {"nat": True, "deleted": 3 * STEP}
-    assert len(nat.table) == 3 * STEP and nat.state()["mappings"] == 3 * STEP
+    assert len(nat.table) == 3 * STEP and nat.state().mappings == 3 * STEP
     body, _ = _run(conns.job("flush", nat, lambda: 2.0, {}))
     assert json.loads(body) == {"nat": True, "deleted": 3 * STEP}
-    assert len(nat.table) == 0 and nat.state()["mappings"] == 0
+    assert len(nat.table) == 0 and nat.state().mappings == 0
     # and the same flow makes a new connection at once
     r.process(bytearray(frame), C, 3.0)
     assert len(nat.table) == 1

@@ -88,7 +88,7 @@ def gone_by(r: Router, deadline: float) -> bool:
     if len(r.nat.table) != 1:
         return False
     r.poll(deadline + TICK)
-    return len(r.nat.table) == 0 and r.nat.state()["mappings"] == 0
+    return len(r.nat.table) == 0 and r.nat.state().mappings == 0
 
 
 # -- deadlines follow the state --------------------------------------------------------
@@ -291,7 +291,7 @@ def test_a_reset_as_the_only_answer_forgets_the_connection_at_once() -> None:
     syn = IP(src=A4, dst=SERVER4) / TCP(sport=SPORT, dport=80, flags="S", seq=CISN)
     f.r.process(inside(syn), C, 1.0)
     assert sent(f.server("RA", 1.1, seq=0, ack=CISN + 1), C)
-    assert len(f.nat.table) == 0 and f.nat.state()["mappings"] == 0
+    assert len(f.nat.table) == 0 and f.nat.state().mappings == 0
 
 
 def test_a_syn_on_an_established_tuple_is_ignored_and_passes() -> None:
@@ -459,7 +459,7 @@ def test_any_segments_leave_a_valid_state_and_never_raise(
             assert conn.state in TcpState
             assert conn.expires >= now
     r.poll(now + 432000 + 2)
-    assert len(r.nat.table) == 0 and r.nat.state()["mappings"] == 0
+    assert len(r.nat.table) == 0 and r.nat.state().mappings == 0
 
 
 def test_a_fragment_of_an_evicted_connection_does_not_bring_it_back() -> None:

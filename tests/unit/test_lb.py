@@ -11,6 +11,7 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from hopgate.control import views
 from hopgate.packet.proto import PROTO_UDP
 from hopgate.pipeline.actions import Action, DropReason, Transmit
 from hopgate.pipeline.router import Router
@@ -271,6 +272,6 @@ def test_ipv6_service_and_source_in_source_out() -> None:
 def test_status_lists_services_and_backends() -> None:
     r = lb_router()
     r.process(via_b(syn()), B, 1.0)
-    (svc,) = r.state()["nat"]["services"]
+    (svc,) = views.router(r.state())["nat"]["services"]
     assert svc["vip"] == VIP4 and svc["scheduler"] == "wrr"
     assert sum(b["active"] for b in svc["backends"]) == 1

@@ -9,6 +9,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror, fragment
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 
+from hopgate.control import views
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import TcpState, Timeouts
 from hopgate.pipeline.router import Router
@@ -147,7 +148,7 @@ def test_tcp_states_and_their_timeouts() -> None:
     r.process(inside(IP(src=A4, dst=SERVER4) / TCP(sport=5000, dport=80, flags="A")), C, 2.2)
     assert state() == TcpState.TIME_WAIT and conn.expires == 2.2 + 120
     r.poll(2.2 + 121)
-    assert len(nat.table) == 0 and nat.state()["mappings"] == 0
+    assert len(nat.table) == 0 and nat.state().mappings == 0
 
 
 def test_a_lone_rst_from_inside_is_not_leaked() -> None:
@@ -174,7 +175,7 @@ def test_idle_udp_mapping_expires_after_its_timeout() -> None:
     r.poll(8.9)
     assert len(nat.table) == 1
     r.poll(9.1)
-    assert len(nat.table) == 0 and nat.state()["mappings"] == 0
+    assert len(nat.table) == 0 and nat.state().mappings == 0
     out = r.process(outside(IP(src=SERVER4, dst=OUT4) / UDP(sport=53, dport=40000)), U, 9.2)
     assert sent(out, C) == []
 
@@ -341,7 +342,7 @@ def test_not_translated_when_leaving_by_another_interface() -> None:
 def test_status_shows_the_table() -> None:
     r = nat_router()
     r.process(inside(IP(src=A4, dst=SERVER4) / UDP(sport=40000, dport=53)), C, 1.0)
-    state = r.state()["nat"]
+    state = views.router(r.state())["nat"]
     assert state["connections"] == 1 and state["mappings"] == 1
     assert state["counters"]["connections-created"] == 1
 

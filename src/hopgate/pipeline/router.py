@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet, icmp4, icmp6, ipv4, ipv6, l4
@@ -34,6 +34,13 @@ from hopgate.pipeline.ratelimit import IcmpRateLimiter
 from hopgate.pipeline.reassembly import Head, Reassembler
 from hopgate.pipeline.resolvers import ArpResolver, NdResolver
 from hopgate.pipeline.routes import NextHop, Route, RouteTable, flow_hash
+from hopgate.pipeline.state import (
+    InterfaceState,
+    NeighbourState,
+    NextHopState,
+    RouterState,
+    RouteState,
+)
 from hopgate.pipeline.timers import Timers
 
 Frame = bytearray | memoryview
@@ -719,60 +726,57 @@ class Router:
 
     # -- state for status and tests ------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Routes, neighbours and table sizes as plain data (for the admin API)."""
-        neighbours = []
-        for version, table in ((4, self.arp.table), (6, self.nd.table)):
-            for e in table.entries():
-                neighbours.append(
-                    {
-                        "family": version,
-                        "interface": self.ports[e.port].name,
-                        "address": A.ip_str(version, e.addr),
-                        "mac": ethernet.format_mac(e.mac) if e.mac else None,
-                        "state": e.state.name.lower(),
-                        "queued": len(e.queue),
-                    }
-                )
-        routes = []
-        for table6 in (self.routes4, self.routes6):
-            for r in table6.routes():
-                routes.append(
-                    {
-                        "prefix": r.describe(),
-                        "connected": r.connected,
-                        "nexthops": [
-                            {
-                                "interface": self.ports[h.port].name,
-                                "via": A.ip_str(r.version, h.gateway) if h.gateway else None,
-                            }
-                            for h in r.nexthops
-                        ],
-                    }
-                )
-        return {
-            "interfaces": [
-                {
-                    "name": p.name,
-                    "mac": ethernet.format_mac(p.mac),
-                    "mtu": p.mtu,
-                    "addresses": [f"{A.v4_str(a.addr)}/{a.prefixlen}" for a in p.v4]
-                    + [f"{A.v6_str(a.addr)}/{a.prefixlen}" for a in p.v6]
-                    + [f"{A.v6_str(p.link_local)}/64"],
-                }
-                for p in self.ports
-            ],
-            "routes": routes,
-            "neighbours": neighbours,
-            "reassembly": {
-                "datagrams": len(self.reassembler),
-                "bytes": self.reassembler.bytes_held,
-            },
-            "icmp_rate_limit_destinations": len(self.limiter),
-            "timers": len(self.timers),
-            "nat": self.nat.state() if self.nat is not None else None,
-            "relay": self.cluster.state() if self.cluster is not None else None,
-        }
+    def state(self) -> RouterState:
+        """Interfaces, routes, neighbours and table sizes as raw values (for the
+        admin API, which ``hopgate.control.views`` formats)."""
+        neighbours = [
+            NeighbourState(
+                family=version,
+                interface=self.ports[e.port].name,
+                address=e.addr,
+                mac=bytes(e.mac) if e.mac else None,
+                state=e.state,
+                queued=len(e.queue),
+            )
+            for version, table in ((A.V4, self.arp.table), (A.V6, self.nd.table))
+            for e in table.entries()
+        ]
+        routes = [
+            RouteState(
+                family=r.version,
+                prefix=r.prefix,
+                prefixlen=r.prefixlen,
+                connected=r.connected,
+                nexthops=tuple(
+                    NextHopState(self.ports[h.port].name, h.gateway if h.gateway else None)
+                    for h in r.nexthops
+                ),
+            )
+            for table in (self.routes4, self.routes6)
+            for r in table.routes()
+        ]
+        interfaces = [
+            InterfaceState(
+                name=p.name,
+                mac=bytes(p.mac),
+                mtu=p.mtu,
+                v4=tuple((a.addr, a.prefixlen) for a in p.v4),
+                v6=tuple((a.addr, a.prefixlen) for a in p.v6),
+                link_local=p.link_local,
+            )
+            for p in self.ports
+        ]
+        return RouterState(
+            interfaces=tuple(interfaces),
+            routes=tuple(routes),
+            neighbours=tuple(neighbours),
+            reassembly_datagrams=len(self.reassembler),
+            reassembly_bytes=self.reassembler.bytes_held,
+            icmp_rate_limit_destinations=len(self.limiter),
+            timers=len(self.timers),
+            nat=self.nat.state() if self.nat is not None else None,
+            relay=self.cluster.state() if self.cluster is not None else None,
+        )
 
 
 def _nat_host_addresses(spec: RouterSpec) -> list[dict[int, tuple[int, ...]]]:

@@ -15,7 +15,6 @@ and drop it, and never relay a copy again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from hopgate.packet import ethernet
 from hopgate.packet.types import Buffer
@@ -25,6 +24,7 @@ from hopgate.pipeline.model import IPAddress, RelaySpec
 from hopgate.pipeline.plans import ErrorAbout
 from hopgate.pipeline.ports import Port
 from hopgate.pipeline.relay import PmtuMessage, Relay, is_marked, relayed_copy
+from hopgate.pipeline.state import RelayInterfaceState, RelayState
 
 # (frame, l3, peer address, now, out): route a copy to a peer and send it there
 ToPeer = Callable[[bytearray, int, IPAddress, float, list[Action]], None]
@@ -77,10 +77,12 @@ class ClusterRelay:
             self.sent_to_peers += 1
         return True
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "mode": "unicast" if self.spec.peers else "broadcast",
-            "peers": [str(p) for p in self.spec.peers],
-            "sent_to_peers": self.sent_to_peers,
-            "interfaces": self.relay.snapshot(list(self.spec.interfaces)),
-        }
+    def state(self) -> RelayState:
+        return RelayState(
+            peers=tuple(self.spec.peers),
+            sent_to_peers=self.sent_to_peers,
+            interfaces=tuple(
+                RelayInterfaceState(name, c.seen, c.relayed, tuple(c.dropped.items()))
+                for name, c in zip(self.spec.interfaces, self.relay.counters, strict=True)
+            ),
+        )

@@ -25,10 +25,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from hopgate.packet import addr as A
-from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline.conntrack import Conn
 from hopgate.pipeline.lb import maglev
 from hopgate.pipeline.model import (
@@ -40,6 +38,7 @@ from hopgate.pipeline.model import (
     Scheduler,
     ServiceSpec,
 )
+from hopgate.pipeline.state import BackendState, ServiceState
 
 # The specs and their policies are defined with the other specs (model.py), and
 # importable from here (and from the package).
@@ -217,29 +216,29 @@ class Service:
         self._lip = (self._lip + 1) % len(self.lips)
         return self.lips[self._lip]
 
-    def describe(self) -> dict[str, Any]:
-        vip = A.ip_str(self.family, self.vip)
-        return {
-            "name": self.name,
-            "vip": vip,
-            "port": self.port,
-            "protocol": "tcp" if self.protocol == PROTO_TCP else "udp",
-            "scheduler": self.spec.scheduler,
-            "local_addresses": [A.ip_str(self.family, a) for a in self.lips],
-            "health": self.spec.health.kind,
-            "backends": [
-                {
-                    "backend": b.name,
-                    "weight": b.weight,
-                    "up": b.up,
-                    "active": len(b.conns),
-                    "total": b.total,
-                    "checks_ok": b.checks["ok"],
-                    "checks_failed": b.checks["failed"],
-                }
+    def describe(self) -> ServiceState:
+        return ServiceState(
+            name=self.name,
+            family=self.family,
+            vip=self.vip,
+            port=self.port,
+            protocol=self.protocol,
+            scheduler=self.spec.scheduler,
+            local_addresses=tuple(self.lips),
+            health=self.spec.health.kind,
+            backends=tuple(
+                BackendState(
+                    name=b.name,
+                    weight=b.weight,
+                    up=b.up,
+                    active=len(b.conns),
+                    total=b.total,
+                    checks_ok=b.checks["ok"],
+                    checks_failed=b.checks["failed"],
+                )
                 for b in self.backends
-            ],
-        }
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ from hopgate.pipeline.nat.fragments import Fragments
 from hopgate.pipeline.nat.translate import DnatRule, Mappings, SnatRule, translate
 from hopgate.pipeline.plans import ErrorAbout, LaterFragment, NewFlow, NewService, Plan
 from hopgate.pipeline.ports import Port
+from hopgate.pipeline.state import NatState
 from hopgate.pipeline.timers import Timers
 
 _PORTS = Struct("!HH")
@@ -455,16 +456,16 @@ class Nat:
 
     # -- for status ------------------------------------------------------------------------
 
-    def state(self) -> dict[str, object]:
-        return {
-            "connections": len(self.table),
-            "max_connections": self.table.max_connections,
-            "unassured": self.table.unassured(),
-            "mappings": len(self.mappings),
-            "fragment_flows": len(self.fragments),
-            "services": [svc.describe() for svc in self.services.all],
-            "counters": dict(self.counters),
-        }
+    def state(self) -> NatState:
+        return NatState(
+            connections=len(self.table),
+            max_connections=self.table.max_connections,
+            unassured=self.table.unassured(),
+            mappings=len(self.mappings),
+            fragment_flows=len(self.fragments),
+            services=tuple(svc.describe() for svc in self.services.all),
+            counters=tuple(self.counters.items()),
+        )
 
     def connections(self) -> list[Conn]:
         return self.table.connections()
