@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.report import replace_section
 from hopgate.control.config import Config
-from hopgate.packet import checksum as cs
+from hopgate.lab.frames import tcp4
 from hopgate.pipeline.actions import Transmit
 from hopgate.pipeline.router import Router
 
@@ -79,15 +79,6 @@ def _rss() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _frame(dst_mac: bytes, src_mac: bytes, src: int, dst: int, sport: int, dport: int,
-           flags: int, seq: int, ack: int) -> bytearray:  # fmt: skip
-    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0))
-    struct.pack_into("!H", tcp, 16, cs.checksum(tcp, cs.pseudo_sum_v4(src, dst, 6, len(tcp))))
-    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 40, 0, 0x4000, 64, 6, 0, src, dst))
-    struct.pack_into("!H", ip, 10, cs.checksum(ip))
-    return bytearray(dst_mac + src_mac + b"\x08\x00") + ip + tcp
-
-
 def _router() -> Router:
     import tomllib
 
@@ -106,7 +97,7 @@ def _fill(r: Router, n: int, shape: str, now: float) -> None:
         host, sport = INSIDE + 2 + i % HOSTS, 1024 + i // HOSTS
         if shape == "established" and i < HOSTS:
             r.arp.table.learn(0, host, HOST_MAC, now, learn_out, solicited=True, create=True)  # type: ignore[arg-type]
-        syn = _frame(GW_C_MAC, HOST_MAC, host, SERVER, sport, 80, 0x02, 1000, 0)
+        syn = bytearray(tcp4(GW_C_MAC, HOST_MAC, host, SERVER, sport, 80, 0x02, 1000, 0))
         actions = r.process(syn, 0, now)
         if shape != "established":
             continue
@@ -115,9 +106,13 @@ def _fill(r: Router, n: int, shape: str, now: float) -> None:
             struct.unpack_from("!I", sent, 26)[0],
             struct.unpack_from("!H", sent, 34)[0],
         )
-        synack = _frame(GW_U_MAC, UPSTREAM_MAC, SERVER, out_addr, 80, out_port, 0x12, 5000, 1001)
+        synack = bytearray(
+            tcp4(GW_U_MAC, UPSTREAM_MAC, SERVER, out_addr, 80, out_port, 0x12, 5000, 1001)
+        )
         r.process(synack, 1, now)
-        r.process(_frame(GW_C_MAC, HOST_MAC, host, SERVER, sport, 80, 0x10, 1001, 5001), 0, now)
+        r.process(
+            bytearray(tcp4(GW_C_MAC, HOST_MAC, host, SERVER, sport, 80, 0x10, 1001, 5001)), 0, now
+        )
 
 
 def measure(n: int, shape: str) -> dict[str, float]:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from bench.report import replace_section
 from hopgate.control.lbcontrol import process_executor
-from hopgate.packet import checksum as cs
+from hopgate.lab.frames import tcp4
 from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline.actions import Action, Transmit
 from hopgate.pipeline.lb import BackendSpec, HealthKind, HealthSpec, Scheduler, ServiceSpec, maglev
@@ -98,19 +98,12 @@ def _router(n: int, on_ring: Callable[[], None] | None) -> Router:
     return r
 
 
-def _frame(dst_mac: bytes, src_mac: bytes, src: int, dst: int, sport: int, dport: int,
-           flags: int, seq: int, ack: int) -> bytearray:  # fmt: skip
-    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0))
-    struct.pack_into("!H", tcp, 16, cs.checksum(tcp, cs.pseudo_sum_v4(src, dst, 6, len(tcp))))
-    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 40, 0, 0x4000, 64, 6, 0, src, dst))
-    struct.pack_into("!H", ip, 10, cs.checksum(ip))
-    return bytearray(dst_mac + src_mac + b"\x08\x00") + ip + tcp
-
-
 def _syn(i: int) -> bytearray:
     """A new connection to the VIP: its own source address and port."""
     src = _ip(CLIENT) + (i >> 14)
-    return _frame(GW_U_MAC, UPSTREAM_MAC, src, _ip(VIP), 1024 + (i & 0x3FFF), 80, 0x02, 1, 0)
+    return bytearray(
+        tcp4(GW_U_MAC, UPSTREAM_MAC, src, _ip(VIP), 1024 + (i & 0x3FFF), 80, 0x02, 1, 0)
+    )
 
 
 def _answers(out: list[Action], answering: set[int]) -> list[bytearray]:
@@ -125,7 +118,9 @@ def _answers(out: list[Action], answering: set[int]) -> list[bytearray]:
         src, dst = struct.unpack_from("!II", f, 26)
         sport, dport, seq = struct.unpack_from("!HHI", f, 34)
         if src == gw and f[47] == 0x02 and dst in answering:
-            frames.append(_frame(GW_S_MAC, BACKEND_MAC, dst, gw, dport, sport, 0x12, 7, seq + 1))
+            frames.append(
+                bytearray(tcp4(GW_S_MAC, BACKEND_MAC, dst, gw, dport, sport, 0x12, 7, seq + 1))
+            )
     return frames
 
 

@@ -5,20 +5,17 @@ not end a connection."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import random
 import re
-import struct
 import subprocess
 import sys
 import time
 
 from hopgate.lab import tools
+from hopgate.lab.frames import tcp4
 from hopgate.lab.netns import Namespace
 from hopgate.lab.topologies import HTTP_PORT, NAT_ADDR, NatLab
-from hopgate.packet import checksum as cs
-from hopgate.packet import ipv4
 
 A = NAT_ADDR
 GW = "hopgate (NAT)"
@@ -35,16 +32,6 @@ def _conns(lab: NatLab, *args: str) -> dict[str, object]:
 
 def _hw(ns: Namespace, ifname: str) -> bytes:
     return bytes.fromhex(ns.mac(ifname).replace(":", ""))
-
-
-def _tcp_frame(
-    dst_mac: bytes, src_mac: bytes, src: str, dst: str, sport: int, dport: int, flags: int,
-    seq: int, ack: int = 0,
-) -> bytes:  # fmt: skip
-    s, d = int(ipaddress.IPv4Address(src)), int(ipaddress.IPv4Address(dst))
-    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0))
-    struct.pack_into("!H", tcp, 16, cs.checksum(tcp, cs.pseudo_sum_v4(s, d, 6, len(tcp))))
-    return dst_mac + src_mac + b"\x08\x00" + bytes(ipv4.build_header(s, d, 6, len(tcp))) + tcp
 
 
 def test_a_thousand_short_connections_through_a_table_of_a_hundred() -> None:
@@ -81,7 +68,7 @@ def test_a_flood_of_bare_acks_does_not_lock_out_another_inside_host() -> None:
         gw_mac, mine = _hw(lab.ns("gw"), "gw-c"), _hw(in2, "eth0")
         rng = random.Random(9)
         frames = [
-            _tcp_frame(
+            tcp4(
                 gw_mac,
                 mine,
                 A.inside2_4,
@@ -148,7 +135,7 @@ def test_a_blind_rst_does_not_end_a_dnat_transfer() -> None:
         gw_mac, r1_mac = _hw(lab.ns("gw"), "gw-u"), _hw(r1, "r1-d")
         rng = random.Random(5)
         forged = [
-            _tcp_frame(
+            tcp4(
                 gw_mac,
                 r1_mac,
                 A.server4,
@@ -189,7 +176,7 @@ def test_a_syn_flood_at_one_vip_through_a_small_table() -> None:
         gw_b, rb_mac = _hw(lab.ns("gw"), "gw-b"), _hw(rb, "rb-g")
         rng = random.Random(11)
         frames = [
-            _tcp_frame(
+            tcp4(
                 gw_b,
                 rb_mac,
                 f"198.19.{rng.randrange(256)}.{rng.randrange(1, 255)}",

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import struct
 import threading
 import time
 from typing import Any
 
 from hopgate.lab import tools
+from hopgate.lab.frames import tcp4
 from hopgate.lab.lblab import LB_ADDR, LbLab
 from hopgate.lab.topologies import ADDR, HTTP_PORT, RouterLab
-from hopgate.packet import checksum as cs
-from hopgate.packet import ipv4
 
 A = ADDR
 COUNT = 10
@@ -84,10 +82,7 @@ def _syn_frames(dst_mac: bytes, vip: str, port: int) -> list[bytes]:
     for _ in range(SYNS):
         s = base + 1 + rng.randrange(size - 2)
         sport, seq = rng.randrange(1024, 65536), rng.getrandbits(32)
-        tcp = bytearray(struct.pack("!HHIIBBHHH", sport, port, seq, 0, 5 << 4, 0x02, 64240, 0, 0))
-        struct.pack_into("!H", tcp, 16, cs.checksum(tcp, cs.pseudo_sum_v4(s, d, 6, len(tcp))))
-        ip = bytes(ipv4.build_header(s, d, 6, len(tcp)))
-        frames.append(dst_mac + FLOOD_MAC + b"\x08\x00" + ip + bytes(tcp))
+        frames.append(tcp4(dst_mac, FLOOD_MAC, s, d, sport, port, 0x02, seq))
     return frames
 
 
