@@ -331,9 +331,6 @@ class ConnTable:
         self.counters["connections-refused-full"] += 1
         return Refused.FULL
 
-    def full(self) -> bool:
-        return self._count >= self.max_connections and not (self._unassured or self._closing)
-
     def insert(self, conn: Conn, now: float) -> None:
         conn.key_orig = self._interned(conn.key_orig)
         conn.key_reply = self._interned(conn.key_reply)
@@ -500,7 +497,7 @@ class ConnTable:
         if bucket is None:
             return
         for conn in bucket:
-            if conn.due is not bucket or not self._holds(conn):
+            if conn.due is not bucket:
                 continue  # filed again elsewhere, or gone
             if conn.expires <= now:
                 self.counters["connections-expired"] += 1
@@ -512,7 +509,7 @@ class ConnTable:
     def remove(self, conn: Conn) -> None:
         self._unassured.pop(conn, None)
         self._closing.pop(conn, None)
-        if not self._holds(conn):
+        if conn.due is None:
             return
         del self._by_key[conn.key_orig]
         self._by_key.pop(conn.key_reply, None)
@@ -538,12 +535,9 @@ class ConnTable:
             self._peak = max(self._count, 1)
 
     def holds(self, conn: Conn) -> bool:
-        """Whether ``conn`` is (still) in the table."""
+        """Whether ``conn`` is (still) in the table: filed for expiry from its
+        insertion to its removal, and only then."""
         return conn.due is not None
-
-    def _holds(self, conn: Conn) -> bool:
-        side = self._by_key.get(conn.key_orig)
-        return side is not None and side.conn is conn
 
     def connections(self) -> list[Conn]:
         return [side.conn for side in self._by_key.values() if side.direction == ORIG]

@@ -68,6 +68,7 @@ from hopgate.pipeline.timers import Timers
 _PORTS = Struct("!HH")
 _FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
 
+_SYN_ACK = l4.TCP_SYN | l4.TCP_ACK
 _OK = Verdict.OK  # compared for every translated packet: a module global is read faster
 
 
@@ -362,9 +363,10 @@ class Nat:
         afresh (as IPVS's conn_reuse_mode), not sent on as the old one.  Forgets
         the old connection if so."""
         conn = side.conn
-        if side.direction != ORIG or conn.proto != PROTO_TCP or at + 14 > end:
+        # Runs for every packet of a known connection: the cheapest tests first.
+        if side.direction or conn.tcp is None or at + 14 > end:
             return False
-        if l4.tcp_flags(frame, at) & (l4.TCP_SYN | l4.TCP_ACK) != l4.TCP_SYN:
+        if frame[at + 13] & _SYN_ACK != l4.TCP_SYN:
             return False
         over = conn.state in (TcpState.TIME_WAIT, TcpState.CLOSE)
         if not over and not backend_failed(conn):
