@@ -31,6 +31,7 @@ from bench.report import replace_section
 from hopgate.control.config import Config
 from hopgate.lab.frames import tcp4
 from hopgate.pipeline.actions import Transmit
+from hopgate.pipeline.neighbours import Heard
 from hopgate.pipeline.router import Router
 
 GW_C_MAC = bytes.fromhex("020000000101")
@@ -42,6 +43,8 @@ UPSTREAM = 0xC6120202  # 198.18.2.2
 INSIDE = 0xC6100000  # 198.16.0.0/16
 HOSTS = 2000  # inside hosts (each a neighbour hopgate knows), each with many ports
 POOL = 32  # outside addresses: 32 x 64,512 ports
+# A neighbour learnt as if it had answered an ARP request (the entry made if there is none).
+ANSWER = Heard(solicited=True, create=True)
 
 CONFIG = f"""
 [[interface]]
@@ -86,7 +89,7 @@ def _router() -> Router:
     spec = cfg.router_spec({"gw-c": (GW_C_MAC, 1500), "gw-u": (GW_U_MAC, 1500)})
     r = Router(spec, now=0.0)
     out: list[object] = []
-    r.arp.table.learn(1, UPSTREAM, UPSTREAM_MAC, 0.0, out, solicited=True, create=True)  # type: ignore[arg-type]
+    r.arp.table.learn(1, UPSTREAM, UPSTREAM_MAC, ANSWER, 0.0, out)  # type: ignore[arg-type]
     return r
 
 
@@ -96,7 +99,7 @@ def _fill(r: Router, n: int, shape: str, now: float) -> None:
     for i in range(n):
         host, sport = INSIDE + 2 + i % HOSTS, 1024 + i // HOSTS
         if shape == "established" and i < HOSTS:
-            r.arp.table.learn(0, host, HOST_MAC, now, learn_out, solicited=True, create=True)  # type: ignore[arg-type]
+            r.arp.table.learn(0, host, HOST_MAC, ANSWER, now, learn_out)  # type: ignore[arg-type]
         syn = bytearray(tcp4(GW_C_MAC, HOST_MAC, host, SERVER, sport, 80, 0x02, 1000, 0))
         actions = r.process(syn, 0, now)
         if shape != "established":

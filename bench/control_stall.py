@@ -47,6 +47,7 @@ from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline.actions import Action, Transmit
 from hopgate.pipeline.lb import BackendSpec, HealthKind, HealthSpec, Scheduler, ServiceSpec, maglev
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RouterSpec, RouteSpec
+from hopgate.pipeline.neighbours import Heard
 from hopgate.pipeline.router import Router
 
 GW_U_MAC, GW_S_MAC = bytes.fromhex("020000000a01"), bytes.fromhex("020000000501")
@@ -92,9 +93,10 @@ def _spec(n: int) -> RouterSpec:
 def _router(n: int, on_ring: Callable[[], None] | None) -> Router:
     r = Router(_spec(n), now=0.0, on_ring=on_ring)
     out: list[Action] = []
-    r.arp.table.learn(U, _ip(UPSTREAM), UPSTREAM_MAC, 0.0, out, solicited=True, create=True)
+    answer = Heard(solicited=True, create=True)  # as if each had answered an ARP request
+    r.arp.table.learn(U, _ip(UPSTREAM), UPSTREAM_MAC, answer, 0.0, out)
     for b in _backends(n):
-        r.arp.table.learn(S, _ip(b), BACKEND_MAC, 0.0, out, solicited=True, create=True)
+        r.arp.table.learn(S, _ip(b), BACKEND_MAC, answer, 0.0, out)
     return r
 
 

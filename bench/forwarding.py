@@ -2,6 +2,7 @@
 in the same lab shapes, in one run.  Writes its section of docs/benchmarks.md.
 
     .venv/bin/python -m bench.forwarding [--seconds 10] [--rounds 3] [--out docs/benchmarks.md]
+                                         [--before DIR]
 
 Three shapes: routing (client — gw — r1 — server), NAT (an inside host — gw
 translating its source — r1 — server; the kernel does it with nftables
@@ -14,6 +15,12 @@ them.  The forwarded rate is the server's received frames over the measuring
 window, after a warm-up.  hopgate runs pinned to CPU 1; its CPU time in the
 window is read from /proc.  Every shape is measured in each of several rounds;
 the report gives the median and the spread.
+
+``--before DIR``: also run, in each round and shape, the hopgate of another
+source tree (DIR holds its ``src/``, e.g. ``git archive HEAD~3 src | tar -x -C
+DIR``), between this tree's run and the kernel's, and report this tree's rate
+over that one's, round by round: a change measured against what it changes,
+under the same conditions.
 """
 
 from __future__ import annotations
@@ -116,8 +123,30 @@ def _shape(shape: str, mode: str) -> Iterator[Shape]:
             yield Shape(nl.ns("inside1"), nl.ns("server"), nl.ns("gw"), nl.hopgate, nl.status)
 
 
-def measure(shape: str, mode: str, seconds: float, warmup: float) -> Result:
-    with _shape(shape, mode) as s:
+BEFORE = "hopgate, before"  # the gateway label of --before's tree
+
+
+@contextmanager
+def _daemon_from(tree: Path | None) -> Iterator[None]:
+    """hopgate daemons started meanwhile run ``tree``'s code (None: this tree's)."""
+    if tree is None:
+        yield
+        return
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree / "src")
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def measure(
+    shape: str, mode: str, seconds: float, warmup: float, tree: Path | None = None
+) -> Result:
+    with _daemon_from(tree), _shape(shape, mode) as s:
         s.server.run("nft", "add table inet bench")
         s.server.run(
             "nft",
@@ -156,9 +185,10 @@ def measure(shape: str, mode: str, seconds: float, warmup: float) -> Result:
             drops = next(p for p in state["interfaces"] if p["name"] == "gw-c")["io"][
                 "rx_socket_drops"
             ]
+        gateway = "Linux kernel" if mode == "kernel" else BEFORE if tree else "hopgate"
         return Result(
             shape,
-            "hopgate" if mode == "hopgate" else "Linux kernel",
+            gateway,
             (tx1 - tx0) / elapsed,
             (rx1 - rx0) / elapsed,
             (cpu1 - cpu0) / elapsed if pid else None,
@@ -180,8 +210,10 @@ def _median_run(runs: list[Result]) -> Result:
 def _rows(rounds: Rounds) -> str:
     rows = []
     for shape in SHAPES:
-        for gateway in ("hopgate", "Linux kernel"):
+        for gateway in ("hopgate", BEFORE, "Linux kernel"):
             runs = _runs(rounds, shape, gateway)
+            if not runs:
+                continue
             r = _median_run(runs)
             each = " / ".join(f"{x.forwarded_pps / 1000:,.0f}k" for x in runs)
             cpu = f"{r.gateway_cpu * 100:.0f}%" if r.gateway_cpu is not None else "in softirq"
@@ -210,6 +242,16 @@ def _ratio_lines(rounds: Rounds) -> str:
             f"- **{shape}: hopgate / kernel = {ratio:.3f}** ({ratio * 100:.1f}%, the median"
             f"{spread}).{bound}"
         )
+        befores = _runs(rounds, shape, BEFORE)
+        if befores:
+            against = sorted(
+                h.forwarded_pps / b.forwarded_pps if b.forwarded_pps else 0.0
+                for h, b in zip(hops, befores, strict=True)
+            )
+            lines.append(
+                f"  This tree / the tree before: {against[len(against) // 2]:.3f} (the median;"
+                f" {', '.join(f'{x:.3f}' for x in against)} over the rounds)."
+            )
         drops = [h.socket_drops for h in hops if h.socket_drops is not None]
         if drops:
             lines.append(
@@ -240,7 +282,7 @@ the inside host sends to a UDP service on a VIP of the gateway, which sends it
 on to the server from a local address). Each shape ran with hopgate as the
 gateway, then with the Linux kernel (nftables masquerade for NAT; nftables dnat
 and masquerade for FNAT, which is what FNAT does to a packet, without a load
-balancer's scheduling).
+balancer's scheduling).{_before_note(rounds)}
 
 | shape | gateway | offered (pps) | forwarded (pps) | forwarded, each round | gateway CPU |
 |---|---|---:|---:|---:|---:|
@@ -267,6 +309,15 @@ Reproduce: `.venv/bin/python -m bench.forwarding` (as root, after `scripts/boots
 """
 
 
+def _before_note(rounds: Rounds) -> str:
+    if not any(r.gateway == BEFORE for rnd in rounds for r in rnd):
+        return ""
+    return (
+        " In each round and shape, the hopgate of another source tree (`--before`,"
+        f' "{BEFORE}") ran too, the two trees taking turns at going first.'
+    )
+
+
 def _trafgen_version() -> str:
     out = subprocess.run(
         ["trafgen", "--version"], capture_output=True, text=True, check=False
@@ -284,7 +335,12 @@ def main() -> None:
         default=Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md",
     )
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--before", type=Path, default=None, help="another source tree's root, measured too"
+    )
     args = ap.parse_args()
+    if args.before is not None and not (args.before / "src" / "hopgate").is_dir():
+        sys.exit(f"bench: {args.before} holds no src/hopgate")
     if os.geteuid() != 0:
         sys.exit("bench: run as root (the lab uses network namespaces)")
     if args.rounds < 1:
@@ -293,10 +349,14 @@ def main() -> None:
     for n in range(1, args.rounds + 1):
         rnd = []
         for shape in SHAPES:
-            for mode in ("hopgate", "kernel"):
-                r = measure(shape, mode, args.seconds, args.warmup)
+            runs: list[tuple[str, Path | None]] = [("hopgate", None)]
+            if args.before is not None:
+                # The two trees take turns at going first.
+                runs.insert(n % 2, ("hopgate", args.before.resolve()))
+            for mode, tree in [*runs, ("kernel", None)]:
+                r = measure(shape, mode, args.seconds, args.warmup, tree)
                 print(
-                    f"round {n}  {r.shape:8} {r.gateway:13} offered {r.offered_pps:12,.0f} pps"
+                    f"round {n}  {r.shape:8} {r.gateway:15} offered {r.offered_pps:12,.0f} pps"
                     f"  forwarded {r.forwarded_pps:12,.0f} pps",
                     flush=True,
                 )

@@ -1,17 +1,33 @@
 """The per-packet cost of ``Router.process`` for established NAT and load-balanced
-flows, two source trees in the same run (issue 10, item 3: the load balancer's
-package and NAT's split must not slow the hot path).  Pipeline only, no lab.
+flows, and for plain routing and local answers beside them, two source trees in
+the same run (issue 10, item 3: the load balancer's package and NAT's split must
+not slow the hot path).  Pipeline only, no lab.
 
     .venv/bin/python -m bench.nat_lb_paths [--before DIR] [--frames 100000] [--rounds 5]
 
 ``--before`` (and ``--after``, default this tree) is another checkout's root
 (e.g. ``git archive HEAD src tests | tar -x -C /tmp/before``); without it only
 this tree is measured.  Each round runs one subprocess per tree, alternately,
-so both see the same machine load.  A flow is opened (handshake through the
-router, from the tests' helpers), then ``--frames`` copies of one ACK (no data:
-always in window) go through ``Router.process`` in each direction; the figure
-is the median round's ns per frame (the copy of the frame into a fresh
-bytearray included, alike for both).
+so both see the same machine load; this file is the code run in both, and it
+takes the router and the frame helpers from each tree's ``tests/unit``.
+
+The cases, each one frame repeated ``--frames`` times through ``Router.process``
+after a first one checked to be transmitted:
+
+- ``nat-out``, ``nat-in``: an established SNAT flow, opened by a handshake
+  through the router, then one ACK (no data: always in window) out, and the
+  server's ACK back in;
+- ``lb-to-backend``, ``lb-from-backend``: the same for a full-NAT flow to a
+  load-balanced VIP, client to backend and backend back;
+- ``route4-udp``, ``route6-udp``: a UDP datagram (18 bytes of data) forwarded
+  client -> server over the default route, its next hop already resolved (no
+  NAT configured);
+- ``ecmp4-udp``: the same in IPv4 over a route with three next hops, all resolved;
+- ``echo4-local``: an ICMP echo request (56 bytes of data) to the router's
+  address on the client's port, answered.
+
+The figure is the median round's ns per frame (the copy of the frame into a
+fresh bytearray included, alike for all).
 """
 
 from __future__ import annotations
@@ -29,14 +45,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _measure(frames: int) -> dict[str, float]:
     """In a subprocess whose sys.path starts with the tree to measure."""
-    from ipaddress import ip_address
+    from ipaddress import ip_address, ip_network
 
-    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
     from tests.unit import frames as F
     from tests.unit import lb_frames as L
     from tests.unit import nat_frames as N
 
     from hopgate.pipeline.actions import Transmit
+    from hopgate.pipeline.model import NextHopSpec, RouteSpec
 
     def run(r: object, frame: bytes, port: int) -> float:
         process = r.process  # type: ignore[attr-defined]
@@ -75,6 +93,30 @@ def _measure(frames: int) -> dict[str, float]:
     )
     got["lb-to-backend"] = run(r, ack, L.B)
     got["lb-from-backend"] = run(r, reply, L.S)
+    # Plain routing, no NAT: CLIENT -> SERVER over the default route, its next
+    # hop (UPSTREAM) already in the neighbour tables.  Only tests.unit.frames.
+    r = F.resolved_router()
+    data = b"x" * 18
+    udp4 = bytes(F.from_client(IP(src=F.CLIENT4, dst=F.SERVER4) / UDP(sport=40000, dport=9) / data))
+    udp6 = bytes(
+        F.from_client(IPv6(src=F.CLIENT6, dst=F.SERVER6) / UDP(sport=40000, dport=9) / data)
+    )
+    got["route4-udp"] = run(r, udp4, F.C)
+    got["route6-udp"] = run(r, udp6, F.C)
+    # ECMP: the IPv4 default route over three next hops on the upstream port,
+    # all resolved (as tests/unit/test_router_ecmp.py builds it).
+    hops = ("198.18.2.2", "198.18.2.3", "198.18.2.4")
+    routes = (
+        RouteSpec(ip_network("0.0.0.0/0"), tuple(NextHopSpec(ip_address(h)) for h in hops)),
+        RouteSpec(ip_network("::/0"), (NextHopSpec(ip_address(F.UPSTREAM6)),)),
+    )
+    r = F.router(routes=routes)
+    F.learn_neighbours(r, [(F.U, h, f"02:00:00:00:02:{i + 2:02x}") for i, h in enumerate(hops)])
+    got["ecmp4-udp"] = run(r, udp4, F.C)
+    # An echo request to the router's own address on the client's port.
+    r = F.resolved_router()
+    echo = IP(src=F.CLIENT4, dst=F.GW_C4) / ICMP(id=0x1234, seq=1) / (b"p" * 56)
+    got["echo4-local"] = run(r, bytes(F.from_client(echo)), F.C)
     return got
 
 

@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 
 from hopgate.pipeline.actions import Action, Drop, DropReason, Transmit
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RouterSpec, RouteSpec
+from hopgate.pipeline.neighbours import Heard
 from hopgate.pipeline.router import Router
 
 GW_C_MAC = "02:00:00:00:01:01"
@@ -96,13 +97,18 @@ def drops(actions: list[Action]) -> list[DropReason]:
     return [a.reason for a in actions if isinstance(a, Drop)]
 
 
+# How a test teaches the router a neighbour: as an answer to its solicitation,
+# making the entry if there is none.
+ANSWER = Heard(solicited=True, create=True)
+
+
 def learn_neighbours(r: Router, hosts: Iterable[tuple[int, str, str]]) -> None:
     """Teach the router (port, address, MAC) neighbours, as after a first exchange."""
     out: list[Action] = []
     for port, host, hw in hosts:
         address = ipaddress.ip_address(host)
         table = r.arp.table if address.version == 4 else r.nd.table
-        table.learn(port, int(address), mac(hw), 0.0, out, solicited=True, create=True)
+        table.learn(port, int(address), mac(hw), ANSWER, 0.0, out)
 
 
 def resolved_router(**overrides: Any) -> Router:

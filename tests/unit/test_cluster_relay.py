@@ -16,7 +16,7 @@ from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.model import RelaySpec
 from hopgate.pipeline.relay import RelaySettings
 from hopgate.pipeline.router import Router
-from tests.unit.frames import drops
+from tests.unit.frames import ANSWER, drops
 from tests.unit.lb_frames import (
     BE1,
     BE2_MAC,
@@ -143,9 +143,7 @@ def test_unicast_to_each_peer_once_resolved() -> None:
     out: list[Action] = []
     for addr, hw in zip(PEERS, PEER_MACS, strict=True):
         mac = bytes.fromhex(hw.replace(":", ""))
-        r.arp.table.learn(
-            B, int(ipaddress.ip_address(addr)), mac, 0.0, out, solicited=True, create=True
-        )
+        r.arp.table.learn(B, int(ipaddress.ip_address(addr)), mac, ANSWER, 0.0, out)
     sent = out_on(r.process(via_b(frag_needed_about(49000)), B, 1.0))
     assert sorted((p, f.dst) for p, f in sent) == [(B, PEER_MACS[0]), (B, PEER_MACS[1])]
     assert all(f[IP].tos == 63 << 2 and f[IP].dst == VIP4 and checksums_ok(f[IP]) for _, f in sent)

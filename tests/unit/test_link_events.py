@@ -20,6 +20,7 @@ from hopgate.io.loop import Loop
 from hopgate.packet import addr as A
 from hopgate.pipeline.actions import DropReason
 from tests.unit.frames import (
+    ANSWER,
     CLIENT4,
     CLIENT6,
     GW_U4,
@@ -55,9 +56,7 @@ def test_link_down_forgets_its_neighbours_and_drops_what_waits_on_them() -> None
     r.process(from_client(IP(src=CLIENT4, dst=SERVER4) / UDP(sport=7, dport=8)), C, 0.0)
     r.process(from_client(IPv6(src=CLIENT6, dst=SERVER6) / UDP(sport=7, dport=8)), C, 0.0)
     out: list[Any] = []
-    r.arp.table.learn(
-        C, _ip(CLIENT4), mac("02:00:00:00:01:0a"), 0.0, out, solicited=True, create=True
-    )
+    r.arp.table.learn(C, _ip(CLIENT4), mac("02:00:00:00:01:0a"), ANSWER, 0.0, out)
     assert r.arp.table.get(U, _ip(UPSTREAM4)) is not None
     out = r.link_down(U)
     assert drops(out) == [DropReason.LINK_DOWN, DropReason.LINK_DOWN]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror
 
-from hopgate.packet import addr as A
-from hopgate.packet import ipv4
 from hopgate.pipeline.conntrack import Side
+from hopgate.pipeline.context import Packet
+from hopgate.pipeline.family import ON
 from hopgate.pipeline.lb import Hop
 from hopgate.pipeline.nat import Nat
 from hopgate.pipeline.plans import ErrorAbout, NewFlow, NewService
@@ -20,9 +20,9 @@ from tests.unit.frames import C
 def _inbound(r: Router, frame: bytearray) -> object:
     nat = r.nat
     assert isinstance(nat, Nat)
-    l3 = 14
-    src, dst = ipv4.addrs(frame, l3)
-    return nat.inbound(A.V4, frame, l3, l3 + ipv4.total_len(frame, l3), src, dst, 0.0)
+    pkt = Packet(frame, C, 14, r.inet4, 0.0, [])
+    assert r.inet4.admit(pkt) is ON
+    return nat.inbound(pkt)
 
 
 def test_a_new_dnat_flow_is_a_new_flow_plan_to_the_inside_server() -> None:

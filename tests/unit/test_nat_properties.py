@@ -67,7 +67,7 @@ def test_translate_verify_undo_and_reply(cases: list[tuple[int, Packet, Packet]]
         frame = bytearray(bytes(out))
         side = nat.table.lookup(_tuple(pkt, v6))
         assert side is not None and side.direction == ORIG
-        nat.restore(frame, 14, side)
+        nat.undo(side)(frame, 14)
         lowered = pkt.__class__(original)
         if v6:
             lowered.hlim -= 1

@@ -292,7 +292,8 @@ def test_decrement_ttl_on_memoryview_and_to_zero() -> None:
 def test_build_header_matches_scapy(
     src: int, dst: int, proto: int, plen: int, ttl: int, tos: int, ident: int, frag: int
 ) -> None:
-    hdr = ipv4.build_header(src, dst, proto, plen, ttl=ttl, tos=tos, ident=ident, frag=frag)
+    fields = ipv4.Fields(tos=tos, ident=ident, frag=frag, ttl=ttl)
+    hdr = ipv4.build_header(src, dst, proto, plen, fields)
     expected = IP(
         src=v4(src),
         dst=v4(dst),

@@ -13,7 +13,18 @@ from scapy.packet import Packet
 from hopgate.pipeline.actions import Action
 from hopgate.pipeline.model import NextHopSpec, RouteSpec
 from hopgate.pipeline.router import Router
-from tests.unit.frames import CLIENT4, CLIENT6, SERVER4, SERVER6, C, U, from_client, router, sent
+from tests.unit.frames import (
+    ANSWER,
+    CLIENT4,
+    CLIENT6,
+    SERVER4,
+    SERVER6,
+    C,
+    U,
+    from_client,
+    router,
+    sent,
+)
 
 HOPS4 = ("198.18.2.2", "198.18.2.3", "198.18.2.4")
 HOPS6 = ("2001:2:0:2::2", "2001:2:0:2::3")
@@ -37,20 +48,18 @@ def ecmp_router() -> Router:
             U,
             int(ipaddress.ip_address(h)),
             bytes.fromhex(MACS[h].replace(":", "")),
+            ANSWER,
             0.0,
             out,
-            solicited=True,
-            create=True,
         )
     for h in HOPS6:
         r.nd.table.learn(
             U,
             int(ipaddress.ip_address(h)),
             bytes.fromhex(MACS[h].replace(":", "")),
+            ANSWER,
             0.0,
             out,
-            solicited=True,
-            create=True,
         )
     return r
 

@@ -16,6 +16,7 @@ from scapy.layers.l2 import ARP, Ether
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.neighbours import State
 from tests.unit.frames import (
+    ANSWER,
     CLIENT4,
     CLIENT6,
     CLIENT_MAC,
@@ -122,9 +123,7 @@ def test_queue_is_bounded_and_drops_the_oldest() -> None:
 def test_stale_entry_is_reprobed_by_unicast_and_removed_if_silent() -> None:
     r = router()
     out: list[Action] = []
-    r.arp.table.learn(
-        U, _ip(UPSTREAM4), bytes.fromhex("020000000202"), 0.0, out, solicited=True, create=True
-    )
+    r.arp.table.learn(U, _ip(UPSTREAM4), bytes.fromhex("020000000202"), ANSWER, 0.0, out)
     # still REACHABLE: no ARP
     assert sent(r.process(from_client(IP(src=CLIENT4, dst=SERVER4) / UDP()), C, 10.0), U)[
         0
@@ -143,9 +142,7 @@ def test_stale_entry_is_reprobed_by_unicast_and_removed_if_silent() -> None:
 def test_probe_answered_keeps_entry() -> None:
     r = router()
     out: list[Action] = []
-    r.arp.table.learn(
-        U, _ip(UPSTREAM4), bytes.fromhex("020000000202"), 0.0, out, solicited=True, create=True
-    )
+    r.arp.table.learn(U, _ip(UPSTREAM4), bytes.fromhex("020000000202"), ANSWER, 0.0, out)
     r.process(from_client(IP(src=CLIENT4, dst=SERVER4) / UDP()), C, 31.0)
     r.poll(36.0)
     reply = Ether(src=UPSTREAM_MAC, dst=GW_U_MAC) / ARP(
@@ -160,9 +157,7 @@ def test_probe_answered_keeps_entry() -> None:
 def test_unused_entries_are_garbage_collected() -> None:
     r = router()
     out: list[Action] = []
-    r.arp.table.learn(
-        C, _ip(CLIENT4), bytes.fromhex("02000000010a"), 0.0, out, solicited=True, create=True
-    )
+    r.arp.table.learn(C, _ip(CLIENT4), bytes.fromhex("02000000010a"), ANSWER, 0.0, out)
     r.poll(200.0)
     r.poll(400.0)
     assert len(r.arp.table) == 0

@@ -29,5 +29,5 @@ def tcp4(
     s, d = _v4(src), _v4(dst)
     tcp = bytearray(_TCP.pack(sport, dport, seq, ack, 5 << 4, flags, window, 0, 0))
     struct.pack_into("!H", tcp, 16, cs.checksum(tcp, cs.pseudo_sum_v4(s, d, PROTO_TCP, len(tcp))))
-    ip = ipv4.build_header(s, d, PROTO_TCP, len(tcp), frag=ipv4.FLAG_DF)
+    ip = ipv4.build_header(s, d, PROTO_TCP, len(tcp), ipv4.Fields(frag=ipv4.FLAG_DF))
     return dst_mac + src_mac + _ETHERTYPE + bytes(ip) + bytes(tcp)

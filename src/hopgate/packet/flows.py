@@ -46,29 +46,37 @@ class Flow(NamedTuple):
     end: int  # end of the packet (or of the quote)
 
 
-def _l4(proto: int, buf: bytes | bytearray | memoryview, at: int, end: int, v6: bool) -> Flow:
+def classify(
+    proto: int, buf: bytes | bytearray | memoryview, at: int, end: int, v6: bool
+) -> tuple[FlowKind, int, int]:
+    """The kind and ports of the upper-layer header at ``at`` (``proto``), ending at
+    ``end``: what ``transport`` says, without the record."""
     if proto in PORT_PROTOCOLS:
         if end - at < 4:
-            return Flow(UNREADABLE, proto, 0, 0, at, end)
+            return UNREADABLE, 0, 0
         sport, dport = _PORTS.unpack_from(buf, at)
-        return Flow(PORTS, proto, sport, dport, at, end)
+        return PORTS, sport, dport
     if proto == (PROTO_ICMPV6 if v6 else PROTO_ICMP):
         if end - at < 1:
-            return Flow(UNREADABLE, proto, 0, 0, at, end)
+            return UNREADABLE, 0, 0
         t = buf[at]
-        request = icmp6.ECHO_REQUEST if v6 else icmp4.ECHO_REQUEST
-        reply = icmp6.ECHO_REPLY if v6 else icmp4.ECHO_REPLY
-        if t in (request, reply):
+        if t == (icmp6.ECHO_REQUEST if v6 else icmp4.ECHO_REQUEST):
             if end - at < 6:
-                return Flow(UNREADABLE, proto, 0, 0, at, end)
-            ident = _U16.unpack_from(buf, at + 4)[0]
-            if t == request:
-                return Flow(QUERY, proto, ident, 0, at, end)
-            return Flow(QUERY, proto, 0, ident, at, end)
+                return UNREADABLE, 0, 0
+            return QUERY, _U16.unpack_from(buf, at + 4)[0], 0
+        if t == (icmp6.ECHO_REPLY if v6 else icmp4.ECHO_REPLY):
+            if end - at < 6:
+                return UNREADABLE, 0, 0
+            return QUERY, 0, _U16.unpack_from(buf, at + 4)[0]
         if icmp6.is_error(t) if v6 else icmp4.is_error(t):
-            return Flow(ERROR, proto, 0, 0, at, end)
-        return Flow(OTHER, proto, 0, 0, at, end)
-    return Flow(OTHER, proto, 0, 0, at, end)
+            return ERROR, 0, 0
+    return OTHER, 0, 0
+
+
+def transport(proto: int, buf: bytes | bytearray | memoryview, at: int, end: int, v6: bool) -> Flow:
+    """The flow of the upper-layer header at ``at`` (``proto``), ending at ``end``."""
+    kind, sport, dport = classify(proto, buf, at, end, v6)
+    return Flow(kind, proto, sport, dport, at, end)
 
 
 def v4(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Flow:
@@ -78,7 +86,7 @@ def v4(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Flow:
     at = l3 + ipv4.header_len(buf, l3)
     if ipv4.is_later_fragment(ipv4.frag_field(buf, l3)):
         return Flow(LATER_FRAGMENT, proto, 0, 0, at, end)
-    return _l4(proto, buf, at, end, False)
+    return transport(proto, buf, at, end, False)
 
 
 def v6(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Flow:
@@ -87,4 +95,4 @@ def v6(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Flow:
         return Flow(UNREADABLE, 0, 0, 0, l3 + ipv6.HEADER_LEN, end)
     if chain.frag_offset:
         return Flow(LATER_FRAGMENT, chain.proto, 0, 0, chain.offset, end)
-    return _l4(chain.proto, buf, chain.offset, end, True)
+    return transport(chain.proto, buf, chain.offset, end, True)

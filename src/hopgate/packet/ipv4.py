@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from struct import Struct
+from typing import NamedTuple
 
 from hopgate.packet import checksum as cs
 from hopgate.packet.types import Buffer
@@ -105,18 +106,24 @@ def set_checksum(buf: bytearray | memoryview, off: int) -> None:
     _U16.pack_into(buf, off + OFF_CSUM, cs.checksum(memoryview(buf)[off : off + ihl]))
 
 
+class Fields(NamedTuple):
+    """The header fields a sender chooses beyond addresses, protocol and length:
+    type of service, identification, flags and fragment offset, time to live."""
+
+    tos: int = 0
+    ident: int = 0
+    frag: int = 0  # flags (FLAG_DF, FLAG_MF) and fragment offset
+    ttl: int = 64
+
+
+DEFAULT_FIELDS = Fields()
+
+
 def build_header(
-    src: int,
-    dst: int,
-    proto: int,
-    payload_len: int,
-    *,
-    ttl: int = 64,
-    tos: int = 0,
-    ident: int = 0,
-    frag: int = 0,
+    src: int, dst: int, proto: int, payload_len: int, fields: Fields = DEFAULT_FIELDS
 ) -> bytearray:
     """A 20-byte header with its checksum."""
+    tos, ident, frag, ttl = fields
     hdr = bytearray(
         HEADER.pack(0x45, tos, HEADER_LEN + payload_len, ident, frag, ttl, proto, 0, src, dst)
     )

@@ -47,7 +47,7 @@ NH_NONE: Final = PROTO_NONE
 NH_DEST_OPTS: Final = PROTO_DSTOPTS
 NH_MOBILITY: Final = PROTO_MH
 
-_EXTENSIONS = frozenset({NH_HOP_BY_HOP, NH_ROUTING, NH_FRAGMENT, NH_AH, NH_DEST_OPTS, NH_MOBILITY})
+EXTENSIONS = frozenset({NH_HOP_BY_HOP, NH_ROUTING, NH_FRAGMENT, NH_AH, NH_DEST_OPTS, NH_MOBILITY})
 # A chain longer than this is refused rather than walked: a cheap bound on work per packet.
 MAX_EXTENSION_HEADERS = 16
 
@@ -103,7 +103,7 @@ def walk(buf: Buffer, off: int, end: int) -> Chain | str:
     frag_offset = 0
     fragment = False
     count = 0
-    while nh in _EXTENSIONS:
+    while nh in EXTENSIONS:
         count += 1
         if count > MAX_EXTENSION_HEADERS or pos + 8 > end:
             return BAD_EXTENSION
@@ -165,7 +165,7 @@ def fragment_header(buf: Buffer, off: int, end: int) -> FragmentHeader | None:
     nh_field = off + OFF_NEXT_HEADER
     pos = off + HEADER_LEN
     for _ in range(MAX_EXTENSION_HEADERS):
-        if pos + 8 > end or nh not in _EXTENSIONS:
+        if pos + 8 > end or nh not in EXTENSIONS:
             return None
         if nh == NH_FRAGMENT:
             next_header, _, field, ident = FRAGMENT_HEADER.unpack_from(buf, pos)

@@ -14,6 +14,7 @@ from struct import Struct
 from hopgate.packet import checksum as cs
 from hopgate.packet import ipv4, ipv6, l4
 from hopgate.packet.checksum import int_sum
+from hopgate.packet.flows import Flow
 from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 _U16 = Struct("!H")
@@ -33,26 +34,26 @@ def _adjust(buf: bytearray | memoryview, at: int, old_sum: int, new_sum: int, ud
 
 def transport(
     buf: bytearray | memoryview,
-    at: int,
-    end: int,
-    proto: int,
-    addr_old: int,
-    addr_new: int,
+    flow: Flow,
+    sums: tuple[int, int],
     sport: tuple[int, int] | None,
     dport: tuple[int, int] | None,
     *,
     checksum: bool = True,
 ) -> None:
-    """Rewrite the ports (or the echo identifier) of the transport header at
-    ``at`` and adjust its checksum for them and for the change of the
-    pseudo-header's addresses (whose ones'-complement sums are given).
+    """Rewrite the ports (or the echo identifier) of the transport header that
+    ``flow`` found (its protocol, its offset ``at`` and its end) and adjust its
+    checksum for them and for the change of the pseudo-header's addresses:
+    ``sums`` is the (old, new) pair of their ones'-complement sums, as
+    ``ipv4_addresses`` and ``ipv6_addresses`` return it.
 
-    ``sport``/``dport`` are (old, new) or None.  Fields that lie past ``end``
-    (a truncated quote) are neither read nor written; ``checksum=False`` leaves
-    the checksum as it is (a quote that does not hold the whole segment).
+    ``sport``/``dport`` are (old, new) or None.  Fields that lie past the
+    flow's end (a truncated quote) are neither read nor written;
+    ``checksum=False`` leaves the checksum as it is (a quote that does not hold
+    the whole segment).
     """
-    old = addr_old
-    new = addr_new
+    proto, at, end = flow.proto, flow.at, flow.end
+    old, new = sums
     if proto in (PROTO_TCP, PROTO_UDP):
         if sport is not None and at + 2 <= end:
             _U16.pack_into(buf, at, sport[1])

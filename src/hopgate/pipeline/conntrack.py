@@ -362,8 +362,7 @@ class ConnTable:
 
     def seen(
         self,
-        conn: Conn,
-        direction: int,
+        side: Side,
         size: int,
         frame: Buffer,
         at: int,
@@ -371,11 +370,13 @@ class ConnTable:
         now: float,
         whole: bool = True,
     ) -> Verdict:
-        """A packet of ``conn`` arriving in ``direction``, ``size`` bytes of IP,
-        its transport header at ``at`` and its end at ``end`` (not ``whole``: a
-        later fragment, with no transport header): check it (TCP), account it,
-        and move the connection's state and deadline.  Runs before the packet is
-        translated; a packet the verdict drops changes nothing."""
+        """A packet arriving on ``side`` (its connection, in its direction),
+        ``size`` bytes of IP, its transport header at ``at`` and its end at
+        ``end`` (not ``whole``: a later fragment, with no transport header):
+        check it (TCP), account it, and move the connection's state and
+        deadline.  Runs before the packet is translated; a packet the verdict
+        drops changes nothing."""
+        conn, direction = side.conn, side.direction
         t = self.timeouts
         proto = conn.key_orig[PROTO]
         if not whole:

@@ -16,11 +16,11 @@ address turns a REACHABLE entry STALE and is otherwise ignored (RFC 4861 7.2.5).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
 from hopgate.pipeline.actions import Action, DropReason
-from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.model import NeighbourSettings
 from hopgate.pipeline.timers import Timers
 
@@ -36,6 +36,17 @@ class State(IntEnum):
     PROBE = 5
 
 
+class Undo(Protocol):
+    """Undoes the translation NAT made on a packet (a copy of it, its IP header at ``l3``)."""
+
+    def __call__(self, frame: bytearray, l3: int, /) -> None: ...
+
+
+# For the per-packet path: a module global is read faster than an enum's member.
+_REACHABLE = State.REACHABLE
+_STALE = State.STALE
+
+
 class Pending(NamedTuple):
     """A packet waiting for its next hop's link-layer address."""
 
@@ -43,9 +54,30 @@ class Pending(NamedTuple):
     l3: int  # offset of the IP header in ``frame``
     in_port: int  # where it came from, so an error can go back the same way
     in_mac: bytes
-    # The side of the NAT connection that translated it, if one did: an error
-    # about it must quote what its sender sent.
-    nat: Side | None = None
+    # Undoes the translation NAT made on it, if it made one (on a copy): an
+    # error about it must quote what its sender sent.
+    undo: Undo | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heard:
+    """What an ARP or Neighbor Discovery message says of its sender's MAC, and
+    how far that may change a known entry (the flags of Linux's neigh_update)."""
+
+    # An answer to our solicitation: makes the entry REACHABLE.
+    solicited: bool
+    # Make an entry if there is none (for solicitations addressed to us, as
+    # Linux does; never for unsolicited replies).
+    create: bool
+    # A changed MAC replaces the known one (the NA O flag), but not within
+    # ``locktime`` of the entry's last change (ARP: the first of several answers wins).
+    override: bool = True
+    # Without ``override``, a changed MAC turns a REACHABLE entry STALE (a
+    # Neighbor Advertisement without the O flag).
+    weak_override: bool = False
+    # Seconds after an entry's last change during which ``override`` does not
+    # apply (ARP's locktime; 0: none).
+    locktime: float = 0.0
 
 
 class NeighbourHooks(Protocol):
@@ -113,12 +145,12 @@ class NeighbourTable:
             return None
         e.used = now
         state = e.state
-        if state == State.REACHABLE:
+        if state is _REACHABLE:
             if now < e.until:
                 return e.mac
             e.state = state = State.STALE
             e.updated = e.until
-        if state == State.STALE:
+        if state is _STALE:
             e.state = State.DELAY
             e.updated = now
             self._arm(e, now + self.settings.delay_first_probe)
@@ -150,33 +182,15 @@ class NeighbourTable:
     # -- what ARP and ND tell us ---------------------------------------------
 
     def learn(
-        self,
-        port: int,
-        addr: int,
-        mac: bytes,
-        now: float,
-        out: list[Action],
-        *,
-        solicited: bool,
-        create: bool,
-        override: bool = True,
-        weak_override: bool = False,
-        locktime: float = 0.0,
+        self, port: int, addr: int, mac: bytes, heard: Heard, now: float, out: list[Action]
     ) -> None:
-        """Record that ``addr`` on ``port`` is at ``mac``.
-
-        ``solicited``: an answer to our solicitation (makes the entry REACHABLE).
-        ``create``: make an entry if there is none (for solicitations addressed to
-        us, as Linux does; never for unsolicited replies).
-        ``override``: a changed MAC replaces the known one (the NA O flag), but
-        not within ``locktime`` of the entry's last change (ARP).
-        ``weak_override``: without ``override``, a changed MAC turns a REACHABLE
-        entry STALE (a Neighbor Advertisement without the O flag).
-        """
+        """Record that ``addr`` on ``port`` is at ``mac``, as far as what was
+        ``heard`` (see ``Heard``) lets a message change what the table knows."""
+        solicited, override = heard.solicited, heard.override
         key = (port, addr)
         e = self._entries.get(key)
         if e is None:
-            if not create or (
+            if not heard.create or (
                 len(self._entries) >= self.settings.max_entries and not self._evict_one()
             ):
                 return
@@ -198,10 +212,10 @@ class NeighbourTable:
             e.state = State.STALE
             e.updated = e.until
         if mac != e.mac:
-            if override and locktime and now < e.updated + locktime:
+            if override and heard.locktime and now < e.updated + heard.locktime:
                 override = False  # the first of several answers wins
             if not override and e.mac is not None:
-                if weak_override and e.state == State.REACHABLE:
+                if heard.weak_override and e.state == State.REACHABLE:
                     self._make_stale(e, now)
                 return
             e.mac = mac

@@ -9,8 +9,8 @@ answers it with Time Exceeded, fragment reassembly time exceeded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import NamedTuple
+from collections.abc import Hashable
+from typing import NamedTuple, Protocol
 
 from hopgate.pipeline.actions import Action, DropReason
 from hopgate.pipeline.model import ReassemblySettings
@@ -33,7 +33,10 @@ class Complete(NamedTuple):
     payload: bytes
 
 
-Expired = Callable[[Head, float, list[Action]], None]
+class Expired(Protocol):
+    """A datagram timed out after its first fragment (``head``) came in."""
+
+    def __call__(self, head: Head, now: float, out: list[Action], /) -> None: ...
 
 
 class _Datagram:

@@ -4,20 +4,25 @@ addresses, and resolving next hops through the shared neighbour table."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from typing import Protocol
 
 from hopgate.packet import addr as A
-from hopgate.packet import arp, ethernet, icmp4, icmp6, ipv6
+from hopgate.packet import arp, ethernet, icmp6, ipv6
 from hopgate.packet.proto import PROTO_ICMPV6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action, DropReason
-from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.emit import Emitter
-from hopgate.pipeline.icmp import IcmpOut, reply_l2
+from hopgate.pipeline.icmp import reply_l2
 from hopgate.pipeline.model import NeighbourSettings
-from hopgate.pipeline.neighbours import NeighbourTable, Pending
+from hopgate.pipeline.neighbours import Heard, NeighbourTable, Pending
 from hopgate.pipeline.ports import Port, v4_source_for
 from hopgate.pipeline.timers import Timers
+
+
+class Unresolved(Protocol):
+    """Told of a packet dropped because its next hop never answered."""
+
+    def __call__(self, item: Pending, now: float, out: list[Action], /) -> None: ...
 
 
 class _Resolver(ABC):
@@ -30,16 +35,16 @@ class _Resolver(ABC):
         self,
         ports: list[Port],
         emit: Emitter,
-        icmp: IcmpOut,
         settings: NeighbourSettings,
         timers: Timers,
+        unresolved: Unresolved,
     ) -> None:
+        """``unresolved``: told of each packet dropped because its next hop never
+        answered (the router answers its sender)."""
         self._ports = ports
         self._emit = emit
-        self._icmp = icmp
+        self._unresolved = unresolved
         self.table = NeighbourTable(self.version, settings, timers, self)
-        # Set when NAT is on: undoes a translation on a copy of a packet.
-        self.restore: Callable[[bytearray, int, Side], None] | None = None
 
     @abstractmethod
     def solicit(self, port: int, addr: int, unicast_mac: bytes | None, out: list[Action]) -> None:
@@ -57,20 +62,12 @@ class _Resolver(ABC):
                 self._emit.drop(item.in_port, DropReason.LINK_DOWN, out)
 
     def unresolved(self, item: Pending, now: float, out: list[Action]) -> None:
-        """The next hop never answered: drop the packet and tell its sender,
-        host unreachable (IPv4) or address unreachable (IPv6)."""
+        """The next hop never answered: the packet is dropped and its sender told
+        (host unreachable, IPv6 address unreachable) by the router."""
         if item.in_port < 0:
             return  # hopgate's own packet (a health check): its probe times out
         self._emit.drop(item.in_port, DropReason.NEIGHBOUR_UNREACHABLE, out)
-        if self.version == A.V4:
-            error, icmp_type, code = self._icmp.error_v4, icmp4.DEST_UNREACH, icmp4.HOST_UNREACH
-        else:
-            error, icmp_type, code = self._icmp.error_v6, icmp6.DEST_UNREACH, icmp6.ADDR_UNREACH
-        frame = item.frame
-        if item.nat is not None and self.restore is not None:
-            frame = bytearray(frame)
-            self.restore(frame, item.l3, item.nat)
-        error(frame, item.l3, item.in_port, item.in_mac, icmp_type, code, 0, now, out)
+        self._unresolved(item, now, out)
 
 
 class ArpResolver(_Resolver):
@@ -102,16 +99,12 @@ class ArpResolver(_Resolver):
             # gratuitous ARP change a known MAC at once; anything else only once
             # the entry is older than locktime.  Only a unicast reply confirms.
             garp = msg.spa == msg.tpa and (msg.op != arp.OP_REPLY or msg.tha == msg.sha)
-            self.table.learn(
-                port,
-                msg.spa,
-                msg.sha,
-                now,
-                out,
+            heard = Heard(
                 solicited=msg.op == arp.OP_REPLY and not frame[0] & 1,
                 create=for_us,
                 locktime=0.0 if for_us or garp else self.table.settings.locktime,
             )
+            self.table.learn(port, msg.spa, msg.sha, heard, now, out)
         if msg.op == arp.OP_REQUEST and target_is_ours:
             reply = reply_l2(frame, l3, frame[6:12], p.mac)
             reply += arp.build(arp.OP_REPLY, p.mac, msg.tpa, msg.sha, msg.spa)
@@ -166,7 +159,8 @@ class NdResolver(_Resolver):
             self._emit.drop(port, DropReason.ND_NOT_FOR_US, out)
             return
         if src and nd.lladdr is not None:
-            self.table.learn(port, src, nd.lladdr, now, out, solicited=False, create=True)
+            heard = Heard(solicited=False, create=True)
+            self.table.learn(port, src, nd.lladdr, heard, now, out)
         # A solicitation from :: is duplicate address detection: answer all nodes.
         if src == 0:
             dst, dst_mac, flags = A.V6_ALL_NODES, ethernet.multicast_mac_v6(A.V6_ALL_NODES), 0
@@ -196,17 +190,13 @@ class NdResolver(_Resolver):
             mac = entry.mac if entry is not None else None
             if mac is None:
                 return
-        self.table.learn(
-            port,
-            nd.target,
-            mac,
-            now,
-            out,
+        heard = Heard(
             solicited=bool(nd.flags & icmp6.NA_SOLICITED),
             create=False,
             override=bool(nd.flags & icmp6.NA_OVERRIDE),
             weak_override=True,
         )
+        self.table.learn(port, nd.target, mac, heard, now, out)
 
 
 def _nd_source(p: Port, target: int) -> int:

@@ -14,7 +14,7 @@ and drop it, and never relay a copy again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from hopgate.packet import ethernet
 from hopgate.packet.types import Buffer
@@ -26,8 +26,15 @@ from hopgate.pipeline.ports import Port
 from hopgate.pipeline.relay import PmtuMessage, Relay, is_marked, relayed_copy
 from hopgate.pipeline.state import RelayInterfaceState, RelayState
 
+
 # (frame, l3, peer address, now, out): route a copy to a peer and send it there
-ToPeer = Callable[[bytearray, int, IPAddress, float, list[Action]], None]
+class ToPeer(Protocol):
+    """Send a relayed copy (its IP header at ``l3``) to a peer node, resolving
+    its MAC as for any packet (``Router._to_peer``)."""
+
+    def __call__(
+        self, frame: bytearray, l3: int, peer: IPAddress, now: float, out: list[Action], /
+    ) -> None: ...
 
 
 class ClusterRelay:

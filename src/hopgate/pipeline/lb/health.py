@@ -16,8 +16,8 @@ and service.py's business.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from struct import Struct
+from typing import Protocol
 
 from hopgate.packet import addr as A
 from hopgate.packet import checksum as cs
@@ -25,6 +25,7 @@ from hopgate.packet import icmp4, icmp6, l4
 from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import Action
+from hopgate.pipeline.context import Packet
 from hopgate.pipeline.lb.service import Backend, Service, Services
 from hopgate.pipeline.timers import Timers
 
@@ -33,10 +34,33 @@ _ECHO_ID_SEQ = Struct("!HH")
 MAX_RESPONSE = 4096  # bytes of an HTTP answer read before giving up on its status line
 LINGER = 5.0  # seconds a finished TCP probe's late segments are still recognised
 
-# (version, source address, destination, protocol, transport bytes, now, out)
-Send = Callable[[int, int, int, int, bytes, float, list[Action]], None]
-SourceFor = Callable[[int, int], "int | None"]
-Changed = Callable[[Backend, float], None]
+
+class Send(Protocol):
+    """Route and send a packet hopgate makes itself (``Router.originate``)."""
+
+    def __call__(
+        self,
+        version: int,
+        src: int,
+        dst: int,
+        proto: int,
+        l4: bytes,
+        now: float,
+        out: list[Action],
+        /,
+    ) -> None: ...
+
+
+class SourceFor(Protocol):
+    """The address hopgate speaks from to ``dst`` (None: no route there)."""
+
+    def __call__(self, version: int, dst: int, /) -> int | None: ...
+
+
+class Changed(Protocol):
+    """The checks changed their verdict on a backend (``Backend.healthy``)."""
+
+    def __call__(self, backend: Backend, now: float, /) -> None: ...
 
 
 class Probe:
@@ -55,6 +79,9 @@ class Probe:
 
 
 class HealthChecker:
+    # What the probes' answers come back as: the local listener table's keys.
+    protocols = (PROTO_TCP, PROTO_ICMP, PROTO_ICMPV6)
+
     def __init__(
         self,
         services: Services,
@@ -152,24 +179,14 @@ class HealthChecker:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def receive(
-        self,
-        version: int,
-        frame: Buffer,
-        at: int,
-        end: int,
-        proto: int,
-        src: int,
-        dst: int,
-        now: float,
-        out: list[Action],
-    ) -> bool:
+    def receive(self, pkt: Packet) -> bool:
         """Take a packet addressed to the router if it answers a probe."""
+        frame, at, end, proto = pkt.frame, pkt.at, pkt.end, pkt.proto
         if not (self._probes or self._closed) or end - at < 8:
             return False
+        version, now, out = pkt.fam.version, pkt.now, pkt.out
         if proto == PROTO_TCP:
-            sport, dport = l4.ports(frame, at)
-            key = (version, PROTO_TCP, src, sport, dst, dport)
+            key = pkt.key()
             probe = self._probes.get(key)
             if probe is None:
                 return self._closed.get(key, 0.0) > now
@@ -180,7 +197,7 @@ class HealthChecker:
         reply = icmp4.ECHO_REPLY if version == A.V4 else icmp6.ECHO_REPLY
         if proto in (PROTO_ICMP, PROTO_ICMPV6) and frame[at] == reply:
             ident, seq = _ECHO_ID_SEQ.unpack_from(frame, at + 4)
-            probe = self._probes.get((version, proto, src, ident, dst))
+            probe = self._probes.get((version, proto, pkt.src, ident, pkt.dst))
             if probe is None or seq != probe.seq:
                 return False
             self._finish(probe, True, now, out)

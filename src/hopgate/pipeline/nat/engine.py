@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from struct import Struct
+from functools import partial
 
 from hopgate.packet import addr as A
-from hopgate.packet import flows, ipv4, l4
+from hopgate.packet import flows, l4
 from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
-from hopgate.packet.types import Buffer
 from hopgate.pipeline import tcptrack
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import (
@@ -54,19 +53,18 @@ from hopgate.pipeline.conntrack import (
     Tuple,
     Verdict,
 )
+from hopgate.pipeline.context import Packet
 from hopgate.pipeline.lb.fnat import Fnat, Hop, backend_failed
 from hopgate.pipeline.lb.service import Backend, Services
 from hopgate.pipeline.model import NatSpec
 from hopgate.pipeline.nat import errors
 from hopgate.pipeline.nat.fragments import Fragments
 from hopgate.pipeline.nat.translate import DnatRule, Mappings, SnatRule, translate
+from hopgate.pipeline.neighbours import Undo
 from hopgate.pipeline.plans import ErrorAbout, LaterFragment, NewFlow, NewService, Plan
 from hopgate.pipeline.ports import Port
 from hopgate.pipeline.state import NatState
 from hopgate.pipeline.timers import Timers
-
-_PORTS = Struct("!HH")
-_FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
 
 _SYN_ACK = l4.TCP_SYN | l4.TCP_ACK
 _OK = Verdict.OK  # compared for every translated packet: a module global is read faster
@@ -164,84 +162,74 @@ class Nat:
 
     # -- what the router asks ------------------------------------------------------
 
-    def inbound_v4(
-        self,
-        frame: Buffer,
-        l3: int,
-        ihl: int,
-        end: int,
-        proto: int,
-        frag: int,
-        src: int,
-        dst: int,
-        now: float,
-    ) -> Side | Plan | DropReason | None:
-        """``inbound`` for IPv4, given the header the router has read: an
-        unfragmented TCP or UDP packet of a known connection is found at once."""
-        if proto in (PROTO_TCP, PROTO_UDP) and not frag & _FRAGMENT and end - l3 - ihl >= 4:
-            sport, dport = _PORTS.unpack_from(frame, l3 + ihl)
-            side = self.table.lookup((A.V4, proto, src, sport, dst, dport))
-            if side is None:
-                if dst not in self.addresses[A.V4]:
-                    return None  # passing through, untracked: inbound() would find the same
-            elif not self._reused(side, frame, l3 + ihl, end):
-                return side
-        return self.inbound(A.V4, frame, l3, end, src, dst, now)
-
-    def inbound(
-        self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, now: float
-    ) -> Side | Plan | DropReason | None:
+    def inbound(self, pkt: Packet) -> Side | Plan | DropReason | None:
         """A packet just arrived: part of a known connection (its side), a new
-        DNAT or hairpin flow, an ICMP error about a translated flow, or none of
-        NAT's business."""
-        flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
-        kind = flow.kind
+        DNAT, hairpin or load-balanced flow, an ICMP error about a translated
+        flow, or none of NAT's business."""
+        kind = pkt.kind
+        if kind == flows.PORTS:  # most of the traffic: a TCP or UDP segment
+            key: Tuple = (pkt.fam.version, pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            side = self.table.lookup(key)
+            if side is not None:
+                if not self._reused(side, pkt):
+                    return side
+            elif pkt.dst not in self.addresses[pkt.fam.version]:
+                return None  # passing through, untracked
+            return self._new_flow(pkt, key)
+        version = pkt.fam.version
         if kind == flows.ERROR:
-            return errors.error_plan(self.table, self.addresses[version], version, frame, flow, dst)
+            return errors.error_plan(self.table, self.addresses[version], pkt)
         if kind == flows.LATER_FRAGMENT:
-            return self.fragments.plan(version, frame, l3, end, src, dst, flow, now)
+            return self.fragments.plan(pkt)
         if kind == flows.UNREADABLE:
             return None
-        key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
+        key = (version, pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         side = self.table.lookup(key)
-        if side is not None and errors.is_redirect(version, kind, flow, frame):
+        if side is not None and errors.is_redirect(pkt):
             # An ICMPv6 redirect (informational, so no error) matching a
             # connection of another ICMPv6 message: never translated.
             return DropReason.NAT_ICMP_REDIRECT
-        if side is not None and not self._reused(side, frame, flow.at, flow.end):
+        if side is not None and not self._reused(side, pkt):
             return side
-        if dst not in self.addresses[version] or not self._may_start(kind, flow, frame):
+        return self._new_flow(pkt, key)
+
+    def _new_flow(self, pkt: Packet, key: Tuple) -> Plan | DropReason | None:
+        """A packet of no connection: to a load-balanced service, a DNAT rule, or
+        another inside host's outside mapping (hairpinning); or none of these."""
+        version, dst = pkt.fam.version, pkt.dst
+        if dst not in self.addresses[version] or not self._may_start(pkt):
             return None
+        kind = pkt.kind
         if dst in self.services.vips[version]:
-            return self.fnat.plan(version, kind, flow, key)
-        rule = self._dnat_rule(version, flow.proto, dst, flow.dport, kind)
+            return self.fnat.plan(version, kind, pkt.flow(), key)
+        rule = self._dnat_rule(version, pkt.proto, dst, pkt.dport, kind)
+        src, sport = pkt.src, pkt.sport
         if rule is not None:
-            to_port = rule.to_port or flow.dport
-            to = Translation(src, flow.sport, rule.to_addr, to_port)
-            return NewFlow(flow, rule.to_addr, key, to, self._inside_rule(version, src))
+            to_port = rule.to_port or pkt.dport
+            to = Translation(src, sport, rule.to_addr, to_port)
+            return NewFlow(pkt.flow(), rule.to_addr, key, to, self._inside_rule(version, src))
         if kind == flows.PORTS:
             # Hairpinning: an inside host reaching another's outside mapping.
-            m = self.mappings.by_outside.get((version, flow.proto, dst, flow.dport))
+            m = self.mappings.by_outside.get((version, pkt.proto, dst, pkt.dport))
             snat = self._inside_rule(version, src)
             if m is not None and snat is not None:
-                to = Translation(src, flow.sport, m.inside[2], m.inside[3])
-                return NewFlow(flow, m.inside[2], key, to, snat)
+                to = Translation(src, sport, m.inside[2], m.inside[3])
+                return NewFlow(pkt.flow(), m.inside[2], key, to, snat)
         return None
 
-    def unsolicited(self, version: int, port: int, dst: int) -> bool:
+    def unsolicited(self, pkt: Packet) -> bool:
         """Whether a packet ``inbound`` did not take (no connection, not related,
-        not DNAT'd), arriving on ``port`` for ``dst`` and about to be forwarded,
-        is unsolicited: it came in by a translating interface and is addressed to
-        an inside prefix translated on it, where only replies come from (as
-        nftables masquerade with ``ct state established,related accept`` and
-        ``iifname <outside> drop``)."""
-        prefixes = self._guarded.get((port, version))
+        not DNAT'd), about to be forwarded, is unsolicited: it came in by a
+        translating interface and is addressed to an inside prefix translated
+        on it, where only replies come from (as nftables masquerade with
+        ``ct state established,related accept`` and ``iifname <outside> drop``)."""
+        prefixes = self._guarded.get((pkt.port, pkt.fam.version))
+        dst = pkt.dst
         return prefixes is not None and any(dst & m == n for n, m in prefixes)
 
-    def outbound(
-        self, version: int, frame: Buffer, l3: int, end: int, src: int, dst: int, egress: int
-    ) -> Plan | DropReason | None:
+    def outbound(self, pkt: Packet, egress: int) -> Plan | DropReason | None:
         """A routed packet with no translation yet is about to leave by ``egress``."""
+        version, src = pkt.fam.version, pkt.src
         rule = None
         for r in self.snat:
             if r.port == egress and r.family == version and r.covers(src):
@@ -249,68 +237,59 @@ class Nat:
                 break
         if rule is None:
             return None
-        flow = flows.v4(frame, l3, end) if version == A.V4 else flows.v6(frame, l3, end)
         # Whatever leaves by a translating interface from inside is translated or
         # dropped: never leaked with its inside address.
-        if flow.kind == flows.ERROR:
+        kind = pkt.kind
+        if kind == flows.ERROR:
             return DropReason.NAT_ICMP_UNMATCHED
-        if flow.kind == flows.LATER_FRAGMENT:
+        if kind == flows.LATER_FRAGMENT:
             return DropReason.NAT_FRAGMENT_UNMATCHED
-        if flow.kind == flows.UNREADABLE or not self._may_start(flow.kind, flow, frame):
+        if kind == flows.UNREADABLE or not self._may_start(pkt):
             return DropReason.NAT_INVALID
-        key: Tuple = (version, flow.proto, src, flow.sport, dst, flow.dport)
-        return NewFlow(flow, dst, key, None, rule)
+        return NewFlow(pkt.flow(), pkt.dst, pkt.key(), None, rule)
 
-    def apply(
-        self,
-        plan: Side | Plan,
-        frame: bytearray | memoryview,
-        l3: int,
-        end: int,
-        now: float,
-        in_port: int = -1,
-    ) -> Side | DropReason | None:
+    def apply(self, plan: Side | Plan, pkt: Packet) -> Side | DropReason | None:
         """The packet leaves: commit a new connection, account, and rewrite it.
         Returns the side it was translated on (None for an ICMP error, which
         belongs to no side of its own), or why it is dropped."""
         if type(plan) is Side:
-            verdict = translate(self.table, self.fragments, plan, frame, l3, end, now, whole=True)
+            verdict = translate(self.table, self.fragments, plan, pkt, whole=True)
             if verdict is not _OK:
                 return self._after(plan, verdict)
             hops = plan.conn.hops
             if hops is not None and hops[plan.direction] is None:
-                hops[plan.direction] = Hop(in_port, bytes(frame[6:12]))
+                hops[plan.direction] = Hop(pkt.port, bytes(pkt.frame[6:12]))
             return plan
         made: Conn | DropReason | None
         match plan:
             case ErrorAbout():
-                errors.translate_error(plan, frame, l3, end)
+                errors.translate_error(plan, pkt)
                 self.counters["icmp-errors-translated"] += 1
                 return None
             case LaterFragment():
-                translate(self.table, self.fragments, plan.side, frame, l3, end, now, whole=False)
+                translate(self.table, self.fragments, plan.side, pkt, whole=False)
                 return plan.side
             case NewService():
                 made = self._make_room(plan.key)
                 if made is None:
-                    made = self.fnat.commit(plan, now)
+                    made = self.fnat.commit(plan, pkt.now)
             case NewFlow():
                 made = self._make_room(plan.key)
                 if made is None:
-                    made = self._commit(plan, now)
+                    made = self._commit(plan, pkt.now)
             case _:  # a Side: handled above
                 raise AssertionError(plan)
         if isinstance(made, DropReason):
             return made
         side = made.orig
-        verdict = translate(self.table, self.fragments, side, frame, l3, end, now, whole=True)
+        verdict = translate(self.table, self.fragments, side, pkt, whole=True)
         if verdict is not _OK:
             dropped = self._after(side, verdict)
             if isinstance(dropped, DropReason):
                 self.table.remove(made)  # its first packet went no further
                 return dropped
         if made.hops is not None:
-            made.hops[ORIG] = Hop(in_port, bytes(frame[6:12]))
+            made.hops[ORIG] = Hop(pkt.port, bytes(pkt.frame[6:12]))
         return side
 
     def _after(self, side: Side, verdict: Verdict) -> Side | DropReason:
@@ -350,13 +329,15 @@ class Nat:
         """Forget a failed backend's connections (lb/fnat.py)."""
         return self.fnat.close_backend(backend)
 
-    def restore(self, frame: bytearray, l3: int, side: Side) -> None:
-        """Undo the translation of a packet that arrived on ``side`` (errors.py)."""
-        errors.restore(frame, l3, side)
+    @staticmethod
+    def undo(side: Side) -> Undo:
+        """What undoes the translation of a packet that arrived on ``side``, on a
+        copy of it (errors.py's ``restore``)."""
+        return partial(errors.restore, side=side)
 
     # -- new connections -------------------------------------------------------------
 
-    def _reused(self, side: Side, frame: Buffer, at: int, end: int) -> bool:
+    def _reused(self, side: Side, pkt: Packet) -> bool:
         """A SYN from the original side on the tuple of a connection that is over
         (TIME_WAIT, CLOSE: Linux's reopening), or of a load-balanced one whose
         backend has failed: a new connection, to be translated and scheduled
@@ -364,9 +345,10 @@ class Nat:
         the old connection if so."""
         conn = side.conn
         # Runs for every packet of a known connection: the cheapest tests first.
-        if side.direction or conn.tcp is None or at + 14 > end:
+        at = pkt.at
+        if side.direction or conn.tcp is None or at + 14 > pkt.end:
             return False
-        if frame[at + 13] & _SYN_ACK != l4.TCP_SYN:
+        if pkt.frame[at + 13] & _SYN_ACK != l4.TCP_SYN:
             return False
         over = conn.state in (TcpState.TIME_WAIT, TcpState.CLOSE)
         if not over and not backend_failed(conn):
@@ -377,15 +359,16 @@ class Nat:
         return True
 
     @staticmethod
-    def _may_start(kind: int, flow: flows.Flow, frame: Buffer) -> bool:
+    def _may_start(pkt: Packet) -> bool:
         """Whether a packet can open a connection: not an echo reply, not a TCP
         segment with RST (Linux's conntrack calls those invalid)."""
-        if kind == flows.QUERY:
-            return flow.dport == 0  # a request: the identifier is the source port
-        if flow.proto == PROTO_TCP:
+        if pkt.kind == flows.QUERY:
+            return pkt.dport == 0  # a request: the identifier is the source port
+        if pkt.proto == PROTO_TCP:
             # A SYN, or a plain ACK picked up in mid-stream; never a RST, FIN or
             # SYN-ACK (Linux's conntrack calls those invalid).
-            return flow.at + 14 <= flow.end and tcptrack.may_start(l4.tcp_flags(frame, flow.at))
+            at = pkt.at
+            return at + 14 <= pkt.end and tcptrack.may_start(l4.tcp_flags(pkt.frame, at))
         return True
 
     def _dnat_rule(

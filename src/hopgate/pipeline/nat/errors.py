@@ -17,6 +17,7 @@ from hopgate.packet.proto import PROTO_ICMPV6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import ConnTable, Side
+from hopgate.pipeline.context import Packet
 from hopgate.pipeline.plans import ErrorAbout
 
 _U16 = Struct("!H")
@@ -39,22 +40,24 @@ def bad_mtu(version: int, frame: Buffer, at: int, inner: int) -> bool:
     return mtu < ipv6.MIN_MTU or mtu >= ipv6.HEADER_LEN + ipv6.payload_len(frame, inner)
 
 
-def is_redirect(version: int, kind: int, flow: flows.Flow, frame: Buffer) -> bool:
+def is_redirect(pkt: Packet) -> bool:
     """Whether an ICMPv6 message read as another protocol's flow is a redirect."""
     return (
-        version == A.V6
-        and kind == flows.OTHER
-        and flow.proto == PROTO_ICMPV6
-        and frame[flow.at] == icmp6.REDIRECT
+        pkt.fam.version == A.V6
+        and pkt.kind == flows.OTHER
+        and pkt.proto == PROTO_ICMPV6
+        and pkt.frame[pkt.at] == icmp6.REDIRECT
     )
 
 
 def error_plan(
-    table: ConnTable, addresses: set[int], version: int, frame: Buffer, flow: flows.Flow, dst: int
+    table: ConnTable, addresses: set[int], pkt: Packet
 ) -> ErrorAbout | DropReason | None:
     """An ICMP error arrived: about a connection of ``table`` (translated in
     ``apply``), dropped (about one of the translated ``addresses``, but no
     connection), or none of NAT's business."""
+    version, frame, dst = pkt.fam.version, pkt.frame, pkt.dst
+    flow = pkt.flow()
     inner = flow.at + 8
     if version == A.V4:
         if flow.end - inner < ipv4.HEADER_LEN or frame[inner] >> 4 != 4:
@@ -90,11 +93,11 @@ def error_plan(
     return ErrorAbout(flow, new_dst, side, inner, iflow)
 
 
-def translate_error(plan: ErrorAbout, frame: bytearray | memoryview, l3: int, end: int) -> None:
+def translate_error(plan: ErrorAbout, pkt: Packet) -> None:
     """Rewrite the error: its quote back to what its sender sent, its outer
     header to the connection's addresses."""
     side = plan.side
-    version = A.V4 if frame[l3] >> 4 == 4 else A.V6
+    version, frame, l3, end = pkt.fam.version, pkt.frame, pkt.l3, pkt.end
     conn = side.conn
     inner, iflow = plan.inner, plan.iflow
     quoted = 1 - side.direction
@@ -103,20 +106,22 @@ def translate_error(plan: ErrorAbout, frame: bytearray | memoryview, l3: int, en
     b_src, b_sport, b_dst, b_dport = b[2], b[3], b[4], b[5]
     # The quoted packet, back to what its sender sent.
     if version == A.V4:
-        old, new = rewrite.ipv4_addresses(frame, inner, b_src, b_dst)
+        sums = rewrite.ipv4_addresses(frame, inner, b_src, b_dst)
         whole = inner + ipv4.total_len(frame, inner) <= iflow.end
     else:
-        old, new = rewrite.ipv6_addresses(frame, inner, b_src, b_dst)
+        sums = rewrite.ipv6_addresses(frame, inner, b_src, b_dst)
         whole = inner + ipv6.HEADER_LEN + ipv6.payload_len(frame, inner) <= iflow.end
     if iflow.kind != flows.OTHER:
         # Its transport checksum only when the quote holds all of the segment
         # (RFC 5508 and Linux leave a truncated one as it is).
         rewrite.transport(
-            frame, iflow.at, iflow.end, iflow.proto, old, new,
+            frame,
+            iflow,
+            sums,
             (a_sport, b_sport) if a_sport != b_sport else None,
             (a_dport, b_dport) if a_dport != b_dport else None,
             checksum=whole,
-        )  # fmt: skip
+        )
     # The outer header: the addresses that were the connection's.
     if version == A.V4:
         osrc, odst = ipv4.addrs(frame, l3)
@@ -150,12 +155,14 @@ def restore(frame: bytearray, l3: int, side: Side) -> None:
     _, now_sport, _, now_dport = conn.rewrite_for(direction)
     was = conn.arrives_as(direction)
     if version == A.V4:
-        old, new = rewrite.ipv4_addresses(frame, l3, was[2], was[4])
+        sums = rewrite.ipv4_addresses(frame, l3, was[2], was[4])
     else:
-        old, new = rewrite.ipv6_addresses(frame, l3, was[2], was[4])
+        sums = rewrite.ipv6_addresses(frame, l3, was[2], was[4])
     if flow.kind in (flows.PORTS, flows.QUERY, flows.OTHER):
         rewrite.transport(
-            frame, flow.at, end, flow.proto, old, new,
+            frame,
+            flow,
+            sums,
             (now_sport, was[3]) if now_sport != was[3] else None,
             (now_dport, was[5]) if now_dport != was[5] else None,
-        )  # fmt: skip
+        )

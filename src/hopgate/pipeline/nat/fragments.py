@@ -10,10 +10,11 @@ from collections import OrderedDict
 from struct import Struct
 
 from hopgate.packet import addr as A
-from hopgate.packet import flows, ipv4, ipv6
+from hopgate.packet import ipv4, ipv6
 from hopgate.packet.types import Buffer
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import ConnTable, Side, Tuple
+from hopgate.pipeline.context import Packet
 from hopgate.pipeline.plans import LaterFragment
 
 _U16 = Struct("!H")
@@ -53,16 +54,13 @@ class Fragments:
     def __len__(self) -> int:
         return len(self._firsts)
 
-    def remember_first(
-        self, side: Side, frame: bytearray | memoryview, l3: int, end: int, now: float
-    ) -> None:
+    def remember_first(self, side: Side, pkt: Packet) -> None:
         """A first fragment was translated on ``side``: its followers go the same way."""
-        version = A.V4 if frame[l3] >> 4 == 4 else A.V6
-        ident = fragment_ident(version, frame, l3, end)
+        ident = fragment_ident(pkt.fam.version, pkt.frame, pkt.l3, pkt.end)
         if ident is None:
             return
         arrived = side.conn.arrives_as(side.direction)
-        self._remember(version, arrived, ident, side, now)
+        self._remember(pkt.fam.version, arrived, ident, side, pkt.now)
 
     def _remember(self, version: int, arrived: Tuple, ident: int, side: Side, now: float) -> None:
         key = (version, arrived[2], arrived[4], arrived[1], ident)
@@ -71,26 +69,17 @@ class Fragments:
         while len(self._firsts) > MAX_FRAGMENT_FLOWS:
             self._firsts.popitem(last=False)
 
-    def plan(
-        self,
-        version: int,
-        frame: Buffer,
-        l3: int,
-        end: int,
-        src: int,
-        dst: int,
-        flow: flows.Flow,
-        now: float,
-    ) -> LaterFragment | DropReason | None:
+    def plan(self, pkt: Packet) -> LaterFragment | DropReason | None:
         """A later fragment arrived: translated as its first, dropped, or none of
         NAT's business."""
-        ident = fragment_ident(version, frame, l3, end)
+        version, dst = pkt.fam.version, pkt.dst
+        ident = fragment_ident(version, pkt.frame, pkt.l3, pkt.end)
         if ident is None:
             return None
-        hit = self._firsts.get((version, src, dst, flow.proto, ident))
+        hit = self._firsts.get((version, pkt.src, dst, pkt.proto, ident))
         if hit is not None and not self._table.holds(hit[0].conn):
             hit = None  # its connection is gone (expired, evicted): so is its translation
-        if hit is None or hit[1] < now:
+        if hit is None or hit[1] < pkt.now:
             # Only our business if it is addressed to a translated address, and
             # not one hopgate answers for: a fragmented ping to the outside
             # address is reassembled and answered (its first fragment opened
@@ -99,4 +88,4 @@ class Fragments:
                 return DropReason.NAT_FRAGMENT_UNMATCHED
             return None
         side = hit[0]
-        return LaterFragment(flow, side.dst, side)
+        return LaterFragment(pkt.flow(), side.dst, side)

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from hopgate.packet import ipv4, ipv6, rewrite
+from hopgate.packet import addr as A
+from hopgate.packet import ipv4, rewrite
 from hopgate.packet.proto import PROTO_ICMP, PROTO_ICMPV6
 from hopgate.pipeline.conntrack import U16, ConnTable, Side, Verdict
+from hopgate.pipeline.context import FIRST, Packet
 from hopgate.pipeline.lb.fnat import PORT_TRIES
 
 if TYPE_CHECKING:
@@ -174,42 +176,26 @@ def adjust(buf: bytearray | memoryview, at: int, delta: int, udp: bool) -> int:
 
 
 def translate(
-    table: ConnTable,
-    fragments: Fragments,
-    side: Side,
-    frame: bytearray | memoryview,
-    l3: int,
-    end: int,
-    now: float,
-    *,
-    whole: bool,
+    table: ConnTable, fragments: Fragments, side: Side, pkt: Packet, *, whole: bool
 ) -> Verdict:
     """Account a packet arriving on ``side`` on its connection and, if the
     connection table takes it, rewrite it (all of it, or, for a later
     fragment, only its addresses).  Returns the table's verdict; a packet it
     refuses is left as it was."""
-    conn = side.conn
     if not side.addrs:
         side.prepare()
+    if pkt.bad_chain:
+        return _INVALID
+    frame, l3, at, end = pkt.frame, pkt.l3, pkt.at, pkt.end
+    verdict = table.seen(side, end - l3, frame, at, end, pkt.now, whole)
+    if verdict is not _OK and (verdict is _INVALID or verdict is _OUT_OF_WINDOW):
+        return verdict
     v4_icmp = False
-    if frame[l3] >> 4 == 4:
-        v4_icmp = frame[l3 + ipv4.OFF_PROTO] == PROTO_ICMP
-        at = l3 + ((frame[l3] & 0xF) << 2)
-        first = whole and bool(_U16.unpack_from(frame, l3 + ipv4.OFF_FRAG)[0] & ipv4.FLAG_MF)
-        verdict = table.seen(conn, side.direction, end - l3, frame, at, end, now, whole)
-        if verdict is not _OK and (verdict is _INVALID or verdict is _OUT_OF_WINDOW):
-            return verdict
+    if pkt.fam.version == A.V4:
+        v4_icmp = pkt.proto == PROTO_ICMP
         frame[l3 + 12 : l3 + 20] = side.addrs
         adjust(frame, l3 + ipv4.OFF_CSUM, side.ip_delta, False)
     else:
-        chain = ipv6.walk(frame, l3, end)
-        if isinstance(chain, str):
-            return _INVALID
-        at = chain.offset
-        first = whole and chain.is_fragment
-        verdict = table.seen(conn, side.direction, end - l3, frame, at, end, now, whole)
-        if verdict is not _OK and (verdict is _INVALID or verdict is _OUT_OF_WINDOW):
-            return verdict
         frame[l3 + 8 : l3 + 40] = side.addrs
     if whole:
         if side.ports_at >= 0:
@@ -223,6 +209,6 @@ def translate(
                 # whose words are now all zero sums to +0, so its checksum is
                 # 0xFFFF, not the 0x0000 the update gives.  Recount it.
                 rewrite.icmp4_checksum(frame, at, end)
-    if first:  # a first fragment: its followers go the same way
-        fragments.remember_first(side, frame, l3, end, now)
+    if whole and pkt.fragment == FIRST:  # its followers go the same way
+        fragments.remember_first(side, pkt)
     return verdict
