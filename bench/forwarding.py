@@ -228,6 +228,8 @@ def _ratio_lines(rounds: Rounds) -> str:
     lines = []
     for shape in SHAPES:
         hops, kers = _runs(rounds, shape, "hopgate"), _runs(rounds, shape, "Linux kernel")
+        if not hops:
+            continue  # not measured (--shapes)
         # hopgate and the kernel measured back to back in a round share its conditions.
         ratios = sorted(
             h.forwarded_pps / k.forwarded_pps if k.forwarded_pps else 0.0
@@ -275,7 +277,7 @@ def _report(rounds: Rounds, seconds: float) -> str:
     return f"""## Forwarding rate, 64-byte UDP
 
 Measured {today} by `bench/forwarding.py` ({seconds:g} s window after a warm-up),
-{len(rounds)} rounds, each measuring three lab shapes with veth pairs and
+{len(rounds)} rounds, each measuring {_shapes_measured(rounds)} with veth pairs and
 offloads off: routing (client — gateway — Linux router r1 — server), NAT (inside
 host — gateway translating its source — r1 — server) and FNAT (the same hosts;
 the inside host sends to a UDP service on a VIP of the gateway, which sends it
@@ -309,6 +311,13 @@ Reproduce: `.venv/bin/python -m bench.forwarding` (as root, after `scripts/boots
 """
 
 
+def _shapes_measured(rounds: Rounds) -> str:
+    measured = {r.shape for r in rounds[0]}
+    if measured == set(SHAPES):
+        return "three lab shapes"
+    return "of the lab shapes " + " and ".join(x for x in SHAPES if x in measured) + " only"
+
+
 def _before_note(rounds: Rounds) -> str:
     if not any(r.gateway == BEFORE for rnd in rounds for r in rnd):
         return ""
@@ -336,6 +345,13 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=SHAPES,
+        default=list(SHAPES),
+        help="measure only these shapes (the report then says so)",
+    )
+    ap.add_argument(
         "--before", type=Path, default=None, help="another source tree's root, measured too"
     )
     args = ap.parse_args()
@@ -348,7 +364,7 @@ def main() -> None:
     rounds: Rounds = []
     for n in range(1, args.rounds + 1):
         rnd = []
-        for shape in SHAPES:
+        for shape in args.shapes:
             runs: list[tuple[str, Path | None]] = [("hopgate", None)]
             if args.before is not None:
                 # The two trees take turns at going first.

@@ -50,6 +50,8 @@ TP_STATUS_VLAN_TPID_VALID = 1 << 6
 
 _AUXDATA = struct.Struct("IIIHHHH")
 _ANC_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
+_U32 = struct.Struct("I")  # tpacket_auxdata's first field, tp_status
+_AUX_FLAGS = TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY
 _MREQ = struct.Struct("iHH8s")
 _STATS = struct.Struct("II")  # struct tpacket_stats: packets, drops
 # A plain int: socket.MSG_TRUNC is an IntFlag, and testing it costs an enum
@@ -184,19 +186,15 @@ class PacketSocket:
 
         Each frame gets its own buffer: the pipeline may keep it (a packet waiting
         for its next hop's address) after this returns."""
-        frame = self._receive(self.sock)
-        if frame is not None:
-            self.counters.rx_data += 1
-        return frame
+        return self.read(False)
 
     def receive_control(self) -> memoryview | None:
         """The next frame from the control socket (None if none, or no control path)."""
-        frame = self._receive(self.ctl)
-        if frame is not None:
-            self.counters.rx_control += 1
-        return frame
+        return self.read(True)
 
-    def _receive(self, sock: socket.socket | None) -> memoryview | None:
+    def read(self, control: bool) -> memoryview | None:
+        """``receive`` (``control``: ``receive_control``) in one call, for the loop."""
+        sock = self.ctl if control else self.sock
         if sock is None:
             return None
         buf = bytearray(self._bufsize)
@@ -215,19 +213,28 @@ class PacketSocket:
             if addr[2] == PACKET_OUTGOING:
                 continue
             break
+        if control:
+            self.counters.rx_control += 1
+        else:
+            self.counters.rx_data += 1
         if flags & _MSG_TRUNC:
             self.counters.rx_truncated += 1
             return memoryview(buf)  # the full buffer: longer than the pipeline accepts
         frame = memoryview(buf)[:n]
         for level, kind, data in anc:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
-                status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
-                if status & TP_STATUS_VLAN_VALID:
-                    frame = self._restore_vlan(frame, tci, tpid, status)
-                if status & TP_STATUS_CSUMNOTREADY:
-                    ethertype, l3 = ethernet.parse(frame)
-                    if l4.complete_partial_checksum(frame, l3, ethertype):
-                        self.counters.rx_csum_completed += 1
+            if level != SOL_PACKET or kind != PACKET_AUXDATA or len(data) < _AUXDATA.size:
+                continue
+            # Most frames have neither flag: read the status word alone first.
+            status = _U32.unpack_from(data)[0]
+            if not status & _AUX_FLAGS:
+                continue
+            status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
+            if status & TP_STATUS_VLAN_VALID:
+                frame = self._restore_vlan(frame, tci, tpid, status)
+            if status & TP_STATUS_CSUMNOTREADY:
+                ethertype, l3 = ethernet.parse(frame)
+                if l4.complete_partial_checksum(frame, l3, ethertype):
+                    self.counters.rx_csum_completed += 1
         return frame
 
     def _restore_vlan(self, frame: memoryview, tci: int, tpid: int, status: int) -> memoryview:

@@ -177,19 +177,22 @@ class Loop:
         return st.snapshot() if st is not None else None
 
     def _receive(self, port: int, sock: PacketSocket, control: bool = False) -> None:
-        router = self.router
+        process = self.router.process
+        sockets = self.sockets
         now = self.clock()
-        receive = sock.receive_control if control else sock.receive
+        read = sock.read
         for _ in range(CONTROL_BATCH if control else BATCH):
-            frame = receive()
+            frame = read(control)
             if frame is None:
                 return
             try:
-                actions = router.process(frame, port, now)
+                actions = process(frame, port, now)
             except Exception:  # noqa: BLE001 - no packet may stop the router
                 self._internal_error(port)
                 continue
-            self._execute(actions)
+            for a in actions:  # _execute's loop, written out: it runs for every frame
+                if a.__class__ is Transmit:
+                    sockets[a.port].send(a.frame)
 
     def _execute(self, actions: list[Any]) -> None:
         sockets = self.sockets

@@ -30,8 +30,13 @@ from hopgate.pipeline.reassembly import Head
 from hopgate.pipeline.routes import RouteTable, flow_hash
 
 _PORTS = Struct("!HH")
+# For the per-packet code: module globals, read faster than attributes.
+_unpack_ports = _PORTS.unpack_from
+_unpack_v4 = ipv4.HEADER.unpack_from
+_V4_HEADER_LEN = ipv4.HEADER_LEN
+_V4_OFFSET_MASK = ipv4.FRAG_OFFSET_MASK
+_KIND_PORTS = flows.PORTS
 _U16 = Struct("!H")
-_IPV4_HEADER = ipv4.HEADER
 _V4_FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
 _MARTIAN_TOP = frozenset({0, 127})  # first octets of "this network" and loopback
 
@@ -287,11 +292,11 @@ class Inet4(Family):
     def admit(self, pkt: Packet) -> DropReason | Way:
         frame, l3 = pkt.frame, pkt.l3
         end = len(frame)
-        if end - l3 < ipv4.HEADER_LEN:
+        if end - l3 < _V4_HEADER_LEN:
             return DropReason.IPV4_TRUNCATED
-        vihl, _, total, _, frag, _, proto, _, src, dst = _IPV4_HEADER.unpack_from(frame, l3)
+        vihl, _, total, _, frag, _, proto, _, src, dst = _unpack_v4(frame, l3)
         if vihl == 0x45:  # no options: the checks of ipv4.check, inline
-            if total < ipv4.HEADER_LEN or l3 + total > end:
+            if total < _V4_HEADER_LEN or l3 + total > end:
                 return DropReason.IPV4_BAD_TOTAL_LENGTH
             # The header sums to 0xFFFF, i.e. reads as a multiple of 0xFFFF (checksum.py).
             if int.from_bytes(frame[l3 : l3 + 20], "big") % 0xFFFF:
@@ -307,14 +312,14 @@ class Inet4(Family):
         pkt.end = end = l3 + total
         at = l3 + ((vihl & 0xF) << 2)
         if frag & _V4_FRAGMENT:
-            if frag & ipv4.FRAG_OFFSET_MASK:
+            if frag & _V4_OFFSET_MASK:
                 pkt.fragment, pkt.kind, pkt.proto, pkt.at = LATER, flows.LATER_FRAGMENT, proto, at
                 pkt.sport = pkt.dport = 0
                 return ON
             pkt.fragment = FIRST
         if proto in PORT_PROTOCOLS and end - at >= 4:  # most of the traffic: inline
-            pkt.proto, pkt.at, pkt.kind = proto, at, flows.PORTS
-            pkt.sport, pkt.dport = _PORTS.unpack_from(frame, at)
+            pkt.proto, pkt.at, pkt.kind = proto, at, _KIND_PORTS
+            pkt.sport, pkt.dport = _unpack_ports(frame, at)
             return ON
         self._transport(pkt, proto, at)
         return ON

@@ -90,6 +90,7 @@ class Router:
         self._install_routes(spec)
         self.inet4 = Inet4(self.ports, self.local, self.routes4, self.arp.table)
         self.inet6 = Inet6(self.ports, self.local, self.routes6, self.nd.table)
+        self._families: dict[int, Family] = {f.ethertype: f for f in (self.inet4, self.inet6)}
         self.reassembler = Reassembler(spec.reassembly, self.timers, self._reassembly_expired)
         self.nat: Nat | None = None
         if spec.nat is not None or services is not None:
@@ -163,17 +164,20 @@ class Router:
         here on: it may change it in place, send it, or keep it until a neighbour
         answers, so the caller must not reuse its buffer."""
         out: list[Action] = []
+        size = len(frame)
         c = self.counters
         c.rx_packets[port] += 1
-        c.rx_bytes[port] += len(frame)
+        c.rx_bytes[port] += size
         p = self.ports[port]
-        if len(frame) > p.max_frame:
+        if size > p.max_frame:
             self.emit.drop(port, DropReason.FRAME_EXCEEDS_MTU, out)
             return out
-        if len(frame) >= 34 and frame[12] == 0x08 and frame[13] == 0x00:
-            ethertype, l3 = _ETH_P_IP, 14  # untagged IPv4: most of the traffic
+        fam: Family | None
+        if size >= 34 and frame[12] == 0x08 and frame[13] == 0x00:
+            fam, l3, ethertype = self.inet4, 14, _ETH_P_IP  # untagged IPv4: most of the traffic
         else:
             ethertype, l3 = ethernet.parse(frame)
+            fam = self._families.get(ethertype)
         if ethertype < 0 or frame[6] & 1:  # too short, too many tags, or a group source MAC
             self.emit.drop(port, DropReason.FRAME_MALFORMED, out)
             return out
@@ -182,22 +186,44 @@ class Router:
         if not frame[0] & 1 and p.mac != frame[0:6]:  # type: ignore[comparison-overlap]
             self.emit.drop(port, DropReason.L2_NOT_FOR_US, out)
             return out
-        if ethertype == _ETH_P_IP:
-            fam: Family = self.inet4
-        elif ethertype == _ETH_P_IPV6:
-            fam = self.inet6
-        elif ethertype == _ETH_P_ARP:
-            self.arp.input(frame, port, l3, now, out)
+        if fam is None:
+            if ethertype == _ETH_P_ARP:
+                self.arp.input(frame, port, l3, now, out)
+            else:
+                self.emit.drop(port, DropReason.UNKNOWN_ETHERTYPE, out)
             return out
-        else:
-            self.emit.drop(port, DropReason.UNKNOWN_ETHERTYPE, out)
-            return out
+        # The steps, in Linux's order (ip_rcv_finish, ip6_rcv_finish): the IP
+        # header and the source; NAT's connections (conntrack's PREROUTING); the
+        # router's own addresses and what may not be forwarded; forwarding.
         pkt = Packet(frame, port, l3, fam, now, out)
         way = fam.admit(pkt)
+        if way is not ON:
+            if way is GROUP:
+                self.delivery.deliver(pkt, multicast=True)
+            else:
+                self.emit.drop(port, way, out)  # type: ignore[arg-type]  # a DropReason
+            return out
+        plan = None
+        nat = self.nat
+        if nat is not None:
+            got = nat.inbound(pkt)
+            if isinstance(got, DropReason):
+                self._nat_refused(got, pkt)
+                return out
+            plan = got
+        l2_group = frame[0] & 1 == 1 and not (
+            self.cluster is not None and self.cluster.accepts(frame, l3, plan)
+        )
+        way = fam.destination(pkt, plan is not None, l2_group)
         if way is ON:
-            self._receive(pkt)
-        elif way is GROUP:
-            self.delivery.deliver(pkt, multicast=True)
+            if plan is not None:
+                self._forward(pkt, plan.dst, plan)
+            elif nat is not None and nat.unsolicited(pkt):
+                self.emit.drop(port, DropReason.NAT_UNSOLICITED, out)
+            else:
+                self._forward(pkt, pkt.dst, None)
+        elif way is LOCAL:
+            self.delivery.deliver(pkt)
         else:
             self.emit.drop(port, way, out)  # type: ignore[arg-type]  # a DropReason
         return out
@@ -247,34 +273,6 @@ class Router:
         )
 
     # -- a packet received: for the router, or to forward -----------------------------
-
-    def _receive(self, pkt: Packet) -> None:
-        """A packet admitted (pipeline/family.py): the order of the checks is
-        Linux's (ip_rcv_finish, ip6_rcv_finish): NAT's connections (conntrack's
-        PREROUTING), the router's own addresses, then what may not be forwarded."""
-        plan = None
-        nat = self.nat
-        if nat is not None:
-            got = nat.inbound(pkt)
-            if isinstance(got, DropReason):
-                self._nat_refused(got, pkt)
-                return
-            plan = got
-        l2_group = bool(pkt.frame[0] & 1) and not (
-            self.cluster is not None and self.cluster.accepts(pkt.frame, pkt.l3, plan)
-        )
-        way = pkt.fam.destination(pkt, plan is not None, l2_group)
-        if way is ON:
-            if plan is not None:
-                self._forward(pkt, plan.dst, plan)
-            elif nat is not None and nat.unsolicited(pkt):
-                self.emit.drop(pkt.port, DropReason.NAT_UNSOLICITED, pkt.out)
-            else:
-                self._forward(pkt, pkt.dst, None)
-        elif way is LOCAL:
-            self.delivery.deliver(pkt)
-        else:
-            self.emit.drop(pkt.port, way, pkt.out)  # type: ignore[arg-type]  # a DropReason
 
     def _nat_refused(self, reason: DropReason, pkt: Packet) -> None:
         """NAT or the load balancer will not take the packet."""
