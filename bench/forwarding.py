@@ -29,6 +29,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -235,7 +236,7 @@ def _ratio_lines(rounds: Rounds) -> str:
             h.forwarded_pps / k.forwarded_pps if k.forwarded_pps else 0.0
             for h, k in zip(hops, kers, strict=True)
         )
-        ratio = ratios[len(ratios) // 2]
+        ratio = statistics.median(ratios)  # of an even count: the mean of the middle two
         spread = f", {ratios[0]:.3f} to {ratios[-1]:.3f} over the rounds" if len(ratios) > 1 else ""
         bound = ""
         if all(k.forwarded_pps >= 0.99 * k.offered_pps for k in kers):
@@ -251,7 +252,7 @@ def _ratio_lines(rounds: Rounds) -> str:
                 for h, b in zip(hops, befores, strict=True)
             )
             lines.append(
-                f"  This tree / the tree before: {against[len(against) // 2]:.3f} (the median;"
+                f"  This tree / the tree before: {statistics.median(against):.3f} (the median;"
                 f" {', '.join(f'{x:.3f}' for x in against)} over the rounds)."
             )
         drops = [h.socket_drops for h in hops if h.socket_drops is not None]
