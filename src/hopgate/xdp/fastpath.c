@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hopgate's XDP fast path (issue 11), first step: plain IPv4 routing.
+ *
+ * The rule: never answer differently from the Python pipeline
+ * (src/hopgate/pipeline).  A frame is forwarded here only when nothing about it
+ * could make the pipeline do anything but forward it unchanged except for the
+ * MACs and the TTL; anything else is passed up (XDP_PASS) to the pipeline's
+ * AF_PACKET socket.  The tables are filled by hopgate (src/hopgate/xdp/tables.py
+ * holds their one Python definition; a test checks the sizes agree).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_PORTS 64
+
+struct port {
+	__u32 ifindex;
+	__u16 mtu;
+	__u8 mac[6];
+};
+
+struct route_key {
+	__u32 prefixlen;
+	__u32 addr; /* network byte order */
+};
+
+struct route {
+	__u32 port;
+	__u32 gateway; /* network byte order; 0: on the link */
+};
+
+struct neigh_key {
+	__u32 port;
+	__u32 addr; /* network byte order */
+};
+
+struct neigh {
+	__u8 mac[6];
+	__u16 pad;
+};
+
+/* By port index (pipeline/ports.py). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u32);
+	__type(value, struct port);
+} ports SEC(".maps");
+
+/* The port of an ifindex, plus one: 0 is "not one of hopgate's". */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} port_of SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct route_key);
+	__type(value, struct route);
+} routes4 SEC(".maps");
+
+/* Only REACHABLE neighbours: a STALE one is the pipeline's, which probes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct neigh_key);
+	__type(value, struct neigh);
+} neigh4 SEC(".maps");
+
+/* Addresses a packet to or from must go to the pipeline: hopgate's own,
+ * NAT's and the load balancer's, the broadcasts of its subnets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} special4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx SEC(".maps");
+
+enum { C_PASSED, C_FORWARDED, C_COUNT };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline int count(__u32 which, int verdict)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &which);
+
+	if (n)
+		*n += 1;
+	return verdict;
+}
+
+static __always_inline int pass(void)
+{
+	return count(C_PASSED, XDP_PASS);
+}
+
+/* The IPv4 header (no options) sums to 0xFFFF. */
+static __always_inline int header_ok(struct iphdr *ip)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	return sum == 0xFFFF;
+}
+
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline int martian(__u32 addr)
+{
+	__u8 top = bpf_ntohl(addr) >> 24;
+
+	return top == 0 || top == 127 || top >= 224;
+}
+
+SEC("xdp")
+int hopgate_fastpath(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	__u32 ifindex = ctx->ingress_ifindex;
+
+	if ((void *)(ip + 1) > end)
+		return pass();
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || eth->h_source[0] & 1 || eth->h_dest[0] & 1)
+		return pass();
+	__u32 *in = bpf_map_lookup_elem(&port_of, &ifindex);
+	if (!in || !*in)
+		return pass();
+	__u32 in_port = *in - 1;
+	struct port *ingress = bpf_map_lookup_elem(&ports, &in_port);
+	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
+		return pass();
+	/* What the pipeline would question: options, fragments, a bad header,
+	 * a hop limit it answers, addresses it treats apart. */
+	if (ip->ihl != 5 || ip->version != 4 || ip->frag_off & bpf_htons(0x3FFF))
+		return pass();
+	__u16 total = bpf_ntohs(ip->tot_len);
+	if (total < sizeof(*ip) || (void *)ip + total > end || !header_ok(ip))
+		return pass();
+	if (ip->ttl <= 1 || martian(ip->saddr) || martian(ip->daddr))
+		return pass();
+	if (bpf_map_lookup_elem(&special4, &ip->saddr) || bpf_map_lookup_elem(&special4, &ip->daddr))
+		return pass();
+	/* Ethernet padding would be sent on as part of the frame. */
+	if ((void *)ip + total != end)
+		return pass();
+
+	struct route_key rk = { .prefixlen = 32, .addr = ip->daddr };
+	struct route *rt = bpf_map_lookup_elem(&routes4, &rk);
+	if (!rt)
+		return pass();
+	__u32 out_port = rt->port;
+	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
+	if (!egress || total > egress->mtu)
+		return pass();
+	struct neigh_key nk = { .port = out_port, .addr = rt->gateway ? rt->gateway : ip->daddr };
+	struct neigh *nb = bpf_map_lookup_elem(&neigh4, &nk);
+	if (!nb)
+		return pass();
+
+	/* TTL - 1, the checksum updated as ipv4.decrement_ttl does (RFC 1624). */
+	ip->ttl -= 1;
+	__u32 sum = (~bpf_ntohs(ip->check) & 0xFFFF) + 0xFEFF;
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	ip->check = bpf_htons(~sum & 0xFFFF);
+	__builtin_memcpy(eth->h_dest, nb->mac, 6);
+	__builtin_memcpy(eth->h_source, egress->mac, 6);
+	count(C_FORWARDED, 0);
+	return bpf_redirect_map(&tx, out_port, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "GPL";

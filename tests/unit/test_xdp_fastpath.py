@@ -1,0 +1,144 @@
+"""The XDP fast path against the Python pipeline (issue 11's rule): for any
+frame, the program either passes it up (XDP_PASS) or forwards exactly what the
+pipeline forwards: the same bytes, out of the same port.  The program runs on
+each frame through BPF_PROG_TEST_RUN (root only, as CI runs), with its tables
+filled from the same router the pipeline runs."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from hopgate.pipeline.actions import Transmit
+from hopgate.pipeline.router import Router
+from hopgate.xdp import tables as T
+from hopgate.xdp.libbpf import XDP_PASS, XDP_REDIRECT, BpfObject
+from tests.unit import frames as F
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+
+LO = 1  # test runs need a real ingress device: lo stands for port C
+
+
+def _router() -> Router:
+    r = F.resolved_router()
+    # Learned again as answers: REACHABLE, the state the fast path mirrors.
+    F.learn_neighbours(r, [(F.U, F.UPSTREAM4, F.UPSTREAM_MAC), (F.C, F.CLIENT4, F.CLIENT_MAC)])
+    return r
+
+
+@pytest.fixture(scope="module")
+def fastpath() -> Iterator[BpfObject]:
+    assert T.OBJECT.exists(), f"{T.OBJECT} is not built: run scripts/bootstrap"
+    with BpfObject(T.OBJECT) as obj:
+        T.fill(obj, _router(), {F.C: LO, F.U: LO})
+        obj.update("port_of", ctypes.c_uint32(LO), ctypes.c_uint32(F.C + 1))
+        yield obj
+
+
+def test_python_and_c_agree_on_every_table_layout(fastpath: BpfObject) -> None:
+    for name, (key, value) in T.LAYOUTS.items():
+        assert fastpath.map_sizes(name) == (ctypes.sizeof(key), ctypes.sizeof(value)), name
+
+
+def _both(obj: BpfObject, frame: bytes) -> tuple[int, bytes, list[Transmit]]:
+    got = obj.test_run(T.PROGRAM, frame, LO)
+    out = [a for a in _router().process(bytearray(frame), F.C, 1.0) if isinstance(a, Transmit)]
+    return got.verdict, got.frame, out
+
+
+def test_a_plain_routed_datagram_is_forwarded_as_the_pipeline_forwards_it(
+    fastpath: BpfObject,
+) -> None:
+    ip = IP(src=F.CLIENT4, dst=F.SERVER4) / UDP(sport=40000, dport=9) / (b"x" * 18)
+    verdict, frame, out = _both(fastpath, bytes(F.from_client(ip)))
+    assert verdict == XDP_REDIRECT, f"hopgate's fast path passed a plain datagram up ({verdict})"
+    assert len(out) == 1 and out[0].port == F.U and bytes(out[0].frame) == frame
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        IP(src=F.CLIENT4, dst=F.SERVER4, ttl=1) / UDP(dport=9),  # Time Exceeded is the pipeline's
+        IP(src=F.CLIENT4, dst=F.SERVER4, options=b"\x01\x01\x01\x00") / UDP(dport=9),
+        IP(src=F.CLIENT4, dst=F.SERVER4, flags="MF") / UDP(dport=9),
+        IP(src=F.CLIENT4, dst="198.18.1.1") / ICMP(),  # to hopgate itself
+        IP(src=F.CLIENT4, dst=F.SERVER4, flags="DF") / UDP(dport=9) / (b"x" * 1400),  # too big
+        IP(src=F.CLIENT4, dst="198.18.1.255") / UDP(dport=9),  # a subnet's broadcast
+        IP(src="198.18.1.1", dst=F.SERVER4) / UDP(dport=9),  # hopgate's own address as source
+    ],
+    ids=lambda p: p.summary(),
+)
+def test_what_the_pipeline_answers_or_questions_is_passed_up(fastpath: BpfObject, ip: IP) -> None:
+    verdict, _, _ = _both(fastpath, bytes(F.from_client(ip)))
+    assert verdict == XDP_PASS, f"hopgate's fast path kept {ip.summary()} ({verdict})"
+
+
+_DST = st.sampled_from(
+    [F.SERVER4, F.UPSTREAM4, F.CLIENT4, "198.18.1.1", "198.18.2.1", "198.18.1.255",
+     "255.255.255.255", "224.0.0.5", "127.0.0.1", "0.1.2.3", "198.18.2.77"]
+)  # fmt: skip
+_MAC = st.sampled_from([F.GW_C_MAC, "ff:ff:ff:ff:ff:ff", "02:00:00:00:99:99", "01:00:5e:00:00:05"])
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    """Half of them plain (the fast path's to take, mostly), half anything."""
+    plain = draw(st.booleans())
+    l4 = draw(
+        st.sampled_from(
+            [UDP(sport=1000, dport=9), TCP(sport=1000, dport=80, flags="A"), ICMP(), ICMP(type=3)]
+        )
+    )
+    if plain:
+        ip = IP(
+            src=draw(st.sampled_from([F.CLIENT4, "198.18.1.77", "10.0.0.1"])),
+            dst=draw(st.sampled_from([F.SERVER4, F.UPSTREAM4, F.CLIENT4, "198.18.2.77"])),
+            ttl=draw(st.integers(1, 255)),
+            flags=draw(st.sampled_from([0, "DF"])),
+        )
+        dst_mac = F.GW_C_MAC
+    else:
+        ip = IP(
+            src=draw(st.sampled_from([F.CLIENT4, "198.18.1.77", "198.18.1.1", "10.0.0.1"])),
+            dst=draw(_DST),
+            ttl=draw(st.sampled_from([0, 1, 2, 64, 255])),
+            flags=draw(st.sampled_from([0, "DF", "MF"])),
+            frag=draw(st.sampled_from([0, 0, 0, 5])),
+        )
+        if draw(st.booleans()):
+            ip.options = b"\x01\x01\x01\x00"
+        dst_mac = draw(_MAC)
+    data = b"x" * draw(st.sampled_from([0, 18, 1300, 1500]))
+    raw = bytearray(bytes(Ether(src=F.CLIENT_MAC, dst=dst_mac) / ip / l4 / data))
+    if not plain:
+        # A byte of the headers changed after the checksums were made, and
+        # Ethernet padding.
+        if draw(st.booleans()):
+            raw[draw(st.integers(14, 14 + 27))] ^= draw(st.integers(1, 255))
+        raw += bytes(draw(st.sampled_from([0, 6])))
+    return bytes(raw)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(frame=frames())
+def test_the_fast_path_never_answers_differently_from_the_pipeline(
+    fastpath: BpfObject, frame: bytes
+) -> None:
+    verdict, out_frame, out = _both(fastpath, frame)
+    event("forwarded by the fast path" if verdict == XDP_REDIRECT else "passed up")
+    assert verdict in (XDP_PASS, XDP_REDIRECT), f"hopgate's fast path returned {verdict}"
+    if verdict == XDP_REDIRECT:
+        assert len(out) == 1, f"hopgate's fast path forwarded what the pipeline did not: {out}"
+        # The same bytes, out of the port whose MAC they now come from.
+        assert bytes(out[0].frame) == out_frame
+        assert _router().ports[out[0].port].mac == out_frame[6:12]
