@@ -168,6 +168,9 @@ int hopgate_fastpath(struct xdp_md *ctx)
 	__u16 total = bpf_ntohs(ip->tot_len);
 	if (total < sizeof(*ip) || (void *)ip + total > end || !header_ok(ip))
 		return pass();
+	/* A frame longer than its own link allows is the pipeline's to drop. */
+	if (total > ingress->mtu)
+		return pass();
 	if (ip->ttl <= 1 || martian(ip->saddr) || martian(ip->daddr))
 		return pass();
 	if (bpf_map_lookup_elem(&special4, &ip->saddr) || bpf_map_lookup_elem(&special4, &ip->daddr))
