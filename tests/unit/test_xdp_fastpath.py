@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt
 from scapy.layers.l2 import Ether
+from scapy.packet import Packet
 
 from hopgate.pipeline.actions import Transmit
 from hopgate.pipeline.router import Router
@@ -30,7 +32,15 @@ LO = 1  # test runs need a real ingress device: lo stands for port C
 def _router() -> Router:
     r = F.resolved_router()
     # Learned again as answers: REACHABLE, the state the fast path mirrors.
-    F.learn_neighbours(r, [(F.U, F.UPSTREAM4, F.UPSTREAM_MAC), (F.C, F.CLIENT4, F.CLIENT_MAC)])
+    F.learn_neighbours(
+        r,
+        [
+            (F.U, F.UPSTREAM4, F.UPSTREAM_MAC),
+            (F.C, F.CLIENT4, F.CLIENT_MAC),
+            (F.U, F.UPSTREAM6, F.UPSTREAM_MAC),
+            (F.C, F.CLIENT6, F.CLIENT_MAC),
+        ],
+    )
     return r
 
 
@@ -54,10 +64,17 @@ def _both(obj: BpfObject, frame: bytes) -> tuple[int, bytes, list[Transmit]]:
     return got.verdict, got.frame, out
 
 
+@pytest.mark.parametrize(
+    "ip",
+    [
+        IP(src=F.CLIENT4, dst=F.SERVER4) / UDP(sport=40000, dport=9) / (b"x" * 18),
+        IPv6(src=F.CLIENT6, dst=F.SERVER6) / UDP(sport=40000, dport=9) / (b"x" * 18),
+    ],
+    ids=["ipv4", "ipv6"],
+)
 def test_a_plain_routed_datagram_is_forwarded_as_the_pipeline_forwards_it(
-    fastpath: BpfObject,
+    fastpath: BpfObject, ip: Packet
 ) -> None:
-    ip = IP(src=F.CLIENT4, dst=F.SERVER4) / UDP(sport=40000, dport=9) / (b"x" * 18)
     verdict, frame, out = _both(fastpath, bytes(F.from_client(ip)))
     assert verdict == XDP_REDIRECT, f"hopgate's fast path passed a plain datagram up ({verdict})"
     assert len(out) == 1 and out[0].port == F.U and bytes(out[0].frame) == frame
@@ -73,10 +90,18 @@ def test_a_plain_routed_datagram_is_forwarded_as_the_pipeline_forwards_it(
         IP(src=F.CLIENT4, dst=F.SERVER4, flags="DF") / UDP(dport=9) / (b"x" * 1400),  # too big
         IP(src=F.CLIENT4, dst="198.18.1.255") / UDP(dport=9),  # a subnet's broadcast
         IP(src="198.18.1.1", dst=F.SERVER4) / UDP(dport=9),  # hopgate's own address as source
+        IPv6(src=F.CLIENT6, dst=F.SERVER6, hlim=1) / UDP(dport=9),
+        IPv6(src="fe80::10", dst=F.SERVER6) / UDP(dport=9),  # beyond scope is the pipeline's
+        IPv6(src=F.CLIENT6, dst="2001:2:0:1::1") / ICMPv6EchoRequest(),  # to hopgate itself
+        IPv6(src=F.CLIENT6, dst="ff02::1") / ICMPv6EchoRequest(),
+        IPv6(src=F.CLIENT6, dst=F.SERVER6) / UDP(dport=9) / (b"x" * 1400),  # Packet Too Big
+        IPv6(src="2001:2:0:1::1", dst=F.SERVER6) / UDP(dport=9),  # hopgate's own as source
     ],
     ids=lambda p: p.summary(),
 )
-def test_what_the_pipeline_answers_or_questions_is_passed_up(fastpath: BpfObject, ip: IP) -> None:
+def test_what_the_pipeline_answers_or_questions_is_passed_up(
+    fastpath: BpfObject, ip: Packet
+) -> None:
     verdict, _, _ = _both(fastpath, bytes(F.from_client(ip)))
     assert verdict == XDP_PASS, f"hopgate's fast path kept {ip.summary()} ({verdict})"
 
@@ -97,6 +122,8 @@ def frames(draw: st.DrawFn) -> bytes:
             [UDP(sport=1000, dport=9), TCP(sport=1000, dport=80, flags="A"), ICMP(), ICMP(type=3)]
         )
     )
+    if draw(st.booleans()):
+        return draw(frames6(plain))
     if plain:
         ip = IP(
             src=draw(st.sampled_from([F.CLIENT4, "198.18.1.77", "10.0.0.1"])),
@@ -127,8 +154,51 @@ def frames(draw: st.DrawFn) -> bytes:
     return bytes(raw)
 
 
+_DST6 = st.sampled_from(
+    [F.SERVER6, F.UPSTREAM6, F.CLIENT6, "2001:2:0:1::1", "2001:2:0:2::1", "ff02::1",
+     "fe80::1", "::", "::1", "2001:2:0:2::77", "2001:2:0:1::77"]
+)  # fmt: skip
+
+
+@st.composite
+def frames6(draw: st.DrawFn, plain: bool) -> bytes:
+    l4 = draw(
+        st.sampled_from(
+            [
+                UDP(sport=1000, dport=9),
+                TCP(sport=1000, dport=80, flags="A"),
+                ICMPv6EchoRequest(),
+                ICMPv6DestUnreach(),
+            ]
+        )
+    )
+    if plain:
+        ip = IPv6(
+            src=draw(st.sampled_from([F.CLIENT6, "2001:2:0:1::77", "2001:2:9::1"])),
+            dst=draw(st.sampled_from([F.SERVER6, F.UPSTREAM6, F.CLIENT6, "2001:2:0:2::77"])),
+            hlim=draw(st.integers(1, 255)),
+        )
+        dst_mac = F.GW_C_MAC
+    else:
+        ip = IPv6(
+            src=draw(st.sampled_from([F.CLIENT6, "fe80::10", "2001:2:0:1::1", "::", "ff02::2"])),
+            dst=draw(_DST6),
+            hlim=draw(st.sampled_from([0, 1, 2, 64, 255])),
+        )
+        dst_mac = draw(_MAC)
+    if draw(st.booleans()):
+        l4 = IPv6ExtHdrDestOpt() / l4
+    data = b"x" * draw(st.sampled_from([0, 18, 1300, 1500]))
+    raw = bytearray(bytes(Ether(src=F.CLIENT_MAC, dst=dst_mac) / ip / l4 / data))
+    if not plain:
+        if draw(st.booleans()):
+            raw[draw(st.integers(14, 14 + 47))] ^= draw(st.integers(1, 255))
+        raw += bytes(draw(st.sampled_from([0, 6])))
+    return bytes(raw)
+
+
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(frame=frames())
 def test_the_fast_path_never_answers_differently_from_the_pipeline(

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * hopgate's XDP fast path (issue 11), first step: plain IPv4 routing.
+ * hopgate's XDP fast path (issue 11), first step: plain routing, IPv4 and IPv6.
  *
  * The rule: never answer differently from the Python pipeline
  * (src/hopgate/pipeline).  A frame is forwarded here only when nothing about it
@@ -12,6 +12,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -33,9 +34,28 @@ struct route {
 	__u32 gateway; /* network byte order; 0: on the link */
 };
 
+struct route6 {
+	__u32 port;
+	__u8 gateway[16]; /* all zero: on the link */
+};
+
 struct neigh_key {
 	__u32 port;
 	__u32 addr; /* network byte order */
+};
+
+struct route6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct neigh6_key {
+	__u32 port;
+	__u8 addr[16];
+};
+
+struct addr6 {
+	__u8 a[16];
 };
 
 struct neigh {
@@ -83,6 +103,29 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } special4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct route6_key);
+	__type(value, struct route6);
+} routes6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct neigh6_key);
+	__type(value, struct neigh);
+} neigh6 SEC(".maps");
+
+/* hopgate's own IPv6 addresses (and VIPs): to or from them, the pipeline's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct addr6);
+	__type(value, __u8);
+} special6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP);
@@ -141,25 +184,21 @@ static __always_inline int martian(__u32 addr)
 	return top == 0 || top == 127 || top >= 224;
 }
 
-SEC("xdp")
-int hopgate_fastpath(struct xdp_md *ctx)
+/* Where a frame leaves: MACs rewritten, through the devmap. */
+static __always_inline int send(struct ethhdr *eth, struct port *egress, struct neigh *nb,
+				__u32 out_port)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + sizeof(*eth);
-	__u32 ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(eth->h_dest, nb->mac, 6);
+	__builtin_memcpy(eth->h_source, egress->mac, 6);
+	count(C_FORWARDED, 0);
+	return bpf_redirect_map(&tx, out_port, XDP_PASS);
+}
+
+static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, void *end)
+{
+	struct iphdr *ip = (void *)(eth + 1);
 
 	if ((void *)(ip + 1) > end)
-		return pass();
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || eth->h_source[0] & 1 || eth->h_dest[0] & 1)
-		return pass();
-	__u32 *in = bpf_map_lookup_elem(&port_of, &ifindex);
-	if (!in || !*in)
-		return pass();
-	__u32 in_port = *in - 1;
-	struct port *ingress = bpf_map_lookup_elem(&ports, &in_port);
-	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
 		return pass();
 	/* What the pipeline would question: options, fragments, a bad header,
 	 * a hop limit it answers, addresses it treats apart. */
@@ -197,10 +236,91 @@ int hopgate_fastpath(struct xdp_md *ctx)
 	__u32 sum = (~bpf_ntohs(ip->check) & 0xFFFF) + 0xFEFF;
 	sum = (sum & 0xFFFF) + (sum >> 16);
 	ip->check = bpf_htons(~sum & 0xFFFF);
-	__builtin_memcpy(eth->h_dest, nb->mac, 6);
-	__builtin_memcpy(eth->h_source, egress->mac, 6);
-	count(C_FORWARDED, 0);
-	return bpf_redirect_map(&tx, out_port, XDP_PASS);
+	return send(eth, egress, nb, out_port);
+}
+
+/* Multicast, link-local, ::, ::1: addresses the pipeline treats apart. */
+static __always_inline int special_v6(const __u8 *a)
+{
+	if (a[0] == 0xFF || (a[0] == 0xFE && (a[1] & 0xC0) == 0x80))
+		return 1;
+	__u32 high = 0;
+
+#pragma unroll
+	for (int i = 0; i < 15; i++)
+		high |= a[i];
+	return !high && a[15] <= 1;
+}
+
+static __always_inline int zero16(const __u8 *a)
+{
+	__u32 any = 0;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		any |= a[i];
+	return !any;
+}
+
+static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, void *end)
+{
+	struct ipv6hdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > end || ip->version != 6)
+		return pass();
+	__u16 plen = bpf_ntohs(ip->payload_len);
+	__u32 total = sizeof(*ip) + plen;
+	/* No jumbogram, no padding, within both links; a hop limit to spend. */
+	if (!plen || (void *)ip + total != end || total > ingress->mtu || ip->hop_limit <= 1)
+		return pass();
+	if (special_v6(ip->saddr.in6_u.u6_addr8) || special_v6(ip->daddr.in6_u.u6_addr8))
+		return pass();
+	if (bpf_map_lookup_elem(&special6, &ip->saddr) || bpf_map_lookup_elem(&special6, &ip->daddr))
+		return pass();
+
+	struct route6_key rk = { .prefixlen = 128 };
+	__builtin_memcpy(rk.addr, ip->daddr.in6_u.u6_addr8, 16);
+	struct route6 *rt = bpf_map_lookup_elem(&routes6, &rk);
+	if (!rt)
+		return pass();
+	__u32 out_port = rt->port;
+	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
+	if (!egress || total > egress->mtu)
+		return pass();
+	struct neigh6_key nk = { .port = out_port };
+	if (zero16(rt->gateway))
+		__builtin_memcpy(nk.addr, ip->daddr.in6_u.u6_addr8, 16);
+	else
+		__builtin_memcpy(nk.addr, rt->gateway, 16);
+	struct neigh *nb = bpf_map_lookup_elem(&neigh6, &nk);
+	if (!nb)
+		return pass();
+	ip->hop_limit -= 1;
+	return send(eth, egress, nb, out_port);
+}
+
+SEC("xdp")
+int hopgate_fastpath(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex = ctx->ingress_ifindex;
+
+	if ((void *)(eth + 1) > end || eth->h_source[0] & 1 || eth->h_dest[0] & 1)
+		return pass();
+	__u32 *in = bpf_map_lookup_elem(&port_of, &ifindex);
+	if (!in || !*in)
+		return pass();
+	__u32 in_port = *in - 1;
+	struct port *ingress = bpf_map_lookup_elem(&ports, &in_port);
+	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
+		return pass();
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return ipv4(eth, ingress, end);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return ipv6(eth, ingress, end);
+	return pass();
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -41,6 +41,25 @@ class NeighKey(ctypes.Structure):
     _fields_ = [("port", ctypes.c_uint32), ("addr", ctypes.c_uint32)]
 
 
+Addr16 = ctypes.c_uint8 * 16
+
+
+class Route6Key(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", Addr16)]
+
+
+class Route6(ctypes.Structure):
+    _fields_ = [("port", ctypes.c_uint32), ("gateway", Addr16)]
+
+
+class Neigh6Key(ctypes.Structure):
+    _fields_ = [("port", ctypes.c_uint32), ("addr", Addr16)]
+
+
+class Addr6(ctypes.Structure):
+    _fields_ = [("a", Addr16)]
+
+
 class Neigh(ctypes.Structure):
     _fields_ = [("mac", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint16)]
 
@@ -52,6 +71,9 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "routes4": (RouteKey, Route),
     "neigh4": (NeighKey, Neigh),
     "special4": (ctypes.c_uint32, ctypes.c_uint8),
+    "routes6": (Route6Key, Route6),
+    "neigh6": (Neigh6Key, Neigh),
+    "special6": (Addr6, ctypes.c_uint8),
     "tx": (ctypes.c_uint32, ctypes.c_uint32),
 }
 
@@ -59,6 +81,10 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
 def _be(addr: int) -> int:
     """An IPv4 address as the program sees it in memory."""
     return socket.htonl(addr)
+
+
+def _a16(addr: int) -> ctypes.Array[ctypes.c_uint8]:
+    return Addr16(*addr.to_bytes(16, "big"))
 
 
 def _mac(mac: bytes) -> ctypes.Array[ctypes.c_uint8]:
@@ -70,8 +96,9 @@ class UnsupportedError(ValueError):
 
 
 def fill(obj: BpfObject, router: Router, ifindex: Mapping[int, int]) -> None:
-    """Mirror ``router``'s ports, IPv4 routes, reachable neighbours and special
-    addresses into ``obj``'s tables; ``ifindex``: each port's interface."""
+    """Mirror ``router``'s ports, routes, reachable neighbours and special
+    addresses (both families) into ``obj``'s tables; ``ifindex``: each port's
+    interface."""
     if router.nat is not None:
         # Every forwarded packet may be NAT's: not mirrored yet (issue 11).
         raise UnsupportedError("NAT and the load balancer are not in the fast path yet")
@@ -87,6 +114,16 @@ def fill(obj: BpfObject, router: Router, ifindex: Mapping[int, int]) -> None:
     for e in router.arp.table.entries():
         if e.state == State.REACHABLE and e.mac is not None:
             obj.update("neigh4", NeighKey(e.port, _be(e.addr)), Neigh(_mac(e.mac), 0))
+    for r in router.routes6.routes():
+        hops = r.nexthops
+        port, gateway = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
+        obj.update("routes6", Route6Key(r.prefixlen, _a16(r.prefix)), Route6(port, _a16(gateway)))
+    for e in router.nd.table.entries():
+        if e.state == State.REACHABLE and e.mac is not None:
+            obj.update("neigh6", Neigh6Key(e.port, _a16(e.addr)), Neigh(_mac(e.mac), 0))
     local = router.local
     for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source}:
         obj.update("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
+    # Link-local addresses, hopgate's included, the program passes up by their prefix.
+    for a in local.v6:
+        obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
