@@ -134,7 +134,7 @@ def build_header(
     next_header: int,
     payload_len: int,
     *,
-    hop_limit: int = 64,
+    hop_limit: int = 64,  # of the packets hopgate sends (Linux's default, as IPv4's ttl)
     traffic_class: int = 0,
     flow_label: int = 0,
 ) -> bytearray:

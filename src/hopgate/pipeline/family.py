@@ -40,7 +40,6 @@ _U16 = Struct("!H")
 _V4_FRAGMENT = ipv4.FLAG_MF | ipv4.FRAG_OFFSET_MASK
 _MARTIAN_TOP = frozenset({0, 127})  # first octets of "this network" and loopback
 
-TTL = 64  # of the packets hopgate sends (as Linux's default)
 ERROR_TOS = 0xC0  # IPv4 ICMP errors' TOS (IPTOS_PREC_INTERNETCONTROL, as Linux)
 
 
@@ -567,7 +566,7 @@ class Inet6(Family):
     ) -> bytearray:
         quote = memoryview(pkt.frame)[pkt.l3 : self.quote_end(pkt, self.ports[pkt.port].mtu)]
         msg = icmp6.build(src, pkt.src, *kind, quote)
-        return ipv6.build_header(src, pkt.src, PROTO_ICMPV6, len(msg), hop_limit=TTL) + msg
+        return ipv6.build_header(src, pkt.src, PROTO_ICMPV6, len(msg)) + msg
 
     def protocol_pointer(self, pkt: Packet) -> int:
         # RFC 4443 3.4: the "next header" field that names the protocol.
@@ -584,10 +583,10 @@ class Inet6(Family):
         reply[0] = icmp6.ECHO_REPLY
         reply[2] = reply[3] = 0
         _U16.pack_into(reply, 2, icmp6.checksum(src, pkt.src, reply))
-        return ipv6.build_header(src, pkt.src, PROTO_ICMPV6, len(reply), hop_limit=TTL) + reply
+        return ipv6.build_header(src, pkt.src, PROTO_ICMPV6, len(reply)) + reply
 
     def reset_header(self, pkt: Packet, length: int) -> bytearray:
-        return ipv6.build_header(pkt.dst, pkt.src, PROTO_TCP, length, hop_limit=TTL)
+        return ipv6.build_header(pkt.dst, pkt.src, PROTO_TCP, length)
 
     def build_header(self, src: int, dst: int, proto: int, length: int, ident: int) -> bytearray:
         return ipv6.build_header(src, dst, proto, length)

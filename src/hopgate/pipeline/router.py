@@ -91,6 +91,7 @@ class Router:
         self.inet4 = Inet4(self.ports, self.local, self.routes4, self.arp.table)
         self.inet6 = Inet6(self.ports, self.local, self.routes6, self.nd.table)
         self._families: dict[int, Family] = {f.ethertype: f for f in (self.inet4, self.inet6)}
+        self._by_version: dict[int, Family] = {f.version: f for f in (self.inet4, self.inet6)}
         self.reassembler = Reassembler(spec.reassembly, self.timers, self._reassembly_expired)
         self.nat: Nat | None = None
         if spec.nat is not None or services is not None:
@@ -347,7 +348,7 @@ class Router:
         self, version: int, src: int, dst: int, proto: int, l4: bytes, now: float, out: list[Action]
     ) -> None:
         """Route and send a packet hopgate makes itself (health checks)."""
-        fam = self.inet4 if version == A.V4 else self.inet6
+        fam = self._by_version[version]
         route = fam.routes.lookup(dst)
         if route is None:
             return  # the probe will time out
@@ -360,7 +361,7 @@ class Router:
 
     def _source_for(self, version: int, dst: int) -> int | None:
         """The address hopgate speaks from to ``dst``: its own on the way there."""
-        fam = self.inet4 if version == A.V4 else self.inet6
+        fam = self._by_version[version]
         route = fam.routes.lookup(dst)
         if route is None:
             return None
@@ -438,7 +439,7 @@ class Router:
         self, frame: bytearray, l3: int, peer: IPAddress, now: float, out: list[Action]
     ) -> None:
         """Send a relayed copy to a peer node, resolving its MAC as for any packet."""
-        fam = self.inet4 if peer.version == A.V4 else self.inet6
+        fam = self._by_version[peer.version]
         addr = int(peer)
         route = fam.routes.lookup(addr)
         if route is None:
@@ -454,13 +455,13 @@ class Router:
         if item.undo is not None:
             frame = bytearray(frame)
             item.undo(frame, item.l3)
-        fam = self.inet4 if frame[item.l3] >> 4 == 4 else self.inet6
+        fam = self._by_version[frame[item.l3] >> 4]
         pkt = fam.packet(frame, item.l3, item.in_port, item.in_mac, now, out)
         self.icmp.error(pkt, Error.HOST_UNREACHABLE)
 
     def _reassembly_expired(self, head: Head, now: float, out: list[Action]) -> None:
         self.emit.drop(head.in_port, DropReason.REASSEMBLY_TIMEOUT, out)
-        fam = self.inet4 if head.frame[head.l3] >> 4 == 4 else self.inet6
+        fam = self._by_version[head.frame[head.l3] >> 4]
         pkt = fam.packet(head.frame, head.l3, head.in_port, head.in_mac, now, out)
         self.icmp.error(pkt, Error.REASSEMBLY_TIMEOUT)
 

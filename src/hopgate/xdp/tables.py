@@ -107,20 +107,20 @@ def fill(obj: BpfObject, router: Router, ifindex: Mapping[int, int]) -> None:
         obj.update("ports", index, Port(ifindex[p.index], p.mtu, _mac(p.mac)))
         obj.update("port_of", ctypes.c_uint32(ifindex[p.index]), ctypes.c_uint32(p.index + 1))
         obj.update("tx", index, ctypes.c_uint32(ifindex[p.index]))
-    for r in router.routes4.routes():
-        hops = r.nexthops
-        port, gateway = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
-        obj.update("routes4", RouteKey(r.prefixlen, _be(r.prefix)), Route(port, _be(gateway)))
-    for e in router.arp.table.entries():
-        if e.state == State.REACHABLE and e.mac is not None:
-            obj.update("neigh4", NeighKey(e.port, _be(e.addr)), Neigh(_mac(e.mac), 0))
-    for r in router.routes6.routes():
-        hops = r.nexthops
-        port, gateway = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
-        obj.update("routes6", Route6Key(r.prefixlen, _a16(r.prefix)), Route6(port, _a16(gateway)))
-    for e in router.nd.table.entries():
-        if e.state == State.REACHABLE and e.mac is not None:
-            obj.update("neigh6", Neigh6Key(e.port, _a16(e.addr)), Neigh(_mac(e.mac), 0))
+    # Per family: its route and neighbour tables' names and how an address is
+    # laid out in their keys.
+    families = (
+        (router.inet4, "routes4", RouteKey, Route, "neigh4", NeighKey, _be),
+        (router.inet6, "routes6", Route6Key, Route6, "neigh6", Neigh6Key, _a16),
+    )
+    for fam, routes, route_key, route, neighs, neigh_key, addr in families:
+        for r in fam.routes.routes():
+            hops = r.nexthops
+            port, gw = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
+            obj.update(routes, route_key(r.prefixlen, addr(r.prefix)), route(port, addr(gw)))
+        for e in fam.neighbours.entries():
+            if e.state == State.REACHABLE and e.mac is not None:
+                obj.update(neighs, neigh_key(e.port, addr(e.addr)), Neigh(_mac(e.mac), 0))
     local = router.local
     for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source}:
         obj.update("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
