@@ -79,7 +79,7 @@ def _ping_at_once(lab: NatLab, dst: str, ident: int) -> list[str]:
     for p in pings:
         assert p.popen is not None
         p.popen.wait(30)
-        m = re.search(r"\d+ packets transmitted, \d+ received", p.output())
+        m = re.search(r"\d+ packets transmitted, \d+ received(, \+\d+ duplicates)?", p.output())
         results.append(m.group(0) if m else p.output())
     return results
 
@@ -88,10 +88,18 @@ def _ping_at_once(lab: NatLab, dst: str, ident: int) -> list[str]:
 def test_two_hosts_ping_with_the_same_identifier(
     nat_lab: NatLab, nft_lab: NatLab, family: int
 ) -> None:
+    # A NAT that confused the two hosts would send every reply to one of them: one
+    # gets none, the other duplicates. A single echo lost on the shared machine is
+    # not that, so a round with a loss is run again (at most three rounds).
     dst = A.server4 if family == 4 else A.server6
+    full = ["10 packets transmitted, 10 received"] * 2
     for lab in (nft_lab, nat_lab):
-        got = _ping_at_once(lab, dst, 4242 + family)
-        assert got == ["10 packets transmitted, 10 received"] * 2, (lab.mode, got)
+        rounds = []
+        for _ in range(3):
+            rounds.append(_ping_at_once(lab, dst, 4242 + family))
+            if rounds[-1] == full:
+                break
+        assert rounds[-1] == full, (f"gateway under test: {lab.mode}", rounds)
 
 
 @pytest.mark.parametrize("family", [4, 6])
