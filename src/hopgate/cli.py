@@ -63,6 +63,7 @@ def run(config_path: str, log_level: str) -> None:
     from hopgate.control.admin import AdminError
     from hopgate.control.config import ConfigError, load
     from hopgate.io.netprep import PrepareError
+    from hopgate.xdp.dataplane import FastPathError
 
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -71,7 +72,7 @@ def run(config_path: str, log_level: str) -> None:
     try:
         cfg = load(config_path)
         daemon.run(cfg, config_path)
-    except (ConfigError, PrepareError, AdminError) as e:
+    except (ConfigError, PrepareError, AdminError, FastPathError) as e:
         _fail(str(e))
     except PermissionError as e:
         _fail(f"{e} (hopgate needs root, or CAP_NET_RAW and CAP_NET_ADMIN)")

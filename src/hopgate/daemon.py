@@ -20,22 +20,36 @@ from hopgate.io.links import LinkMonitor, LinkWatch
 from hopgate.io.loop import Loop
 from hopgate.io.netprep import Interfaces
 from hopgate.pipeline.router import Router
+from hopgate.xdp import dataplane
+from hopgate.xdp.dataplane import FastPath
 
 log = logging.getLogger(__name__)
 
 
 def snapshot(
-    router: Router, loop: Loop, sockets: list[PacketSocket], started: float, config_path: str
+    router: Router,
+    loop: Loop,
+    sockets: list[PacketSocket],
+    started: float,
+    config_path: str,
+    fastpath: FastPath | None = None,
 ) -> dict[str, Any]:
     """The daemon's whole visible state, as plain data (runs in the loop thread)."""
     state = views.router(router.state())
     counters = router.counters.snapshot()
+    dataplane = fastpath.snapshot() if fastpath is not None else {"mode": "afpacket"}
+    fast = dataplane.pop("ports", None) or [None] * len(sockets)
     interfaces = []
-    for iface, ports, sock in zip(state["interfaces"], counters["ports"], sockets, strict=True):
+    for iface, ports, sock, fp in zip(
+        state["interfaces"], counters["ports"], sockets, fast, strict=True
+    ):
         merged = dict(iface)
         merged.update(ports)
         merged["io"] = asdict(sock.update_stats())
         merged["link"] = loop.link_status(router.port_by_name[iface["name"]])
+        if fp is not None:
+            # What the XDP program did with the frames it received there.
+            merged["fastpath"] = fp
         interfaces.append(merged)
     del counters["ports"]
     out: dict[str, Any] = {
@@ -50,6 +64,7 @@ def snapshot(
         "nat": state["nat"],
         "relay": state["relay"],
         "internal_errors": loop.internal_errors,
+        "dataplane": dataplane,
     }
     out.update(counters)
     return out
@@ -67,6 +82,7 @@ def run(cfg: Config, config_path: str) -> None:
     sockets: list[PacketSocket] = []
     admin: AdminServer | None = None
     loop: Loop | None = None
+    fastpath: FastPath | None = None
     interfaces.take(links)
     try:
         for port in router.ports:
@@ -78,16 +94,29 @@ def run(cfg: Config, config_path: str) -> None:
                     ctlpath.filters_for(router.ports, port.index),
                 )
             )
+        fastpath = dataplane.start(
+            cfg.dataplane.mode,
+            cfg.dataplane.xdp_attach,
+            router,
+            {p.index: links[p.name].index for p in router.ports},
+            veths=[n for n, link in links.items() if link.kind == "veth"],
+        )
         watch = LinkWatch({p.name: (p.index, links[p.name].index) for p in router.ports})
-        loop = Loop(router, sockets, links=LinkMonitor(watch), prepare=interfaces.retake)
+        loop = Loop(
+            router,
+            sockets,
+            links=LinkMonitor(watch),
+            prepare=interfaces.retake,
+            fastpath=fastpath,
+        )
         loop.install_signal_handlers()
-        the_loop = loop
+        the_loop, the_fastpath = loop, fastpath
         if router.nat is not None and any(s.uses_maglev for s in router.nat.services.all):
             rings.start(router.maglev, loop.call)
         admin = AdminServer(
             cfg.admin.socket,
             lambda: the_loop.call(
-                lambda: snapshot(router, the_loop, sockets, started, config_path)
+                lambda: snapshot(router, the_loop, sockets, started, config_path, the_fastpath)
             ),
             parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
             # listing and deleting run in the loop a slice at a time (never a long pause)
@@ -129,6 +158,8 @@ def run(cfg: Config, config_path: str) -> None:
         if admin is not None:
             admin.stop()
         rings.close()
+        if fastpath is not None:
+            fastpath.close()
         for s in sockets:
             s.close()
         if loop is not None:

@@ -28,9 +28,11 @@ def _lab_prerequisites() -> None:
         pytest.fail(f"lab tools missing: {', '.join(missing)} (run scripts/bootstrap)")
 
 
-@pytest.fixture(scope="module")
-def hopgate_lab() -> Iterator[RouterLab]:
-    with RouterLab("hopgate") as lab:
+@pytest.fixture(scope="module", params=["afpacket", "xdp"])
+def hopgate_lab(request: pytest.FixtureRequest) -> Iterator[RouterLab]:
+    """hopgate as the RouterLab's gw, on each data plane: the Python pipeline
+    alone, and behind the XDP fast path."""
+    with RouterLab("hopgate", dataplane=request.param) as lab:
         yield lab
 
 

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from hopgate.control.admin import fetch
+from hopgate.control.admin import AdminError, fetch, fetch_status
 from hopgate.lab.netns import Lab, Namespace
 from hopgate.lab.topologies import RouterLab
 
@@ -160,3 +161,68 @@ def test_status_without_a_daemon_says_so() -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert done.returncode == 1
     assert "no hopgate is running with admin socket /run/hopgate/no-such.sock" in done.stderr
+
+
+NAT_SECTION = """
+[[nat.snat]]
+inside = ["198.18.9.0/24"]
+interface = "gw-c"
+"""
+
+
+def _with(lab: Lab, extra: str) -> str:
+    path = lab.dir / "gw.toml"
+    path.write_text(CONFIG.format(mtu="", socket=lab.dir / "admin.sock") + extra)
+    return str(path)
+
+
+def _wait_for_admin(lab: Lab) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return fetch_status(str(lab.dir / "admin.sock"))
+        except AdminError:  # not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_xdp_mode_refuses_to_start_without_its_fast_path(pair: tuple[Lab, Namespace]) -> None:
+    lab, gw = pair
+    done = run_hopgate(gw, _with(lab, '[dataplane]\nmode = "xdp"\n' + NAT_SECTION))
+    assert done.returncode == 1, done.stderr
+    assert "the XDP fast path cannot start: NAT and the load balancer" in done.stderr
+    assert sysctl(gw, "net.ipv6.conf.gw-c.disable_ipv6") == "0"  # given back
+    assert "prog/xdp" not in gw.run("ip", "-d", "link", "show", "gw-c").stdout
+
+
+def test_auto_mode_runs_on_af_packet_and_says_why(pair: tuple[Lab, Namespace]) -> None:
+    lab, gw = pair
+    proc = gw.spawn(
+        "hopgate", sys.executable, "-m", "hopgate", "run", "-c",
+        _with(lab, '[dataplane]\nmode = "auto"\n' + NAT_SECTION),
+    )  # fmt: skip
+    try:
+        status = _wait_for_admin(lab)
+        assert status["dataplane"] == {"mode": "afpacket"}, status["dataplane"]
+        assert "data plane: AF_PACKET, the XDP fast path cannot start: NAT" in proc.output()
+    finally:
+        proc.stop()
+
+
+def test_the_fast_path_goes_with_the_daemon_however_it_ends(pair: tuple[Lab, Namespace]) -> None:
+    """Attached through BPF links: a stop detaches the program, and so does a
+    kill (nothing is left redirecting frames with tables nobody keeps)."""
+    lab, gw = pair
+    config = _with(lab, '[dataplane]\nmode = "xdp"\n')
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        proc = gw.spawn("hopgate", sys.executable, "-m", "hopgate", "run", "-c", config)
+        status = _wait_for_admin(lab)
+        assert status["dataplane"]["mode"] == "xdp", status["dataplane"]
+        assert "prog/xdp" in gw.run("ip", "-d", "link", "show", "gw-c").stdout
+        assert proc.popen is not None
+        proc.popen.send_signal(how)
+        proc.popen.wait(10)
+        shown = gw.run("ip", "-d", "link", "show", "gw-c").stdout
+        assert "prog/xdp" not in shown, f"hopgate's program stayed after {how.name}:\n{shown}"
+        (lab.dir / "admin.sock").unlink(missing_ok=True)

@@ -21,9 +21,9 @@ UPLINK = "gw-u"
 _REPLY = re.compile(r"icmp_seq=(\d+) ttl=")
 
 
-@pytest.fixture
-def lab() -> Iterator[RouterLab]:
-    with RouterLab("hopgate", servers=False) as lab:
+@pytest.fixture(params=["afpacket", "xdp"])
+def lab(request: pytest.FixtureRequest) -> Iterator[RouterLab]:
+    with RouterLab("hopgate", servers=False, dataplane=request.param) as lab:
         yield lab
 
 
@@ -126,6 +126,8 @@ def test_link_down_up_and_recreate_during_a_ping(lab: RouterLab) -> None:
         assert "generic-receive-offload: off" in features, features
         sysctl = lab.gw.run("sysctl", "-n", f"net.ipv6.conf.{UPLINK}.disable_ipv6").stdout
         assert sysctl.strip() == "1", f"hopgate ({lab.gw.name}) did not re-take {UPLINK}"
+        if lab.dataplane == "xdp":
+            _fast_path_on_the_new_link(lab)
     finally:
         ping.stop()
     final = _uplink(lab)
@@ -137,3 +139,15 @@ def test_link_down_up_and_recreate_during_a_ping(lab: RouterLab) -> None:
     assert gw_c["drops"].get("link-down", 0) >= 2, gw_c["drops"]
     out = lab.hopgate.output() if lab.hopgate else ""
     assert f"{UPLINK}: link down" in out and "forwarding resumed" in out, out
+
+
+def _fast_path_on_the_new_link(lab: RouterLab) -> None:
+    """The re-created link has hopgate's program again, and traffic both ways
+    across it is the fast path's."""
+    shown = lab.gw.run("ip", "-d", "link", "show", UPLINK).stdout
+    assert "prog/xdp" in shown, f"{lab.gateway} left the re-created {UPLINK} bare:\n{shown}"
+    before = lab.status()["dataplane"]
+    p = tools.ping(lab.client, A.server4, count=5, interval=0.2)
+    after = lab.status()["dataplane"]
+    assert p.received >= 4, f"{lab.gateway}:\n{p.run.output}"
+    assert after["forwarded"] - before["forwarded"] >= 2 * p.received, (lab.gateway, before, after)

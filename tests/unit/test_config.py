@@ -327,3 +327,14 @@ def test_relay_mistakes_are_named_by_key_path() -> None:
         " (peers are neighbours)",
         "relay.min_mtu: must not be above max_mtu",
     ]
+
+
+def test_the_data_plane_defaults_to_af_packet_and_names_a_bad_mode() -> None:
+    base = '[[interface]]\nname = "a"\naddresses = ["198.18.0.1/24"]\n'
+    cfg = parse(base)
+    assert (cfg.dataplane.mode, cfg.dataplane.xdp_attach) == ("afpacket", "native")
+    cfg = parse(base + '[dataplane]\nmode = "auto"\nxdp_attach = "generic"\n')
+    assert (cfg.dataplane.mode, cfg.dataplane.xdp_attach) == ("auto", "generic")
+    got = issues(base + '[dataplane]\nmode = "dpdk"\nxdp_attach = "offload"\n')
+    assert len(got) == 2 and got[0].startswith("dataplane.mode: ") and "'xdp'" in got[0], got
+    assert got[1].startswith("dataplane.xdp_attach: "), got

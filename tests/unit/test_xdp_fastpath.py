@@ -7,7 +7,9 @@ filled from the same router the pipeline runs."""
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +20,8 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, IPv6E
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from hopgate.pipeline.actions import Transmit
+from hopgate.pipeline.actions import Action, Transmit
+from hopgate.pipeline.neighbours import Heard, State
 from hopgate.pipeline.router import Router
 from hopgate.xdp import tables as T
 from hopgate.xdp.libbpf import XDP_PASS, XDP_REDIRECT, BpfObject
@@ -44,12 +47,18 @@ def _router() -> Router:
     return r
 
 
+def _tables(obj: BpfObject, router: Router, offset_ns: int = 0) -> T.Tables:
+    tables = T.Tables(obj, offset_ns)
+    tables.fill(router, {F.C: LO, F.U: LO})
+    obj.update("port_of", ctypes.c_uint32(LO), ctypes.c_uint32(F.C + 1))
+    return tables
+
+
 @pytest.fixture(scope="module")
 def fastpath() -> Iterator[BpfObject]:
     assert T.OBJECT.exists(), f"{T.OBJECT} is not built: run scripts/bootstrap"
     with BpfObject(T.OBJECT) as obj:
-        T.fill(obj, _router(), {F.C: LO, F.U: LO})
-        obj.update("port_of", ctypes.c_uint32(LO), ctypes.c_uint32(F.C + 1))
+        _tables(obj, _router())
         yield obj
 
 
@@ -212,3 +221,85 @@ def test_the_fast_path_never_answers_differently_from_the_pipeline(
         # The same bytes, out of the port whose MAC they now come from.
         assert bytes(out[0].frame) == out_frame
         assert _router().ports[out[0].port].mac == out_frame[6:12]
+
+
+_PLAIN4 = IP(src=F.CLIENT4, dst=F.SERVER4) / UDP(sport=40000, dport=9) / (b"x" * 18)
+_PLAIN6 = IPv6(src=F.CLIENT6, dst=F.SERVER6) / UDP(sport=40000, dport=9) / (b"x" * 18)
+
+
+@pytest.mark.parametrize(("ip", "upstream"), [(_PLAIN4, F.UPSTREAM4), (_PLAIN6, F.UPSTREAM6)])
+def test_a_stale_neighbour_used_by_the_fast_path_is_probed_by_the_pipeline(
+    ip: Packet, upstream: str
+) -> None:
+    """Past its REACHABLE time a neighbour is STALE; both planes still send
+    through it, and the program's use, read back, starts the pipeline's
+    re-probe (DELAY), as a packet the pipeline sent would have."""
+    router = _router()  # its neighbours confirmed at 0 s
+    table = router.arp.table if ip.version == 4 else router.nd.table
+    entry = table.get(F.U, int(ipaddress.ip_address(upstream)))
+    assert entry is not None
+    now = entry.until + 10.0
+    with BpfObject(T.OBJECT) as obj:
+        # The program's clock reads ``now`` of the pipeline's.
+        tables = _tables(obj, router, time.monotonic_ns() - int(now * 1e9))
+        got = obj.test_run(T.PROGRAM, bytes(F.from_client(ip)), LO)
+        assert got.verdict == XDP_REDIRECT, "hopgate's fast path refused a STALE neighbour"
+        assert entry.state == State.REACHABLE  # as the pipeline left it: nobody sent since
+        assert tables.read_use(router, now + 0.5) == []
+        state = table.get(entry.port, entry.addr).state  # type: ignore[union-attr]
+        assert state == State.DELAY, "the fast path's use did not start a re-probe"
+        assert now - 0.5 < entry.used <= now + 0.5
+
+
+NEW_MAC = "02:00:00:00:77:77"
+# An unsolicited message with another MAC (gratuitous ARP, an NA with O set).
+GRATUITOUS = Heard(solicited=False, create=False)
+
+
+@pytest.mark.parametrize(("ip", "upstream"), [(_PLAIN4, F.UPSTREAM4), (_PLAIN6, F.UPSTREAM6)])
+def test_the_tables_follow_the_routers_neighbours(ip: Packet, upstream: str) -> None:
+    """The program's neighbours are the pipeline's: a new MAC is followed, an
+    entry the pipeline forgets is withdrawn, one it learns again is back, and
+    they go with their port's link."""
+    router = _router()
+    frame = bytes(F.from_client(ip))
+    table = router.arp.table if ip.version == 4 else router.nd.table
+    addr = int(ipaddress.ip_address(upstream))
+    out: list[Action] = []
+
+    def run(now: float = 2.0) -> tuple[int, bytes, list[Transmit]]:
+        got = obj.test_run(T.PROGRAM, frame, LO)
+        sent = [a for a in router.process(bytearray(frame), F.C, now) if isinstance(a, Transmit)]
+        return got.verdict, got.frame, sent
+
+    with BpfObject(T.OBJECT) as obj:
+        tables = _tables(obj, router)
+        assert run()[0] == XDP_REDIRECT
+        # Another MAC, unsolicited: STALE in the pipeline, which sends to the new MAC.
+        table.learn(F.U, addr, F.mac(NEW_MAC), GRATUITOUS, 1.0, out)
+        assert tables.sync(router) == []
+        verdict, forwarded, sent = run()
+        assert verdict == XDP_REDIRECT, "hopgate's fast path dropped a STALE neighbour"
+        assert forwarded[:6] == F.mac(NEW_MAC) and bytes(sent[0].frame) == forwarded
+        # Never answered: the pipeline forgets it, so does the program.
+        for t in range(3, 100):
+            router.poll(float(t))
+        assert table.get(F.U, addr) is None
+        tables.sync(router)
+        assert run()[0] == XDP_PASS, "hopgate's fast path kept a neighbour the pipeline forgot"
+        # Learned again (an answer): back.
+        table.learn(F.U, addr, F.mac(NEW_MAC), F.ANSWER, 100.0, out)
+        tables.sync(router)
+        assert run(101.0)[0] == XDP_REDIRECT, (
+            "hopgate's fast path did not take a confirmed neighbour"
+        )
+        # The link goes down: its neighbours are forgotten, the port is closed.
+        router.link_down(F.U)
+        tables.drop_port(F.U)
+        tables.sync(router)
+        # (lo stands for both ports here: it stays port C's way in.)
+        obj.update("port_of", ctypes.c_uint32(LO), ctypes.c_uint32(F.C + 1))
+        assert run()[0] == XDP_PASS, "hopgate's fast path sent to a port whose link is down"
+        name, key = ("neigh4", T.NeighKey) if ip.version == 4 else ("neigh6", T.Neigh6Key)
+        left = [k.port for k in obj.keys(name, key)]  # type: ignore[union-attr]
+        assert F.U not in left, "a neighbour of a down port stayed in the fast path's table"

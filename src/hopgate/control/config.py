@@ -324,6 +324,20 @@ class RelayConfig(_Strict):
         )
 
 
+class DataplaneConfig(_Strict):
+    """Where frames are forwarded.  ``afpacket``: the Python pipeline takes every
+    frame from its packet sockets.  ``xdp``: an XDP program forwards what it can
+    prove the pipeline would forward unchanged, and passes everything else up to
+    it (docs/fastpath.md); hopgate will not start if the program cannot load or
+    attach.  ``auto``: XDP if it can, otherwise AF_PACKET with the reason logged."""
+
+    mode: Literal["auto", "xdp", "afpacket"] = "afpacket"
+    # "native": in the driver (fastest; on a veth, the peer must have an XDP
+    # program or GRO on to take redirected frames); "generic": on the path every
+    # device has, after the kernel has built its packet buffer.
+    xdp_attach: Literal["native", "generic"] = "native"
+
+
 class Config(_Strict):
     interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
     route: list[RouteConfig] = Field(default_factory=list)
@@ -333,6 +347,7 @@ class Config(_Strict):
     service: list[ServiceConfig] = Field(default_factory=list)
     relay: RelayConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    dataplane: DataplaneConfig = Field(default_factory=DataplaneConfig)
 
     def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
         """The pipeline's spec, given each interface's (MAC, link MTU) from the kernel."""

@@ -53,6 +53,7 @@ class _SnapshotCollector(Collector):
                 io.add_metric([p["name"], event], n)
         yield io
         yield from _links(s["interfaces"])
+        yield from _fastpath(s)
         sent = CounterMetricFamily(
             "hopgate_icmp_sent", "ICMP messages sent", labels=["family", "type", "code"]
         )
@@ -152,6 +153,33 @@ def relay_metrics(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
         for reason, n in i["dropped"].items():
             dropped.add_metric([i["interface"], reason], n)
     yield from (seen, relayed, dropped, missed)
+
+
+def _fastpath(state: dict[str, Any]) -> Iterator[Metric]:
+    """The XDP fast path's frames by ingress interface and verdict (forwarded
+    there, or passed up to the pipeline, whose counters then count them too)."""
+    dataplane = state.get("dataplane") or {}
+    yield GaugeMetricFamily(
+        "hopgate_fastpath_enabled",
+        "1 if the XDP fast path runs in front of the pipeline",
+        value=1 if dataplane.get("mode") == "xdp" else 0,
+    )
+    if dataplane.get("mode") != "xdp":
+        return
+    frames = CounterMetricFamily(
+        "hopgate_fastpath_frames",
+        "Frames the XDP fast path forwarded or passed up to the pipeline",
+        labels=["interface", "verdict"],
+    )
+    for p in state["interfaces"]:
+        for verdict, n in sorted((p.get("fastpath") or {}).items()):
+            frames.add_metric([p["name"], verdict], n)
+    yield frames
+    yield CounterMetricFamily(
+        "hopgate_fastpath_sync_errors",
+        "Table updates of the fast path that failed (its frames went to the pipeline)",
+        value=dataplane["sync_errors"],
+    )
 
 
 def _links(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:

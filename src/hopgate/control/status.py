@@ -40,23 +40,41 @@ def render(state: dict[str, Any], console: Console) -> None:
         f"[bold]hopgate {state['version']}[/bold]  pid {state['pid']}  up {up:.0f}s"
         f"  config {state['config']}"
     )
+    dataplane = state.get("dataplane") or {"mode": "afpacket"}
+    fast = dataplane["mode"] == "xdp"
+    if fast:
+        console.print(
+            f"data plane: XDP ({dataplane['attach']}) in front of the pipeline;"
+            f" the fast path forwarded {dataplane['forwarded']:,} frames and passed"
+            f" {dataplane['passed']:,} up"
+            + (f", [red]{dataplane['sync_errors']:,} table updates failed[/red]"
+               if dataplane["sync_errors"] else "")
+        )  # fmt: skip
+    else:
+        console.print("data plane: AF_PACKET (the pipeline takes every frame)")
     t = Table(title="Interfaces", title_justify="left")
-    for col in ("interface", "mtu", "addresses", "rx", "tx", "forwarded", "dropped"):
-        t.add_column(
-            col, justify="right" if col in ("mtu", "rx", "tx", "forwarded", "dropped") else "left"
-        )
+    numbers = ("mtu", "rx", "tx", "forwarded", "fast path", "dropped")
+    columns: tuple[str, ...] = ("interface", "mtu", "addresses", "rx", "tx", "forwarded")
+    columns += ("fast path", "dropped") if fast else ("dropped",)
+    for col in columns:
+        t.add_column(col, justify="right" if col in numbers else "left")
     for p in state["interfaces"]:
         link = (p.get("link") or {}).get("state", "up")
-        t.add_row(
+        row = [
             p["name"] if link == "up" else f"{p['name']} ({link})",
             str(p["mtu"]),
             "\n".join(p["addresses"]),
             f"{p['rx_packets']:,}",
             f"{p['tx_packets']:,}",
             f"{p['forwarded']:,}",
-            f"{sum(p['drops'].values()):,}",
-        )
+        ]
+        if fast:
+            row.append(f"{(p.get('fastpath') or {}).get('forwarded', 0):,}")
+        row.append(f"{sum(p['drops'].values()):,}")
+        t.add_row(*row)
     console.print(t)
+    if fast:
+        console.print("rx, tx, forwarded: the pipeline's; fast path: forwarded by XDP, by ingress")
 
     if state["drops"]:
         t = Table(title="Drops by reason", title_justify="left")

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from hopgate.io.afpacket import PacketSocket
 from hopgate.io.links import Change, LinkMonitor
@@ -34,6 +34,17 @@ CONTROL_BATCH = 64  # the same for a control socket (io/ctlpath.py), read first
 _CONTROL, _DATA, _LINKS = 0, 1, 2
 
 
+class FastPath(Protocol):
+    """What the loop keeps in step with the router (xdp/dataplane.py)."""
+
+    def sync(self, now: float) -> None:
+        """Apply what the router noted since the last call."""
+
+    def link_down(self, port: int) -> None: ...
+
+    def link_up(self, port: int, ifindex: int) -> None: ...
+
+
 class Loop:
     def __init__(
         self,
@@ -42,10 +53,14 @@ class Loop:
         clock: Callable[[], float] = time.monotonic,
         links: LinkMonitor | None = None,
         prepare: Callable[[str], object] | None = None,
+        fastpath: FastPath | None = None,
     ) -> None:
         """``links``: the link events to follow; ``prepare(name)``: take a
-        re-created interface as at start (raises if it cannot)."""
+        re-created interface as at start (raises if it cannot); ``fastpath``:
+        the XDP program's tables, brought in step with the router at the end of
+        every turn."""
         self.router = router
+        self.fastpath = fastpath
         self.sockets = sockets
         self.clock = clock
         self.links = links
@@ -88,13 +103,15 @@ class Loop:
             self.reactor.run(
                 next_deadline=router.next_deadline,
                 on_deadline=lambda now: self._execute(router.poll(now)),
-                end_of_turn=self._log_events,
+                end_of_turn=self._end_of_turn,
             )
         finally:
             self._active = False
             self._by_fd.clear()
 
-    def _log_events(self) -> None:
+    def _end_of_turn(self) -> None:
+        if self.fastpath is not None:
+            self.fastpath.sync(self.clock())
         # Logged before the admin API is answered: what a status shows has been
         # logged by then.
         news = self.router.events
@@ -138,6 +155,8 @@ class Loop:
                 self._unregister(port)
                 sock.close()
                 self._execute(self.router.link_down(port))
+                if self.fastpath is not None:
+                    self.fastpath.link_down(port)
                 log.warning("%s: %s, not forwarding there", name, change.why)
             elif change.kind == "prepare":
                 log.info("%s: re-created (index %d), taking it", name, info.index)
@@ -165,6 +184,8 @@ class Loop:
                         self.links.watch.failed(port)
                     continue
                 self._register(port)
+                if self.fastpath is not None:
+                    self.fastpath.link_up(port, info.index)
                 if note is not None:
                     log.warning("%s: %s; adopted", name, note)
                 log.info("%s: %s, forwarding resumed", name, change.why)

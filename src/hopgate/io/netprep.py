@@ -48,6 +48,7 @@ class Link:
     index: int
     mac: bytes
     mtu: int
+    kind: str = ""  # the driver's kind ("veth", "bridge"...; "" for a physical device)
 
 
 @dataclass
@@ -95,7 +96,9 @@ class Interfaces:
             return None
         mac_text = str(_attr(msg, "IFLA_ADDRESS"))
         mtu = int(str(_attr(msg, "IFLA_MTU")))
-        link = Link(name, index, bytes.fromhex(mac_text.replace(":", "")), mtu)
+        info = _attr(msg, "IFLA_LINKINFO")
+        kind = str(_attr(info, "IFLA_INFO_KIND") or "") if info is not None else ""
+        link = Link(name, index, bytes.fromhex(mac_text.replace(":", "")), mtu, kind)
         want = self.mtus.get(name)
         if want is not None and want > mtu:
             problems.append(

@@ -114,7 +114,10 @@ def hopgate_config(admin_socket: str, uplink_mtu: int = UPLINK_MTU, icmp: str = 
 
 class RouterLab(Topology):
     """client — gw — r1 — server, with gw either hopgate (``mode="hopgate"``) or
-    the Linux kernel (``mode="kernel"``)."""
+    the Linux kernel (``mode="kernel"``).  ``dataplane``: hopgate's
+    ``[dataplane] mode`` ("afpacket" or "xdp"; with "xdp" the peers of gw's
+    interfaces get an XDP program that passes everything, as veths need to
+    take what hopgate's fast path redirects to them)."""
 
     def __init__(
         self,
@@ -123,13 +126,24 @@ class RouterLab(Topology):
         *,
         servers: bool = True,
         icmp_config: str = LAB_ICMP,
+        dataplane: str = "afpacket",
     ) -> None:
         if mode not in ("hopgate", "kernel"):
             raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
+        if dataplane not in ("afpacket", "xdp"):
+            raise ValueError(f"dataplane must be afpacket or xdp, not {dataplane!r}")
         self.mode = mode
+        self.dataplane = dataplane
         self.icmp_config = icmp_config
         self.hopgate: Process | None = None
         self._create(name, lambda: self._build(servers))
+
+    @property
+    def gateway(self) -> str:
+        """The gateway under test, as failure messages name it."""
+        if self.mode == "kernel":
+            return "the Linux kernel"
+        return f"hopgate ({self.dataplane})"
 
     @property
     def client(self) -> Namespace:
@@ -167,6 +181,8 @@ class RouterLab(Topology):
         r1.address("r1-s", f"{a.r1_s4}/24", f"{a.r1_s6}/64")
         r1.route("198.18.1.0/24", a.gw_u4)
         r1.route("2001:2:0:1::/64", a.gw_u6)
+        self._pass_on_peers(client, "eth0")
+        self._pass_on_peers(r1, "r1-d")
         server.address("eth0", f"{a.server4}/24", f"{a.server6}/64")
         server.route("default", a.r1_s4)
         server.route("default", a.r1_s6)
@@ -178,7 +194,8 @@ class RouterLab(Topology):
             gw.route("198.18.3.0/24", a.r1_d4)
             gw.route("2001:2:0:3::/64", a.r1_d6)
         else:
-            self.config_path.write_text(hopgate_config(self.admin_socket, icmp=self.icmp_config))
+            icmp = dumps(merge({"dataplane": {"mode": self.dataplane}}, self.icmp_config))
+            self.config_path.write_text(hopgate_config(self.admin_socket, icmp=icmp))
             self.start_hopgate()
         if servers:
             self._start_servers()
@@ -202,10 +219,15 @@ class RouterLab(Topology):
         self.r1.address("r1-d", f"{a.r1_d4}/24", f"{a.r1_d6}/64")
         self.r1.route("198.18.1.0/24", a.gw_u4)
         self.r1.route("2001:2:0:1::/64", a.gw_u6)
+        self._pass_on_peers(self.r1, "r1-d")
         if self.mode == "kernel":
             self.gw.address("gw-u", f"{a.gw_u4}/24", f"{a.gw_u6}/64")
             self.gw.route("198.18.3.0/24", a.r1_d4)
             self.gw.route("2001:2:0:3::/64", a.r1_d6)
+
+    def _pass_on_peers(self, ns: Namespace, *ifnames: str) -> None:
+        if self.mode == "hopgate" and self.dataplane == "xdp":
+            ns.run(sys.executable, "-m", "hopgate.lab.xdppass", *ifnames)
 
     def _start_servers(self) -> None:
         serve_http(self.lab, self.server, "www")

@@ -135,6 +135,10 @@ class NeighbourTable:
         self._timers = timers
         self._hooks = hooks
         self._entries: dict[tuple[int, int], Entry] = {}
+        # The (port, address) of every entry made, changed or gone since the
+        # fast path's tables were last brought in step (xdp/tables.py); None
+        # when there is no fast path.
+        self.changed: set[tuple[int, int]] | None = None
 
     # -- the per-packet path ------------------------------------------------
 
@@ -198,6 +202,7 @@ class NeighbourTable:
             e.mac = mac
             self._entries[key] = e
             self._arm_gc(e, now)
+            self._mark(e)
             return
         if e.state == State.INCOMPLETE:
             e.mac = mac
@@ -235,6 +240,7 @@ class NeighbourTable:
         e.probes = 0
         e.until = now + self.settings.reachable_time
         e.gen += 1  # cancels a pending probe timer
+        self._mark(e)
 
     def _make_stale(self, e: Entry, now: float) -> None:
         if e.state != State.STALE:
@@ -242,6 +248,17 @@ class NeighbourTable:
         e.state = State.STALE
         e.probes = 0
         e.gen += 1
+        self._mark(e)
+
+    def _mark(self, e: Entry) -> None:
+        """``e`` was made, changed its MAC or state, or went: the fast path's
+        copy (its MAC) follows."""
+        if self.changed is not None:
+            self.changed.add((e.port, e.addr))
+
+    def _remove(self, e: Entry) -> None:
+        del self._entries[(e.port, e.addr)]
+        self._mark(e)
 
     def _arm(self, e: Entry, deadline: float) -> None:
         e.gen += 1
@@ -266,7 +283,7 @@ class NeighbourTable:
                 and now >= e.until
                 and now - idle_since >= GC_STALE_TIME
             ):
-                del self._entries[(e.port, e.addr)]
+                self._remove(e)
                 return
             self._timers.call_at(max(idle_since, now) + GC_STALE_TIME, collect)
 
@@ -289,7 +306,7 @@ class NeighbourTable:
             self._arm(e, now + s.retrans_time)
         elif e.state == State.PROBE:
             if e.probes >= s.unicast_solicit:
-                del self._entries[(e.port, e.addr)]
+                self._remove(e)
                 return
             e.probes += 1
             self._hooks.solicit(e.port, e.addr, e.mac, out)
@@ -303,9 +320,9 @@ class NeighbourTable:
 
     def _evict_one(self) -> bool:
         """Make room in a full table by dropping one entry nobody waits on."""
-        for key, e in self._entries.items():
+        for e in self._entries.values():
             if e.state in (State.STALE, State.REACHABLE) and not e.queue:
-                del self._entries[key]
+                self._remove(e)
                 return True
         return False
 
@@ -315,10 +332,19 @@ class NeighbourTable:
         dropped: list[Pending] = []
         for key in [k for k in self._entries if k[0] == port]:
             e = self._entries.pop(key)
+            self._mark(e)
             e.gen += 1  # its timers find it gone and do nothing
             dropped += e.queue
             e.queue = []
         return dropped
+
+    def used_by_fast_path(self, port: int, addr: int, when: float) -> None:
+        """The fast path sent a packet through the entry at ``when`` (read back
+        from its table): what the pipeline's own use would have done then (a
+        STALE entry starts its re-probe; the entry is not idle)."""
+        e = self._entries.get((port, addr))
+        if e is not None and e.mac is not None and when > e.used:
+            self.mac_for(port, addr, when)
 
     # -- for status and tests -------------------------------------------------
 

@@ -90,8 +90,9 @@ class Router:
         self._install_routes(spec)
         self.inet4 = Inet4(self.ports, self.local, self.routes4, self.arp.table)
         self.inet6 = Inet6(self.ports, self.local, self.routes6, self.nd.table)
-        self._families: dict[int, Family] = {f.ethertype: f for f in (self.inet4, self.inet6)}
-        self._by_version: dict[int, Family] = {f.version: f for f in (self.inet4, self.inet6)}
+        self.families: tuple[Family, Family] = (self.inet4, self.inet6)
+        self._families: dict[int, Family] = {f.ethertype: f for f in self.families}
+        self._by_version: dict[int, Family] = {f.version: f for f in self.families}
         self.reassembler = Reassembler(spec.reassembly, self.timers, self._reassembly_expired)
         self.nat: Nat | None = None
         if spec.nat is not None or services is not None:

@@ -61,7 +61,14 @@ struct addr6 {
 struct neigh {
 	__u8 mac[6];
 	__u16 pad;
+	/* When a packet last went through this entry here (CLOCK_MONOTONIC ns,
+	 * the pipeline's clock), to within USED_GRANULE: hopgate reads it back
+	 * so that the pipeline re-probes a STALE neighbour in use, and does not
+	 * forget it, as it would had it sent the packets itself. */
+	__u64 used;
 };
+
+#define USED_GRANULE 100000000ULL /* ns: a stamp a tenth of a second old is rewritten */
 
 /* By port index (pipeline/ports.py). */
 struct {
@@ -87,7 +94,9 @@ struct {
 	__type(value, struct route);
 } routes4 SEC(".maps");
 
-/* Only REACHABLE neighbours: a STALE one is the pipeline's, which probes it. */
+/* The neighbours the pipeline knows a MAC for (any state but INCOMPLETE:
+ * pipeline/neighbours.py sends through them all); hopgate installs, changes and
+ * removes them as the pipeline does. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -134,27 +143,31 @@ struct {
 	__type(value, __u32);
 } tx SEC(".maps");
 
+/* Per ingress port (NO_PORT: a frame from an interface that is not one of
+ * hopgate's ports, as port_of says), C_COUNT counters each. */
 enum { C_PASSED, C_FORWARDED, C_COUNT };
+#define NO_PORT MAX_PORTS
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, C_COUNT);
+	__uint(max_entries, (MAX_PORTS + 1) * C_COUNT);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline int count(__u32 which, int verdict)
+static __always_inline int count(__u32 port, __u32 which, int verdict)
 {
-	__u64 *n = bpf_map_lookup_elem(&counters, &which);
+	__u32 slot = port * C_COUNT + which;
+	__u64 *n = bpf_map_lookup_elem(&counters, &slot);
 
 	if (n)
 		*n += 1;
 	return verdict;
 }
 
-static __always_inline int pass(void)
+static __always_inline int pass(__u32 in)
 {
-	return count(C_PASSED, XDP_PASS);
+	return count(in, C_PASSED, XDP_PASS);
 }
 
 /* The IPv4 header (no options) sums to 0xFFFF. */
@@ -184,59 +197,68 @@ static __always_inline int martian(__u32 addr)
 	return top == 0 || top == 127 || top >= 224;
 }
 
+static __always_inline void stamp(struct neigh *nb)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (now - nb->used > USED_GRANULE)
+		nb->used = now;
+}
+
 /* Where a frame leaves: MACs rewritten, through the devmap. */
 static __always_inline int send(struct ethhdr *eth, struct port *egress, struct neigh *nb,
-				__u32 out_port)
+				__u32 in, __u32 out_port)
 {
 	__builtin_memcpy(eth->h_dest, nb->mac, 6);
 	__builtin_memcpy(eth->h_source, egress->mac, 6);
-	count(C_FORWARDED, 0);
+	count(in, C_FORWARDED, 0);
 	return bpf_redirect_map(&tx, out_port, XDP_PASS);
 }
 
-static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, void *end)
+static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
 {
 	struct iphdr *ip = (void *)(eth + 1);
 
 	if ((void *)(ip + 1) > end)
-		return pass();
+		return pass(in);
 	/* What the pipeline would question: options, fragments, a bad header,
 	 * a hop limit it answers, addresses it treats apart. */
 	if (ip->ihl != 5 || ip->version != 4 || ip->frag_off & bpf_htons(0x3FFF))
-		return pass();
+		return pass(in);
 	__u16 total = bpf_ntohs(ip->tot_len);
 	if (total < sizeof(*ip) || (void *)ip + total > end || !header_ok(ip))
-		return pass();
+		return pass(in);
 	/* A frame longer than its own link allows is the pipeline's to drop. */
 	if (total > ingress->mtu)
-		return pass();
+		return pass(in);
 	if (ip->ttl <= 1 || martian(ip->saddr) || martian(ip->daddr))
-		return pass();
+		return pass(in);
 	if (bpf_map_lookup_elem(&special4, &ip->saddr) || bpf_map_lookup_elem(&special4, &ip->daddr))
-		return pass();
+		return pass(in);
 	/* Ethernet padding would be sent on as part of the frame. */
 	if ((void *)ip + total != end)
-		return pass();
+		return pass(in);
 
 	struct route_key rk = { .prefixlen = 32, .addr = ip->daddr };
 	struct route *rt = bpf_map_lookup_elem(&routes4, &rk);
 	if (!rt)
-		return pass();
+		return pass(in);
 	__u32 out_port = rt->port;
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
-		return pass();
+		return pass(in);
 	struct neigh_key nk = { .port = out_port, .addr = rt->gateway ? rt->gateway : ip->daddr };
 	struct neigh *nb = bpf_map_lookup_elem(&neigh4, &nk);
 	if (!nb)
-		return pass();
+		return pass(in);
+	stamp(nb);
 
 	/* TTL - 1, the checksum updated as ipv4.decrement_ttl does (RFC 1624). */
 	ip->ttl -= 1;
 	__u32 sum = (~bpf_ntohs(ip->check) & 0xFFFF) + 0xFEFF;
 	sum = (sum & 0xFFFF) + (sum >> 16);
 	ip->check = bpf_htons(~sum & 0xFFFF);
-	return send(eth, egress, nb, out_port);
+	return send(eth, egress, nb, in, out_port);
 }
 
 /* Multicast, link-local, ::, ::1: addresses the pipeline treats apart. */
@@ -262,31 +284,31 @@ static __always_inline int zero16(const __u8 *a)
 	return !any;
 }
 
-static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, void *end)
+static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
 {
 	struct ipv6hdr *ip = (void *)(eth + 1);
 
 	if ((void *)(ip + 1) > end || ip->version != 6)
-		return pass();
+		return pass(in);
 	__u16 plen = bpf_ntohs(ip->payload_len);
 	__u32 total = sizeof(*ip) + plen;
 	/* No jumbogram, no padding, within both links; a hop limit to spend. */
 	if (!plen || (void *)ip + total != end || total > ingress->mtu || ip->hop_limit <= 1)
-		return pass();
+		return pass(in);
 	if (special_v6(ip->saddr.in6_u.u6_addr8) || special_v6(ip->daddr.in6_u.u6_addr8))
-		return pass();
+		return pass(in);
 	if (bpf_map_lookup_elem(&special6, &ip->saddr) || bpf_map_lookup_elem(&special6, &ip->daddr))
-		return pass();
+		return pass(in);
 
 	struct route6_key rk = { .prefixlen = 128 };
 	__builtin_memcpy(rk.addr, ip->daddr.in6_u.u6_addr8, 16);
 	struct route6 *rt = bpf_map_lookup_elem(&routes6, &rk);
 	if (!rt)
-		return pass();
+		return pass(in);
 	__u32 out_port = rt->port;
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
-		return pass();
+		return pass(in);
 	struct neigh6_key nk = { .port = out_port };
 	if (zero16(rt->gateway))
 		__builtin_memcpy(nk.addr, ip->daddr.in6_u.u6_addr8, 16);
@@ -294,9 +316,10 @@ static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, void *
 		__builtin_memcpy(nk.addr, rt->gateway, 16);
 	struct neigh *nb = bpf_map_lookup_elem(&neigh6, &nk);
 	if (!nb)
-		return pass();
+		return pass(in);
+	stamp(nb);
 	ip->hop_limit -= 1;
-	return send(eth, egress, nb, out_port);
+	return send(eth, egress, nb, in, out_port);
 }
 
 SEC("xdp")
@@ -307,20 +330,20 @@ int hopgate_fastpath(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	__u32 ifindex = ctx->ingress_ifindex;
 
+	__u32 *known = bpf_map_lookup_elem(&port_of, &ifindex);
+	if (!known || !*known || *known > MAX_PORTS)
+		return pass(NO_PORT);
+	__u32 in = *known - 1;
 	if ((void *)(eth + 1) > end || eth->h_source[0] & 1 || eth->h_dest[0] & 1)
-		return pass();
-	__u32 *in = bpf_map_lookup_elem(&port_of, &ifindex);
-	if (!in || !*in)
-		return pass();
-	__u32 in_port = *in - 1;
-	struct port *ingress = bpf_map_lookup_elem(&ports, &in_port);
+		return pass(in);
+	struct port *ingress = bpf_map_lookup_elem(&ports, &in);
 	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
-		return pass();
+		return pass(in);
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return ipv4(eth, ingress, end);
+		return ipv4(eth, ingress, in, end);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return ipv6(eth, ingress, end);
-	return pass();
+		return ipv6(eth, ingress, in, end);
+	return pass(in);
 }
 
 char LICENSE[] SEC("license") = "GPL";

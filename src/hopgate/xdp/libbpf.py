@@ -1,7 +1,8 @@
 """A thin ctypes binding of libbpf (libbpf1): open and load an object file, find
-its maps and programs, fill maps, run a program on a buffer
-(``BPF_PROG_TEST_RUN``).  Only what hopgate uses; every call that fails raises
-``BpfError`` with the kernel's reason."""
+its maps and programs, fill, read and empty maps, attach a program to an
+interface's XDP hook, run a program on a buffer (``BPF_PROG_TEST_RUN``), load a
+program given as instructions.  Only what hopgate uses; every call that fails
+raises ``BpfError`` with the kernel's reason."""
 
 from __future__ import annotations
 
@@ -9,13 +10,26 @@ import ctypes
 import ctypes.util
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
+# How a program is attached (linux/if_link.h XDP_FLAGS_*): in the driver
+# ("native") or on the generic path every device has ("generic", as skb).
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+ATTACH_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+BPF_PROG_TYPE_XDP = 6
+BPF_XDP = 37  # enum bpf_attach_type: an XDP link
+# BPF_PROG_TEST_RUN sends the frames an XDP program returns XDP_TX for out of
+# the ingress device (the kernel's own traffic generator, linux/bpf.h).
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
 
 # A map's key or value: a ctypes structure or scalar.
-CValue = ctypes.Structure | ctypes.c_uint32 | ctypes.c_uint8
+CValue = ctypes.Structure | ctypes.c_uint32 | ctypes.c_uint8 | ctypes.c_uint64 | ctypes.Array[Any]
 
 
 class BpfError(OSError):
@@ -40,6 +54,16 @@ class _TestRunOpts(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # struct bpf_link_create_opts (libbpf 1.1): for an XDP link only ``flags``
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("flags", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("_rest", ctypes.c_uint8 * 48),
     ]
 
 
@@ -76,18 +100,110 @@ def _lib() -> ctypes.CDLL:
         ("bpf_program__fd", i, [vp]),
         ("bpf_map_update_elem", i, [i, vp, vp, u64]),
         ("bpf_map_lookup_elem", i, [i, vp, vp]),
+        ("bpf_map_delete_elem", i, [i, vp]),
+        ("bpf_map_get_next_key", i, [i, vp, vp]),
         ("bpf_prog_test_run_opts", i, [i, ctypes.POINTER(_TestRunOpts)]),
+        ("bpf_xdp_attach", i, [i, i, u32, vp]),
+        ("bpf_link_create", i, [i, i, i, ctypes.POINTER(_LinkCreateOpts)]),
+        ("bpf_xdp_detach", i, [i, u32, vp]),
+        ("bpf_xdp_query_id", i, [i, i, ctypes.POINTER(u32)]),
+        ("bpf_prog_load", i, [i, ctypes.c_char_p, ctypes.c_char_p, vp, ctypes.c_size_t, vp]),
+        ("libbpf_num_possible_cpus", i, []),
     ):
         f = getattr(lib, fn)
         f.restype, f.argtypes = res, args
     return lib
 
 
+_LIB: ctypes.CDLL | None = None
+
+
+def lib() -> ctypes.CDLL:
+    """libbpf, opened once."""
+    global _LIB  # noqa: PLW0603 - one handle for the process
+    if _LIB is None:
+        _LIB = _lib()
+    return _LIB
+
+
+def _check(err: int, what: str) -> int:
+    if err < 0:
+        raise BpfError(-err, f"{what}: {os.strerror(-err)}")
+    return err
+
+
+def link(ifindex: int, prog_fd: int, mode: str) -> int:
+    """Attach the XDP program ``prog_fd`` to interface ``ifindex`` (this network
+    namespace's) in ``mode`` ("native" or "generic") through a BPF link: the
+    program stays attached while the returned descriptor is open — closing it,
+    or the process ending however it ends, detaches it.  Fails (EBUSY) if the
+    interface has an XDP program already."""
+    opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=ATTACH_FLAGS[mode])
+    fd = lib().bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts))
+    return _check(fd, f"attaching to interface {ifindex} ({mode})")
+
+
+def attach(ifindex: int, prog_fd: int, mode: str) -> None:
+    """Attach the XDP program ``prog_fd`` to interface ``ifindex`` in ``mode``
+    until ``detach`` (or the interface goes): it outlives this process.  For the
+    labs' and benchmarks' helper programs; refuses if there is one already."""
+    flags = ATTACH_FLAGS[mode] | XDP_FLAGS_UPDATE_IF_NOEXIST
+    _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), f"attaching to {ifindex}")
+
+
+def detach(ifindex: int, mode: str) -> None:
+    _check(lib().bpf_xdp_detach(ifindex, ATTACH_FLAGS[mode], None), f"detaching from {ifindex}")
+
+
+def attached_id(ifindex: int, mode: str) -> int:
+    """The id of the XDP program attached to ``ifindex`` in ``mode`` (0: none)."""
+    prog_id = ctypes.c_uint32(0)
+    flags = ATTACH_FLAGS[mode]
+    _check(lib().bpf_xdp_query_id(ifindex, flags, ctypes.byref(prog_id)), f"querying {ifindex}")
+    return prog_id.value
+
+
+def load_instructions(name: str, instructions: bytes) -> int:
+    """Load an XDP program given as raw eBPF instructions (8 bytes each);
+    returns its descriptor (close it when done; an attachment keeps it)."""
+    buf = ctypes.create_string_buffer(instructions, len(instructions))
+    fd = lib().bpf_prog_load(
+        BPF_PROG_TYPE_XDP, name.encode(), b"GPL", buf, len(instructions) // 8, None
+    )
+    return _check(fd, f"loading {name}")
+
+
+# ``r0 = verdict; exit``: a program that returns one verdict for every frame.
+def verdict_program(verdict: int) -> bytes:
+    mov_r0 = bytes([0xB7, 0x00, 0x00, 0x00]) + verdict.to_bytes(4, "little")
+    exit_ = bytes([0x95]) + bytes(7)
+    return mov_r0 + exit_
+
+
+def send_live(prog_fd: int, frame: bytes, ifindex: int, count: int, batch: int = 64) -> None:
+    """Send ``frame`` ``count`` times out of ``ifindex`` from the kernel: an XDP
+    program returning XDP_TX run in BPF_PROG_TEST_RUN's live-frames mode.  It
+    keeps sending whatever the receiver drops; a signal ends it early."""
+    data = ctypes.create_string_buffer(frame, len(frame))
+    md = _XdpMd(0, len(frame), 0, ifindex, 0, 0)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(data, ctypes.c_void_p),
+        data_size_in=len(frame),
+        ctx_in=ctypes.cast(ctypes.pointer(md), ctypes.c_void_p),
+        ctx_size_in=ctypes.sizeof(md),
+        repeat=count,
+        flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size=batch,
+    )
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "live frames")
+
+
 class BpfObject:
     """A loaded object file (its maps created, its programs verified)."""
 
     def __init__(self, path: Path) -> None:
-        self._lib = _lib()
+        self._lib = lib()
         obj = self._lib.bpf_object__open_file(str(path).encode(), None)
         if not obj:
             raise BpfError(
@@ -135,6 +251,53 @@ class BpfObject:
         )
         if err:
             raise BpfError(-err, f"{map_name}: {os.strerror(-err)}")
+
+    def delete(self, map_name: str, key: CValue) -> bool:
+        """Remove ``key`` from the map; False if it was not there."""
+        err = self._lib.bpf_map_delete_elem(self.map_fd(map_name), ctypes.byref(key))
+        if err == -2:  # ENOENT
+            return False
+        _check(err, map_name)
+        return True
+
+    def lookup(self, map_name: str, key: CValue, value: CValue) -> bool:
+        """Read ``key``'s value into ``value``; False if the map has no ``key``."""
+        err = self._lib.bpf_map_lookup_elem(
+            self.map_fd(map_name), ctypes.byref(key), ctypes.byref(value)
+        )
+        if err == -2:
+            return False
+        _check(err, map_name)
+        return True
+
+    def keys(self, map_name: str, key_type: type[CValue]) -> list[CValue]:
+        """Every key of a hash or LPM map (a snapshot: it may change meanwhile)."""
+        fd = self.map_fd(map_name)
+        out: list[CValue] = []
+        prev: CValue | None = None
+        while True:
+            key = key_type()
+            err = self._lib.bpf_map_get_next_key(
+                fd, None if prev is None else ctypes.byref(prev), ctypes.byref(key)
+            )
+            if err == -2:
+                return out
+            _check(err, map_name)
+            out.append(key)
+            prev = key
+
+    def percpu_sums(self, map_name: str, entries: int, first: int = 0) -> list[int]:
+        """``entries`` counters from ``first`` on of a per-CPU array of u64,
+        each summed over the CPUs."""
+        cpus = _check(self._lib.libbpf_num_possible_cpus(), "possible CPUs")
+        values = (ctypes.c_uint64 * cpus)()
+        sums = []
+        for i in range(first, first + entries):
+            if not self.lookup(map_name, ctypes.c_uint32(i), values):
+                sums.append(0)
+                continue
+            sums.append(sum(values))
+        return sums
 
     def test_run(self, prog: str, frame: bytes, ingress_ifindex: int) -> RunResult:
         """Run ``prog`` once on ``frame`` as if it arrived on ``ingress_ifindex``

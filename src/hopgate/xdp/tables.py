@@ -5,19 +5,21 @@ Addresses are in network byte order, as the program reads them from the
 packet.  What the fast path must not decide gets no entry, or an entry that
 sends the packet to the pipeline: a route with several next hops (the fast path
 does not hash yet) is installed with port ``PASS_PORT``, so that a shorter
-prefix cannot take its packets.
+prefix cannot take its packets; a neighbour is there only while REACHABLE, with
+the time it stops being so.
 """
 
 from __future__ import annotations
 
 import ctypes
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from hopgate.pipeline.neighbours import State
+from hopgate.pipeline.neighbours import Entry, State
 from hopgate.pipeline.router import Router
-from hopgate.xdp.libbpf import BpfObject, CValue
+from hopgate.xdp.libbpf import BpfError, BpfObject, CValue
 
 OBJECT = Path(__file__).with_name("fastpath.o")
 PROGRAM = "hopgate_fastpath"
@@ -61,7 +63,11 @@ class Addr6(ctypes.Structure):
 
 
 class Neigh(ctypes.Structure):
-    _fields_ = [("mac", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint16)]
+    _fields_ = [
+        ("mac", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint16),
+        ("used", ctypes.c_uint64),  # last sent through by the program, CLOCK_MONOTONIC ns
+    ]
 
 
 # Each table's (key, value) as fastpath.c declares them.
@@ -76,6 +82,12 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "special6": (Addr6, ctypes.c_uint8),
     "tx": (ctypes.c_uint32, ctypes.c_uint32),
 }
+
+
+# The program's counters (fastpath.c's enum), by index, for each ingress port
+# and then NO_PORT (frames from an interface that is not a port).
+COUNTERS = ("passed", "forwarded")
+NO_PORT = MAX_PORTS
 
 
 def _be(addr: int) -> int:
@@ -95,35 +107,140 @@ class UnsupportedError(ValueError):
     """The router does what this fast path cannot mirror yet."""
 
 
-def fill(obj: BpfObject, router: Router, ifindex: Mapping[int, int]) -> None:
-    """Mirror ``router``'s ports, routes, reachable neighbours and special
-    addresses (both families) into ``obj``'s tables; ``ifindex``: each port's
-    interface."""
-    if router.nat is not None:
-        # Every forwarded packet may be NAT's: not mirrored yet (issue 11).
-        raise UnsupportedError("NAT and the load balancer are not in the fast path yet")
-    for p in router.ports:
-        index = ctypes.c_uint32(p.index)
-        obj.update("ports", index, Port(ifindex[p.index], p.mtu, _mac(p.mac)))
-        obj.update("port_of", ctypes.c_uint32(ifindex[p.index]), ctypes.c_uint32(p.index + 1))
-        obj.update("tx", index, ctypes.c_uint32(ifindex[p.index]))
-    # Per family: its route and neighbour tables' names and how an address is
-    # laid out in their keys.
-    families = (
-        (router.inet4, "routes4", RouteKey, Route, "neigh4", NeighKey, _be),
-        (router.inet6, "routes6", Route6Key, Route6, "neigh6", Neigh6Key, _a16),
-    )
-    for fam, routes, route_key, route, neighs, neigh_key, addr in families:
-        for r in fam.routes.routes():
-            hops = r.nexthops
-            port, gw = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
-            obj.update(routes, route_key(r.prefixlen, addr(r.prefix)), route(port, addr(gw)))
-        for e in fam.neighbours.entries():
-            if e.state == State.REACHABLE and e.mac is not None:
-                obj.update(neighs, neigh_key(e.port, addr(e.addr)), Neigh(_mac(e.mac), 0))
-    local = router.local
-    for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source}:
-        obj.update("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
-    # Link-local addresses, hopgate's included, the program passes up by their prefix.
-    for a in local.v6:
-        obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
+class _Family(NamedTuple):
+    """A family's tables' names and how its addresses are laid out in their keys."""
+
+    routes: str
+    route_key: type[ctypes.Structure]
+    route: type[ctypes.Structure]
+    neighs: str
+    neigh_key: type[ctypes.Structure]
+    addr: Callable[[int], Any]
+
+
+_FAMILIES = {
+    4: _Family("routes4", RouteKey, Route, "neigh4", NeighKey, _be),
+    6: _Family("routes6", Route6Key, Route6, "neigh6", Neigh6Key, _a16),
+}
+
+
+class Tables:
+    """The program's tables, kept as the router's state: filled whole at start,
+    then port by port (link events) and neighbour by neighbour (``sync``)."""
+
+    def __init__(self, obj: BpfObject, offset_ns: int = 0) -> None:
+        """``offset_ns``: the program's clock (``bpf_ktime_get_ns``,
+        CLOCK_MONOTONIC) less the pipeline's, in ns (0 as the daemon runs it:
+        the pipeline's clock is ``time.monotonic``, CLOCK_MONOTONIC too)."""
+        self.obj = obj
+        self.offset_ns = offset_ns
+        self._ifindex: dict[int, int] = {}  # port -> its interface, as installed
+
+    def fill(self, router: Router, ifindex: Mapping[int, int]) -> None:
+        """Mirror ``router``'s ports, routes, reachable neighbours and special
+        addresses (both families); ``ifindex``: each port's interface."""
+        if router.nat is not None:
+            # Every forwarded packet may be NAT's: not mirrored yet (issue 11).
+            raise UnsupportedError("NAT and the load balancer are not in the fast path yet")
+        for p in router.ports:
+            self.set_port(router, p.index, ifindex[p.index])
+        for fam in router.families:
+            t = _FAMILIES[fam.version]
+            for r in fam.routes.routes():
+                hops = r.nexthops
+                # Several next hops: the fast path does not hash yet (issue 11).
+                port, gw = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
+                key = t.route_key(r.prefixlen, t.addr(r.prefix))
+                self.obj.update(t.routes, key, t.route(port, t.addr(gw)))
+            for e in fam.neighbours.entries():
+                self.neighbour(fam.version, e)
+            # From here the router notes what these tables must follow.
+            fam.neighbours.changed = set()
+        local = router.local
+        for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source}:
+            self.obj.update("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
+        # Link-local addresses, hopgate's included, the program passes up by their prefix.
+        for a in local.v6:
+            self.obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
+
+    def set_port(self, router: Router, port: int, ifindex: int) -> None:
+        """``port`` is up on interface ``ifindex`` with the router's MAC and MTU for it."""
+        self.drop_port(port)
+        p = router.ports[port]
+        index = ctypes.c_uint32(port)
+        self.obj.update("ports", index, Port(ifindex, p.mtu, _mac(p.mac)))
+        self.obj.update("port_of", ctypes.c_uint32(ifindex), ctypes.c_uint32(port + 1))
+        self.obj.update("tx", index, ctypes.c_uint32(ifindex))
+        self._ifindex[port] = ifindex
+
+    def drop_port(self, port: int) -> None:
+        """``port`` is down or gone: nothing arrives through it or leaves by it
+        in the fast path (its neighbours go with the router's, by ``neighbour``)."""
+        ifindex = self._ifindex.pop(port, None)
+        if ifindex is None:
+            return
+        # An array's entry cannot be deleted: a zero port has no MAC to match.
+        self.obj.update("ports", ctypes.c_uint32(port), Port())
+        self.obj.delete("port_of", ctypes.c_uint32(ifindex))
+        self.obj.delete("tx", ctypes.c_uint32(port))
+
+    def neighbour(self, version: int, e: Entry | None, key: tuple[int, int] | None = None) -> None:
+        """Install neighbour ``e`` if the pipeline would send through it (it has
+        a MAC), or withdraw it (or ``key``, (port, address), when it is gone)."""
+        t = _FAMILIES[version]
+        port, addr = (e.port, e.addr) if e is not None else key  # type: ignore[misc]
+        nkey = t.neigh_key(port, t.addr(addr))
+        if e is not None and e.mac is not None:
+            used = int(e.used * 1e9) + self.offset_ns
+            self.obj.update(t.neighs, nkey, Neigh(_mac(e.mac), 0, used))
+        else:
+            self.obj.delete(t.neighs, nkey)
+
+    def read_use(self, router: Router, now: float) -> list[BpfError]:
+        """Tell the router when the program last sent through each neighbour
+        whose use would change something (a STALE one, or one whose REACHABLE
+        time is over: a use starts its re-probe, and keeps it from being
+        forgotten as idle); returns the reads that failed."""
+        failed = []
+        used = Neigh()
+        for fam in router.families:
+            t = _FAMILIES[fam.version]
+            table = fam.neighbours
+            for e in table.entries():
+                if e.mac is None or not (
+                    e.state == State.STALE or (e.state == State.REACHABLE and now >= e.until)
+                ):
+                    continue
+                try:
+                    if not self.obj.lookup(t.neighs, t.neigh_key(e.port, t.addr(e.addr)), used):
+                        continue
+                except BpfError as err:
+                    failed.append(err)
+                    continue
+                when = (used.used - self.offset_ns) / 1e9
+                if when > e.used:
+                    table.used_by_fast_path(e.port, e.addr, min(when, now))
+        return failed
+
+    def sync(self, router: Router) -> list[BpfError]:
+        """Apply the neighbour changes ``router`` noted since the last call
+        (``NeighbourTable.changed``); returns the updates that failed."""
+        failed = []
+        for fam in router.families:
+            table = fam.neighbours
+            changed = table.changed
+            if not changed:
+                continue
+            for key in changed:
+                try:
+                    self.neighbour(fam.version, table.get(*key), key)
+                except BpfError as e:
+                    failed.append(e)
+            changed.clear()
+        return failed
+
+    def counters(self, ports: int) -> list[dict[str, int]]:
+        """The program's counters for ports 0 .. ``ports`` - 1, summed over the CPUs."""
+        sums = self.obj.percpu_sums("counters", ports * len(COUNTERS))
+        n = len(COUNTERS)
+        return [dict(zip(COUNTERS, sums[i * n : (i + 1) * n], strict=True)) for i in range(ports)]
