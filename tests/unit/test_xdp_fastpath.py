@@ -16,7 +16,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+)
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
@@ -26,6 +32,7 @@ from hopgate.pipeline.router import Router
 from hopgate.xdp import tables as T
 from hopgate.xdp.libbpf import XDP_PASS, XDP_REDIRECT, BpfObject
 from tests.unit import frames as F
+from tests.unit.test_router_ecmp import ecmp_router
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 
@@ -303,3 +310,47 @@ def test_the_tables_follow_the_routers_neighbours(ip: Packet, upstream: str) -> 
         name, key = ("neigh4", T.NeighKey) if ip.version == 4 else ("neigh6", T.Neigh6Key)
         left = [k.port for k in obj.keys(name, key)]  # type: ignore[union-attr]
         assert F.U not in left, "a neighbour of a down port stayed in the fast path's table"
+
+
+@st.composite
+def ecmp_frames(draw: st.DrawFn) -> tuple[Packet, bool]:
+    """Flows of every kind the program hashes (TCP, UDP, echoes; True) and one
+    it leaves to the pipeline (an ICMP error: False), from many sources, to
+    destinations behind the multipath default routes."""
+    host = draw(st.integers(10, 250))
+    dst = draw(st.integers(1, 99))
+    ident = draw(st.integers(0, 65535))
+    if draw(st.booleans()):
+        ip: Packet = IPv6(src=f"2001:2:0:1::{host:x}", dst=f"2001:2:9::{dst}")
+        echo: Packet = draw(
+            st.sampled_from([ICMPv6EchoRequest(id=ident), ICMPv6EchoReply(id=ident)])
+        )
+        error: Packet = ICMPv6DestUnreach()
+    else:
+        ip = IP(src=f"198.18.1.{host}", dst=f"198.18.77.{dst}")
+        echo = ICMP(type=draw(st.sampled_from([0, 8])), id=ident)
+        error = ICMP(type=3, code=1)
+    sport, dport = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
+    hashed = [TCP(sport=sport, dport=dport, flags="A"), UDP(sport=sport, dport=dport), echo]
+    l4 = draw(st.sampled_from([*hashed, error]))
+    return ip / l4 / (b"x" * 18), l4 is not error
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=ecmp_frames())
+def test_multipath_picks_the_pipelines_next_hop(case: tuple[Packet, bool]) -> None:
+    ip, hashed = case
+    router = ecmp_router()
+    frame = bytes(F.from_client(ip))
+    with BpfObject(T.OBJECT) as obj:
+        _tables(obj, router)
+        got = obj.test_run(T.PROGRAM, frame, LO)
+    out = [a for a in router.process(bytearray(frame), F.C, 1.0) if isinstance(a, Transmit)]
+    assert len(out) == 1, f"the pipeline did not forward {ip.summary()}"
+    if not hashed:
+        assert got.verdict == XDP_PASS, f"hopgate's fast path kept {ip.summary()}"
+        return
+    assert got.verdict == XDP_REDIRECT, f"hopgate's fast path passed up {ip.summary()}"
+    assert bytes(out[0].frame) == got.frame, (
+        f"hopgate's fast path took another next hop than the pipeline for {ip.summary()}"
+    )

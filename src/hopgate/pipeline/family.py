@@ -85,6 +85,7 @@ class Family(ABC):
     ethertype: ClassVar[int]
     icmp_proto: ClassVar[int]
     header_len: ClassVar[int]
+    addr_len: ClassVar[int]  # bytes in an address
     hop_offset: ClassVar[int]  # of the TTL / hop limit
     error_max: ClassVar[int]  # the longest error message (RFC 1812 4.3.2.3, RFC 4443 2.4)
     errors: ClassVar[Mapping[Error, tuple[int, int]]]
@@ -165,21 +166,21 @@ class Family(ABC):
         """The flow hash that picks among equal-cost next hops: the ports, or an
         echo's identifier, or the flow an ICMP error quotes (so that it takes its
         flow's path)."""
-        kind = pkt.kind
+        kind, width = pkt.kind, self.addr_len
         if kind == flows.PORTS:
-            return flow_hash(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            return flow_hash(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, width)
         if kind == flows.QUERY:
             ident = pkt.sport | pkt.dport  # one of them is the identifier, the other 0
-            return flow_hash(pkt.proto, pkt.src, ident, pkt.dst, ident)
+            return flow_hash(pkt.proto, pkt.src, ident, pkt.dst, ident, width)
         if kind == flows.ERROR:
             frame, inner, end = pkt.frame, pkt.at + 8, pkt.end
             if end - inner >= self.header_len and frame[inner] >> 4 == self.version:
                 q = self.quoted_flow(frame, inner, end)
                 isrc, idst = self.addresses(frame, inner)
                 if q.kind == flows.PORTS:
-                    return flow_hash(q.proto, isrc, q.sport, idst, q.dport)
-                return flow_hash(q.proto, isrc, 0, idst, 0)
-        return flow_hash(pkt.proto, pkt.src, 0, pkt.dst, 0)
+                    return flow_hash(q.proto, isrc, q.sport, idst, q.dport, width)
+                return flow_hash(q.proto, isrc, 0, idst, 0, width)
+        return flow_hash(pkt.proto, pkt.src, 0, pkt.dst, 0, width)
 
     @abstractmethod
     def may_fragment(self, frame: Frame, l3: int) -> bool:
@@ -274,6 +275,7 @@ class Inet4(Family):
     ethertype = ethernet.ETH_P_IP
     icmp_proto = PROTO_ICMP
     header_len = ipv4.HEADER_LEN
+    addr_len = 4
     hop_offset = ipv4.OFF_TTL
     error_max = 576
     echo_request = icmp4.ECHO_REQUEST
@@ -447,6 +449,7 @@ class Inet6(Family):
     ethertype = ethernet.ETH_P_IPV6
     icmp_proto = PROTO_ICMPV6
     header_len = ipv6.HEADER_LEN
+    addr_len = 16
     hop_offset = ipv6.OFF_HOP_LIMIT
     error_max = 1280
     echo_request = icmp6.ECHO_REQUEST

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import NamedTuple
+from zlib import crc32
 
 from hopgate.packet import addr as A
 
@@ -61,11 +62,16 @@ class RouteTable:
         return sum(len(t) for t in self._by_len.values())
 
 
-def flow_hash(proto: int, src: int, sport: int, dst: int, dport: int) -> int:
+# One byte for each protocol number, made once.
+_PROTO = [bytes((n,)) for n in range(256)]
+
+
+def flow_hash(proto: int, src: int, sport: int, dst: int, dport: int, width: int) -> int:
     """A symmetric hash of a 5-tuple: both directions of a flow, and ICMP errors
-    hashed on the packet they quote, take the same path (as Linux's multipath hash)."""
-    a = (src << 16) | sport
-    b = (dst << 16) | dport
-    if a > b:
-        a, b = b, a
-    return hash((a, b, proto)) & 0x7FFFFFFFFFFFFFFF
+    hashed on the packet they quote, take the same path (as Linux's multipath
+    hash).  zlib's CRC-32 of the flow's two ends, each its address (``width``
+    bytes) and port big-endian, the lower end first, then the protocol: written
+    so that the XDP fast path (xdp/fastpath.c, ``flow_hash``) computes the same."""
+    a = ((src << 16) | sport).to_bytes(width + 2, "big")
+    b = ((dst << 16) | dport).to_bytes(width + 2, "big")
+    return crc32(a + b + _PROTO[proto]) if a <= b else crc32(b + a + _PROTO[proto])

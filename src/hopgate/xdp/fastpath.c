@@ -13,6 +13,7 @@
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -29,15 +30,35 @@ struct route_key {
 	__u32 addr; /* network byte order */
 };
 
+/* A route's next hop: ``port`` and ``gateway`` when it has one; when it has
+ * ``count`` > 1 (equal-cost multipath), ``group``'s entries in hops4/hops6,
+ * picked by the flow's hash as the pipeline picks them. */
 struct route {
 	__u32 port;
 	__u32 gateway; /* network byte order; 0: on the link */
+	__u32 count;
+	__u32 group;
 };
 
 struct route6 {
 	__u32 port;
 	__u8 gateway[16]; /* all zero: on the link */
+	__u32 count;
+	__u32 group;
 };
+
+struct hop {
+	__u32 port;
+	__u32 gateway;
+};
+
+struct hop6 {
+	__u32 port;
+	__u8 gateway[16];
+};
+
+#define MAX_HOPS 16	/* next hops of one route; more: the pipeline's */
+#define MAX_GROUPS 1024 /* multipath routes per family */
 
 struct neigh_key {
 	__u32 port;
@@ -136,6 +157,29 @@ struct {
 	__type(value, __u8);
 } special6 SEC(".maps");
 
+/* A multipath route's next hops: group * MAX_HOPS + i. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_GROUPS * MAX_HOPS);
+	__type(key, __u32);
+	__type(value, struct hop);
+} hops4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_GROUPS * MAX_HOPS);
+	__type(key, __u32);
+	__type(value, struct hop6);
+} hops6 SEC(".maps");
+
+/* zlib's CRC-32 table (polynomial 0xEDB88320), filled by hopgate. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} crc_table SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP);
 	__uint(max_entries, MAX_PORTS);
@@ -205,6 +249,76 @@ static __always_inline void stamp(struct neigh *nb)
 		nb->used = now;
 }
 
+static __always_inline __u32 crc32(const __u8 *key, const int len)
+{
+	__u32 crc = 0xFFFFFFFF;
+
+#pragma unroll
+	for (int i = 0; i < len; i++) {
+		__u32 idx = (crc ^ key[i]) & 0xFF;
+		__u32 *t = bpf_map_lookup_elem(&crc_table, &idx);
+
+		crc = (t ? *t : 0) ^ (crc >> 8);
+	}
+	return ~crc;
+}
+
+/* pipeline/routes.py's flow_hash: the CRC-32 of the flow's two ends, each its
+ * address (w bytes) and port as on the wire, the lower end first, then the
+ * protocol.  ``sport``/``dport``: as on the wire. */
+static __always_inline __u32 flow_hash(const __u8 *saddr, const __u8 *daddr, __u16 sport,
+				       __u16 dport, __u8 proto, const int w)
+{
+	__u8 s[18], d[18], key[37];
+	int swap = 0;
+
+	__builtin_memcpy(s, saddr, w);
+	__builtin_memcpy(s + w, &sport, 2);
+	__builtin_memcpy(d, daddr, w);
+	__builtin_memcpy(d + w, &dport, 2);
+#pragma unroll
+	for (int i = 0; i < w + 2; i++) {
+		if (s[i] != d[i]) {
+			swap = s[i] > d[i];
+			break;
+		}
+	}
+	if (swap) {
+		__builtin_memcpy(key, d, w + 2);
+		__builtin_memcpy(key + w + 2, s, w + 2);
+	} else {
+		__builtin_memcpy(key, s, w + 2);
+		__builtin_memcpy(key + w + 2, d, w + 2);
+	}
+	key[2 * w + 4] = proto;
+	return crc32(key, 2 * w + 5);
+}
+
+/* The ports the flow hash takes (as on the wire), as packet/flows.py reads
+ * them: TCP's and UDP's; an echo's identifier for both; none for a protocol
+ * without ports.  -1: what the fast path leaves to the pipeline (an ICMP
+ * message but an echo, a header cut short). */
+static __always_inline int hash_ports(__u8 *l4, void *end, __u8 proto, __u8 icmp, __u8 echo,
+				      __u8 reply, __u16 *sport, __u16 *dport)
+{
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 4) > end)
+			return -1;
+		__builtin_memcpy(sport, l4, 2);
+		__builtin_memcpy(dport, l4 + 2, 2);
+		return 0;
+	}
+	if (proto == icmp) {
+		if ((void *)(l4 + 6) > end || (l4[0] != echo && l4[0] != reply))
+			return -1;
+		__builtin_memcpy(sport, l4 + 4, 2);
+		__builtin_memcpy(dport, l4 + 4, 2);
+		return 0;
+	}
+	*sport = *dport = 0;
+	return 0;
+}
+
 /* Where a frame leaves: MACs rewritten, through the devmap. */
 static __always_inline int send(struct ethhdr *eth, struct port *egress, struct neigh *nb,
 				__u32 in, __u32 out_port)
@@ -243,11 +357,25 @@ static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 
 	struct route *rt = bpf_map_lookup_elem(&routes4, &rk);
 	if (!rt)
 		return pass(in);
-	__u32 out_port = rt->port;
+	__u32 out_port = rt->port, gateway = rt->gateway;
+	if (rt->count > 1) {
+		__u16 sport, dport;
+		if (hash_ports((void *)(ip + 1), end, ip->protocol, IPPROTO_ICMP, 8, 0, &sport,
+			       &dport))
+			return pass(in);
+		__u32 h = flow_hash((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, sport, dport,
+				    ip->protocol, 4);
+		__u32 at = rt->group * MAX_HOPS + h % rt->count;
+		struct hop *hop = bpf_map_lookup_elem(&hops4, &at);
+		if (!hop)
+			return pass(in);
+		out_port = hop->port;
+		gateway = hop->gateway;
+	}
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
-	struct neigh_key nk = { .port = out_port, .addr = rt->gateway ? rt->gateway : ip->daddr };
+	struct neigh_key nk = { .port = out_port, .addr = gateway ? gateway : ip->daddr };
 	struct neigh *nb = bpf_map_lookup_elem(&neigh4, &nk);
 	if (!nb)
 		return pass(in);
@@ -306,14 +434,33 @@ static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 
 	if (!rt)
 		return pass(in);
 	__u32 out_port = rt->port;
+	__u8 *gateway = rt->gateway;
+	if (rt->count > 1) {
+		__u16 sport, dport;
+		/* An extension header first: the pipeline's to walk. */
+		if (ip->nexthdr != IPPROTO_TCP && ip->nexthdr != IPPROTO_UDP &&
+		    ip->nexthdr != IPPROTO_ICMPV6)
+			return pass(in);
+		if (hash_ports((void *)(ip + 1), end, ip->nexthdr, IPPROTO_ICMPV6, 128, 129, &sport,
+			       &dport))
+			return pass(in);
+		__u32 h = flow_hash(ip->saddr.in6_u.u6_addr8, ip->daddr.in6_u.u6_addr8, sport,
+				    dport, ip->nexthdr, 16);
+		__u32 at = rt->group * MAX_HOPS + h % rt->count;
+		struct hop6 *hop = bpf_map_lookup_elem(&hops6, &at);
+		if (!hop)
+			return pass(in);
+		out_port = hop->port;
+		gateway = hop->gateway;
+	}
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
 	struct neigh6_key nk = { .port = out_port };
-	if (zero16(rt->gateway))
+	if (zero16(gateway))
 		__builtin_memcpy(nk.addr, ip->daddr.in6_u.u6_addr8, 16);
 	else
-		__builtin_memcpy(nk.addr, rt->gateway, 16);
+		__builtin_memcpy(nk.addr, gateway, 16);
 	struct neigh *nb = bpf_map_lookup_elem(&neigh6, &nk);
 	if (!nb)
 		return pass(in);

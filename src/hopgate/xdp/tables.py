@@ -3,10 +3,10 @@ router's state fills them.
 
 Addresses are in network byte order, as the program reads them from the
 packet.  What the fast path must not decide gets no entry, or an entry that
-sends the packet to the pipeline: a route with several next hops (the fast path
-does not hash yet) is installed with port ``PASS_PORT``, so that a shorter
-prefix cannot take its packets; a neighbour is there only while REACHABLE, with
-the time it stops being so.
+sends the packet to the pipeline: a route with more next hops than the program
+picks among is installed with port ``PASS_PORT``, so that a shorter prefix
+cannot take its packets; a neighbour is there only while the pipeline knows its
+MAC.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ OBJECT = Path(__file__).with_name("fastpath.o")
 PROGRAM = "hopgate_fastpath"
 MAX_PORTS = 64
 PASS_PORT = 0xFFFFFFFF  # no port: the packet goes to the pipeline
+MAX_HOPS = 16  # next hops of a route the program picks among; more: the pipeline's
+MAX_GROUPS = 1024  # multipath routes per family
 
 
 class Port(ctypes.Structure):
@@ -36,6 +38,15 @@ class RouteKey(ctypes.Structure):
 
 
 class Route(ctypes.Structure):
+    _fields_ = [
+        ("port", ctypes.c_uint32),
+        ("gateway", ctypes.c_uint32),
+        ("count", ctypes.c_uint32),  # next hops; more than 1: ``group``'s in hops4
+        ("group", ctypes.c_uint32),
+    ]
+
+
+class Hop(ctypes.Structure):
     _fields_ = [("port", ctypes.c_uint32), ("gateway", ctypes.c_uint32)]
 
 
@@ -51,6 +62,15 @@ class Route6Key(ctypes.Structure):
 
 
 class Route6(ctypes.Structure):
+    _fields_ = [
+        ("port", ctypes.c_uint32),
+        ("gateway", Addr16),
+        ("count", ctypes.c_uint32),
+        ("group", ctypes.c_uint32),
+    ]
+
+
+class Hop6(ctypes.Structure):
     _fields_ = [("port", ctypes.c_uint32), ("gateway", Addr16)]
 
 
@@ -81,7 +101,11 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "neigh6": (Neigh6Key, Neigh),
     "special6": (Addr6, ctypes.c_uint8),
     "tx": (ctypes.c_uint32, ctypes.c_uint32),
+    "hops4": (ctypes.c_uint32, Hop),
+    "hops6": (ctypes.c_uint32, Hop6),
+    "crc_table": (ctypes.c_uint32, ctypes.c_uint32),
 }
+
 
 
 # The program's counters (fastpath.c's enum), by index, for each ingress port
@@ -103,6 +127,18 @@ def _mac(mac: bytes) -> ctypes.Array[ctypes.c_uint8]:
     return (ctypes.c_uint8 * 6)(*mac)
 
 
+def _crc_table() -> list[int]:
+    """zlib's CRC-32 table (reflected polynomial 0xEDB88320): the program's
+    flow hash is ``zlib.crc32`` (pipeline/routes.py ``flow_hash``)."""
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
 class UnsupportedError(ValueError):
     """The router does what this fast path cannot mirror yet."""
 
@@ -113,14 +149,16 @@ class _Family(NamedTuple):
     routes: str
     route_key: type[ctypes.Structure]
     route: type[ctypes.Structure]
+    hops: str
+    hop: type[ctypes.Structure]
     neighs: str
     neigh_key: type[ctypes.Structure]
     addr: Callable[[int], Any]
 
 
 _FAMILIES = {
-    4: _Family("routes4", RouteKey, Route, "neigh4", NeighKey, _be),
-    6: _Family("routes6", Route6Key, Route6, "neigh6", Neigh6Key, _a16),
+    4: _Family("routes4", RouteKey, Route, "hops4", Hop, "neigh4", NeighKey, _be),
+    6: _Family("routes6", Route6Key, Route6, "hops6", Hop6, "neigh6", Neigh6Key, _a16),
 }
 
 
@@ -144,14 +182,26 @@ class Tables:
             raise UnsupportedError("NAT and the load balancer are not in the fast path yet")
         for p in router.ports:
             self.set_port(router, p.index, ifindex[p.index])
+        for i, c in enumerate(_crc_table()):
+            self.obj.update("crc_table", ctypes.c_uint32(i), ctypes.c_uint32(c))
         for fam in router.families:
             t = _FAMILIES[fam.version]
+            groups = 0
             for r in fam.routes.routes():
                 hops = r.nexthops
-                # Several next hops: the fast path does not hash yet (issue 11).
-                port, gw = (hops[0].port, hops[0].gateway) if len(hops) == 1 else (PASS_PORT, 0)
                 key = t.route_key(r.prefixlen, t.addr(r.prefix))
-                self.obj.update(t.routes, key, t.route(port, t.addr(gw)))
+                if len(hops) == 1:
+                    value = t.route(hops[0].port, t.addr(hops[0].gateway), 1, 0)
+                elif len(hops) <= MAX_HOPS and groups < MAX_GROUPS:
+                    for i, h in enumerate(hops):
+                        at = ctypes.c_uint32(groups * MAX_HOPS + i)
+                        self.obj.update(t.hops, at, t.hop(h.port, t.addr(h.gateway)))
+                    value = t.route(PASS_PORT, t.addr(0), len(hops), groups)
+                    groups += 1
+                else:
+                    # Installed all the same, so that a shorter prefix cannot take its packets.
+                    value = t.route(PASS_PORT, t.addr(0), 1, 0)
+                self.obj.update(t.routes, key, value)
             for e in fam.neighbours.entries():
                 self.neighbour(fam.version, e)
             # From here the router notes what these tables must follow.
