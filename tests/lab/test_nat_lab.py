@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,10 @@ V4_PATH = [A.gw_c4, A.r1_d4, A.server4]
 V6_PATH = [A.gw_c6, A.r1_d6, A.server6]
 
 
-@pytest.fixture(scope="module")
-def nat_lab() -> Iterator[NatLab]:
-    with NatLab("hopgate") as lab:
+@pytest.fixture(scope="module", params=["afpacket", "xdp"])
+def nat_lab(request: pytest.FixtureRequest) -> Iterator[NatLab]:
+    """hopgate as the NAT, on each data plane."""
+    with NatLab("hopgate", dataplane=request.param) as lab:
         yield lab
 
 
@@ -207,3 +209,24 @@ def test_past_the_table_limit_unanswered_flows_make_room_and_old_ones_go_on() ->
         assert nat["counters"].get("connections-early-dropped", 0) >= 26, ("hopgate", nat)
         assert state["drops"].get("conntrack-table-full", 0) == 0, ("hopgate", state["drops"])
         assert nat["connections"] <= 4, ("hopgate", nat)
+
+
+def test_a_udp_stream_is_counted_whichever_plane_forwards_it(nat_lab: NatLab) -> None:
+    """An iperf3 UDP stream through the NAT: a stream after its first 2 s, when
+    the XDP fast path takes it over; hopgate's connection counts every datagram
+    either way (the fast path's are read back)."""
+    before = nat_lab.status()["dataplane"].get("forwarded", 0)
+    r, result = tools.iperf3(nat_lab.ns("inside2"), A.server4, seconds=5, udp=True, bitrate="8M")
+    assert result is not None and "error" not in result, (nat_lab.gateway, r.output)
+    sent = result["end"]["sum"]["packets"]
+    time.sleep(2.5)  # what the fast path forwarded is read back every second
+    got = _conns(nat_lab, "--protocol", "udp", "--address", A.inside2_4, "--port", "5201")
+    listed: list[dict[str, Any]] = got["connections"]  # type: ignore[assignment]
+    rows = [r for r in listed if r["original"][1] == f"{A.server4}:5201"]
+    assert len(rows) == 1, (nat_lab.gateway, got)
+    # Every datagram iperf3 sent, and its few of setting up and ending.
+    assert sent <= rows[0]["packets"][0] <= sent + 5, (nat_lab.gateway, sent, rows[0])
+    assert rows[0]["fastpath"] == (nat_lab.dataplane == "xdp"), (nat_lab.gateway, rows[0])
+    if nat_lab.dataplane == "xdp":
+        fast = nat_lab.status()["dataplane"]["forwarded"] - before
+        assert fast >= sent // 4, (nat_lab.gateway, "fast path forwarded", fast, "of", sent)

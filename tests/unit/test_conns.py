@@ -39,6 +39,7 @@ SERVER6 = int(ipaddress.ip_address("2001:2:0:3::10"))
 class FakeTable:
     def __init__(self, items: list[Conn]) -> None:
         self.held = dict.fromkeys(items)
+        self.offloaded: set[Conn] = set()  # no fast path
 
     def __len__(self) -> int:
         return len(self.held)

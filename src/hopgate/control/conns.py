@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,11 @@ def _hop(hop: tuple[int, bytes] | None, port_names: Sequence[str]) -> str | None
     return f"{name} {ethernet.format_mac(mac)}"
 
 
-def describe(conn: Conn, now: float, port_names: Sequence[str] = ()) -> dict[str, Any]:
+def describe(
+    conn: Conn, now: float, port_names: Sequence[str] = (), offloaded: Collection[Conn] = ()
+) -> dict[str, Any]:
+    """One connection as the listing shows it; ``offloaded``: the connections
+    the XDP fast path holds (their counts include what it forwarded)."""
     fam, proto, src, sport, dst, dport = conn.key_orig
     t = conn.to
     r = conn.key_reply
@@ -69,6 +73,7 @@ def describe(conn: Conn, now: float, port_names: Sequence[str] = ()) -> dict[str
         "expires_in": round(max(0.0, conn.expires - now), 1),
         "packets": list(conn.packets),
         "bytes": list(conn.bytes),
+        "fastpath": conn in offloaded,
         "service": None,
         "backend": None,
         "hops": None,
@@ -177,7 +182,7 @@ def list_steps(nat: Nat | None, clock: Clock, filters: Filters, limit: int) -> S
             total += 1
             if limit and shown >= limit:
                 continue
-            rows.append(json.dumps(describe(conn, now, names)))
+            rows.append(json.dumps(describe(conn, now, names, nat.table.offloaded)))
             shown += 1
         if rows:
             lead = "\n" if shown == len(rows) else ",\n"

@@ -269,7 +269,8 @@ def render_conns(result: dict[str, Any], console: Console) -> None:
     for c in result["connections"]:
         row = [
             f"{c['protocol']}/{c['family']}",
-            (c["state"] or ("assured" if c["assured"] else "unreplied")),
+            (c["state"] or ("assured" if c["assured"] else "unreplied"))
+            + (" (XDP)" if c.get("fastpath") else ""),
             " → ".join(c["original"]),
             " → ".join(c["translated"]),
             f"{c['expires_in']:.0f}s",

@@ -162,11 +162,23 @@ table inet rpf {
 class LbLab(Topology):
     """The load balancer between a two-uplink client and three backends."""
 
-    def __init__(self, name: str | None = None, *, extra_config: str = "") -> None:
+    def __init__(
+        self, name: str | None = None, *, extra_config: str = "", dataplane: str = "afpacket"
+    ) -> None:
+        """``dataplane``: hopgate's ``[dataplane] mode`` ("afpacket" or "xdp":
+        then the peers of gw's interfaces pass what it redirects to them)."""
+        if dataplane not in ("afpacket", "xdp"):
+            raise ValueError(f"dataplane must be afpacket or xdp, not {dataplane!r}")
         self.hopgate: Process | None = None
         self.maglev_servers: dict[str, Process] = {}
         self.extra_config = extra_config  # TOML appended to the config
+        self.dataplane = dataplane
         self._create(name, self._build)
+
+    @property
+    def gateway(self) -> str:
+        """The gateway under test, as failure messages name it."""
+        return f"hopgate ({self.dataplane})"
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
@@ -222,7 +234,12 @@ class LbLab(Topology):
                 be.role,
             )  # fmt: skip
 
-        self.config_path.write_text(lb_config(self.admin_socket, self.extra_config))
+        if self.dataplane == "xdp":
+            lab.pass_xdp(ra, "ra-g")
+            lab.pass_xdp(rb, "rb-g")
+            lab.pass_xdp(lan, "p0")
+        extra = dumps(merge({"dataplane": {"mode": self.dataplane}}, self.extra_config))
+        self.config_path.write_text(lb_config(self.admin_socket, extra))
         self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
         lab.note(topology="lb", mode="hopgate", admin_socket=self.admin_socket)
 

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -259,6 +260,13 @@ class Lab:
         if offloads_off:
             a.run("ethtool", "-K", a_if, *OFFLOADS_OFF)
             b.run("ethtool", "-K", b_if, *OFFLOADS_OFF)
+
+    def pass_xdp(self, ns: Namespace, *ifnames: str) -> None:
+        """Give ``ifnames`` (veth ends in ``ns``) an XDP program that passes
+        every frame: a veth takes what an XDP program redirects to it only if
+        its peer has one (or GRO), and the labs turn GRO off.  For the peers of
+        hopgate's interfaces when it runs its fast path natively."""
+        ns.run(sys.executable, "-m", "hopgate.lab.xdppass", *ifnames)
 
     def bridge(self, ns: Namespace, name: str, ports: Sequence[str]) -> None:
         """A Linux bridge in ``ns`` joining ``ports`` (veth ends already there):

@@ -227,7 +227,7 @@ class RouterLab(Topology):
 
     def _pass_on_peers(self, ns: Namespace, *ifnames: str) -> None:
         if self.mode == "hopgate" and self.dataplane == "xdp":
-            ns.run(sys.executable, "-m", "hopgate.lab.xdppass", *ifnames)
+            self.lab.pass_xdp(ns, *ifnames)
 
     def _start_servers(self) -> None:
         serve_http(self.lab, self.server, "www")
@@ -340,12 +340,24 @@ class NatLab(Topology):
         *,
         extra_config: str = "",
         servers: bool = True,
+        dataplane: str = "afpacket",
     ) -> None:
+        """``dataplane``: hopgate's ``[dataplane] mode``, as RouterLab's."""
         if mode not in ("hopgate", "kernel"):
             raise ValueError(f"mode must be hopgate or kernel, not {mode!r}")
+        if dataplane not in ("afpacket", "xdp"):
+            raise ValueError(f"dataplane must be afpacket or xdp, not {dataplane!r}")
         self.mode = mode
+        self.dataplane = dataplane
         self.hopgate: Process | None = None
         self._create(name, lambda: self._build(extra_config, servers))
+
+    @property
+    def gateway(self) -> str:
+        """The gateway under test, as failure messages name it."""
+        if self.mode == "kernel":
+            return "the Linux kernel (nftables)"
+        return f"hopgate ({self.dataplane})"
 
     def _build(self, extra_config: str, servers: bool) -> None:
         a = NAT_ADDR
@@ -379,7 +391,11 @@ class NatLab(Topology):
             gw.route("default", a.r1_d6)
             gw.run("nft", "-f", "-", input=nftables_nat())
         else:
-            self.config_path.write_text(nat_config(self.admin_socket, extra_config))
+            if self.dataplane == "xdp":
+                lab.pass_xdp(lan, "p0")
+                lab.pass_xdp(r1, "r1-d")
+            extra = dumps(merge({"dataplane": {"mode": self.dataplane}}, extra_config))
+            self.config_path.write_text(nat_config(self.admin_socket, extra))
             self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
         if servers:
             serve_http(lab, server, "www-server", process="http-server")

@@ -246,6 +246,10 @@ _ESTABLISHED, _FIN_WAIT, _CLOSE = TcpState.ESTABLISHED, TcpState.FIN_WAIT, TcpSt
 MAX_INTERNED_ADDRESSES = 1 << 16
 TICK = 1.0  # expiry runs once per tick: a connection leaves within TICK of its deadline
 UDP_STREAM_AFTER = 2.0  # seconds of replied traffic before UDP counts as a stream (Linux)
+# How long past its deadline a connection the XDP fast path holds is kept before
+# it expires: the fast path's packets are read back at half this interval
+# (xdp/dataplane.py), so one it forwarded lately is not taken for idle.
+FAST_PATH_GRACE = 2.0
 
 
 class Refused(IntEnum):
@@ -298,6 +302,13 @@ class ConnTable:
         # connections-expired, -early-dropped, -refused-full, -refused-source,
         # tcp-invalid, tcp-out-of-window (the NAT's counters, shared)
         self.counters: Counter[str] = Counter() if counters is None else counters
+        # With the XDP fast path (xdp/tables.py; None without): connections to
+        # hand to it (UDP ones once they are streams: every packet then does the
+        # same), those it holds, and those gone from the table since it last
+        # took its notes.
+        self.to_offload: set[Conn] | None = None
+        self.offloaded: set[Conn] = set()
+        self.withdrawn: list[Conn] = []
 
     def __len__(self) -> int:
         return self._count
@@ -466,6 +477,36 @@ class ConnTable:
         if not conn.assured:
             conn.assured = True
             self._unassured.pop(conn, None)
+            offload = self.to_offload
+            if offload is not None and conn.key_orig[PROTO] == PROTO_UDP:
+                offload.add(conn)
+                self.offloaded.add(conn)
+
+    def start_offloading(self) -> None:
+        """A fast path is there from now on: note the connections to hand to it,
+        those already streams first."""
+        self.to_offload = {
+            c for c in self.connections() if c.assured and c.key_orig[PROTO] == PROTO_UDP
+        }
+        self.offloaded |= self.to_offload
+
+    def seen_by_fast_path(
+        self, conn: Conn, direction: int, when: float, packets: int, size: int
+    ) -> None:
+        """The fast path forwarded ``packets`` (``size`` bytes of IP) on an
+        offloaded connection, the last at ``when`` (read back from its table):
+        accounted, and the deadline moved, as ``seen`` would have for each."""
+        if conn.due is None:
+            return  # gone meanwhile
+        if direction == ORIG:
+            conn.packets_orig += packets
+            conn.bytes_orig += size
+        else:
+            conn.packets_reply += packets
+            conn.bytes_reply += size
+        deadline = when + self.timeouts.udp_stream  # only assured UDP is offloaded
+        if deadline > conn.expires:
+            self._refresh(conn, deadline)
 
     # -- expiry ------------------------------------------------------------------
 
@@ -501,6 +542,10 @@ class ConnTable:
             if conn.due is not bucket:
                 continue  # filed again elsewhere, or gone
             if conn.expires <= now:
+                if conn in self.offloaded and now < conn.expires + FAST_PATH_GRACE:
+                    # Its latest packets may be the fast path's, not read back yet.
+                    self._file(conn, conn.expires + FAST_PATH_GRACE)
+                    continue
                 self.counters["connections-expired"] += 1
                 self.remove(conn)
             else:
@@ -512,6 +557,11 @@ class ConnTable:
         self._closing.pop(conn, None)
         if conn.due is None:
             return
+        if conn in self.offloaded:
+            self.offloaded.discard(conn)
+            if self.to_offload is not None:
+                self.to_offload.discard(conn)
+            self.withdrawn.append(conn)
         del self._by_key[conn.key_orig]
         self._by_key.pop(conn.key_reply, None)
         self._count -= 1

@@ -14,6 +14,7 @@ what it has no entry for, so a missing entry costs speed, not a wrong answer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -21,17 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hopgate.pipeline.conntrack import FAST_PATH_GRACE, Conn
 from hopgate.pipeline.router import Router
 from hopgate.xdp import libbpf
 from hopgate.xdp.libbpf import BpfError, BpfObject
-from hopgate.xdp.tables import OBJECT, PROGRAM, Tables, UnsupportedError
+from hopgate.xdp.tables import OBJECT, PROGRAM, Tables
 
 log = logging.getLogger(__name__)
 
-# How often the neighbours' last use is read back from the program (seconds):
-# well within Linux's delay_first_probe_time (5 s), the wait before a STALE
-# neighbour in use is probed.
-READ_USE_EVERY = 1.0
+# How often the neighbours' last use and the connections' packets are read
+# back from the program (seconds): within the grace a connection the program
+# holds gets past its deadline, and well within Linux's delay_first_probe_time
+# (5 s), the wait before a STALE neighbour in use is probed.
+READ_USE_EVERY = FAST_PATH_GRACE / 2
 
 
 class FastPathError(Exception):
@@ -50,10 +53,11 @@ def start(
         return None
     try:
         fp = FastPath(router, ifindex, attach)
-    except (BpfError, UnsupportedError, OSError) as e:
+    except OSError as e:  # BpfError is one
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         if mode == "xdp":
-            raise FastPathError(f"the XDP fast path cannot start: {e}") from e
-        log.warning("data plane: AF_PACKET, the XDP fast path cannot start: %s", e)
+            raise FastPathError(f"the XDP fast path cannot start: {why}") from e
+        log.warning("data plane: AF_PACKET, the XDP fast path cannot start: %s", why)
         return None
     log.info(
         "data plane: XDP (%s) on %s, the Python pipeline behind it",
@@ -82,13 +86,13 @@ class FastPath:
     ) -> None:
         """Load the program from ``path``, fill its tables from ``router`` and
         attach it in ``mode`` ("native" or "generic") to each port's interface
-        (``ifindex``: port -> interface).  Raises ``BpfError`` or
-        ``UnsupportedError`` (tables.py) with the reason if it cannot, having
-        undone what it did."""
+        (``ifindex``: port -> interface).  Raises ``BpfError`` with the reason
+        if it cannot, having undone what it did."""
         self.router = router
         self.mode = mode
         self.sync_errors = 0
         self._next_read = 0.0
+        self._read: dict[tuple[Conn, int], tuple[int, int]] = {}  # read_flows's memory
         self._attached: dict[int, Attached] = {}
         self.obj = BpfObject(path)
         self.tables = Tables(self.obj)
@@ -102,7 +106,18 @@ class FastPath:
             raise
 
     def _attach(self, port: int, ifindex: int) -> None:
-        fd = libbpf.link(ifindex, self._prog, self.mode)
+        name = self.router.ports[port].name
+        try:
+            fd = libbpf.link(ifindex, self._prog, self.mode)
+        except BpfError as e:
+            hint = ""
+            if e.errno == errno.ERANGE:
+                hint = " (its MTU is too large for native XDP: lower it, or xdp_attach = generic)"
+            elif e.errno == errno.EBUSY:
+                hint = " (another XDP program is attached to it)"
+            elif e.errno == errno.EOPNOTSUPP:
+                hint = " (its driver has no native XDP: xdp_attach = generic)"
+            raise BpfError(e.errno, f"{name}: {e.strerror}{hint}") from e
         self._attached[port] = Attached(ifindex, fd)
 
     def _detach(self, port: int) -> None:
@@ -113,15 +128,25 @@ class FastPath:
     # -- kept in step ----------------------------------------------------------------
 
     def sync(self, now: float) -> None:
-        """Apply the neighbour changes the router noted since the last call;
-        once every ``READ_USE_EVERY`` seconds, tell it which neighbours the
-        program used."""
+        """Apply the neighbour and connection changes the router noted since the
+        last call; once every ``READ_USE_EVERY`` seconds, tell it which
+        neighbours the program used and what it forwarded on each connection."""
         for e in self.tables.sync(self.router):
             self._failed("neighbour", e)
+        nat = self.router.nat
+        if nat is not None:
+            for conn in nat.table.withdrawn:
+                self._read.pop((conn, 0), None)
+                self._read.pop((conn, 1), None)
+            for e in self.tables.sync_connections(nat.table):
+                self._failed("connection", e)
         if now >= self._next_read:
             self._next_read = now + READ_USE_EVERY
             for e in self.tables.read_use(self.router, now):
                 self._failed("neighbour use", e)
+            if nat is not None:
+                for e in self.tables.read_flows(nat.table, self._read):
+                    self._failed("connection use", e)
 
     def link_down(self, port: int) -> None:
         """``port``'s link is down or gone: the fast path neither takes frames

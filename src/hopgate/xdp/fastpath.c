@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * hopgate's XDP fast path (issue 11), first step: plain routing, IPv4 and IPv6.
+ * hopgate's XDP fast path (issue 11): routing (ECMP included) and NAT's and
+ * the load balancer's UDP streams, IPv4 and IPv6 (docs/fastpath.md).
  *
  * The rule: never answer differently from the Python pipeline
  * (src/hopgate/pipeline).  A frame is forwarded here only when nothing about it
- * could make the pipeline do anything but forward it unchanged except for the
- * MACs and the TTL; anything else is passed up (XDP_PASS) to the pipeline's
- * AF_PACKET socket.  The tables are filled by hopgate (src/hopgate/xdp/tables.py
+ * could make the pipeline do anything but forward it as the tables say: the
+ * MACs and the TTL changed, and, on a flow hopgate handed over, its addresses,
+ * ports and checksums as the connection's Side rewrites them; anything else is
+ * passed up (XDP_PASS) to the pipeline's AF_PACKET socket.  The tables are filled by hopgate (src/hopgate/xdp/tables.py
  * holds their one Python definition; a test checks the sizes agree).
  */
 #include <linux/bpf.h>
@@ -14,6 +16,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/in.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -319,14 +322,191 @@ static __always_inline int hash_ports(__u8 *l4, void *end, __u8 proto, __u8 icmp
 	return 0;
 }
 
-/* Where a frame leaves: MACs rewritten, through the devmap. */
-static __always_inline int send(struct ethhdr *eth, struct port *egress, struct neigh *nb,
-				__u32 in, __u32 out_port)
+/* One direction of a connection NAT translates (pipeline/conntrack.py's Side),
+ * by the tuple its packets arrive with.  Only UDP streams so far. */
+struct flow_key {
+	__u8 family; /* 4 or 6 */
+	__u8 proto;
+	__u16 pad;
+	__u8 saddr[16]; /* IPv4: the first 4 bytes */
+	__u8 daddr[16];
+	__u8 ports[4]; /* source and destination, as on the wire */
+};
+
+#define NO_HINT 0xFFFFFFFF
+
+struct flow {
+	__u8 addrs[32];	  /* the new source and destination (IPv4: 4 + 4 bytes) */
+	__u8 ports[4];	  /* the new source and destination port */
+	__u16 ip_delta;	  /* what the IPv4 header checksum moves by (RFC 1624) */
+	__u16 l4_delta;	  /* what the UDP checksum moves by */
+	__u32 hint_port;  /* source in, source out: the port to leave by, or NO_HINT */
+	__u8 hint_mac[6]; /* ... and the MAC to send to */
+	__u16 pad;
+	/* Read back by hopgate: the connection's deadline and counters. */
+	__u64 used; /* ns, CLOCK_MONOTONIC */
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct flow);
+} flows SEC(".maps");
+
+/* NAT's inside prefixes and DNAT's inside addresses: a packet from or to one
+ * may belong to a connection the fast path does not hold: the pipeline's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct route_key);
+	__type(value, __u8);
+} guard4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct route6_key);
+	__type(value, __u8);
+} guard6 SEC(".maps");
+
+/* RFC 1624 eqn. 3: a checksum ``hc`` (host order) moved by ``delta``
+ * (pipeline/nat/translate.py's adjust, without its UDP rules). */
+static __always_inline __u16 adjust(__u16 hc, __u16 delta)
 {
-	__builtin_memcpy(eth->h_dest, nb->mac, 6);
+	__u32 total = (~hc & 0xFFFF) + delta;
+
+	total = (total & 0xFFFF) + (total >> 16);
+	total = (total & 0xFFFF) + (total >> 16);
+	return ~total & 0xFFFF;
+}
+
+/* The UDP checksum at ``at`` moved by ``delta``: zero means none and stays
+ * zero; one that comes out zero is sent as 0xFFFF. */
+static __always_inline void adjust_udp(__u16 *at, __u16 delta)
+{
+	__u16 hc = bpf_ntohs(*at);
+
+	if (!hc)
+		return;
+	hc = adjust(hc, delta);
+	*at = bpf_htons(hc ? hc : 0xFFFF);
+}
+
+/* Where a frame leaves: MACs rewritten, through the devmap. */
+static __always_inline int send(struct ethhdr *eth, struct port *egress, const __u8 *mac, __u32 in,
+				__u32 out_port)
+{
+	__builtin_memcpy(eth->h_dest, mac, 6);
 	__builtin_memcpy(eth->h_source, egress->mac, 6);
 	count(in, C_FORWARDED, 0);
 	return bpf_redirect_map(&tx, out_port, XDP_PASS);
+}
+
+static __always_inline int zero16(const __u8 *a)
+{
+	__u32 any = 0;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		any |= a[i];
+	return !any;
+}
+
+/* The neighbour to send a packet to ``dst`` by (IPv4), its port in *out;
+ * hashed, on a multipath route, on the packet as it arrived.  NULL: the
+ * pipeline's. */
+static __always_inline struct neigh *next_hop4(struct iphdr *ip, __u32 dst, void *end, __u32 *out)
+{
+	struct route_key rk = { .prefixlen = 32, .addr = dst };
+	struct route *rt = bpf_map_lookup_elem(&routes4, &rk);
+	if (!rt)
+		return NULL;
+	__u32 port = rt->port, gateway = rt->gateway;
+	if (rt->count > 1) {
+		__u16 sport, dport;
+		if (hash_ports((void *)(ip + 1), end, ip->protocol, IPPROTO_ICMP, 8, 0, &sport,
+			       &dport))
+			return NULL;
+		__u32 h = flow_hash((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, sport, dport,
+				    ip->protocol, 4);
+		__u32 at = rt->group * MAX_HOPS + h % rt->count;
+		struct hop *hop = bpf_map_lookup_elem(&hops4, &at);
+		if (!hop)
+			return NULL;
+		port = hop->port;
+		gateway = hop->gateway;
+	}
+	*out = port;
+	struct neigh_key nk = { .port = port, .addr = gateway ? gateway : dst };
+	return bpf_map_lookup_elem(&neigh4, &nk);
+}
+
+static __always_inline struct neigh *next_hop6(struct ipv6hdr *ip, const __u8 *dst, void *end,
+					       __u32 *out)
+{
+	struct route6_key rk = { .prefixlen = 128 };
+	__builtin_memcpy(rk.addr, dst, 16);
+	struct route6 *rt = bpf_map_lookup_elem(&routes6, &rk);
+	if (!rt)
+		return NULL;
+	__u32 port = rt->port;
+	__u8 *gateway = rt->gateway;
+	if (rt->count > 1) {
+		__u16 sport, dport;
+		/* An extension header first: the pipeline's to walk. */
+		if (ip->nexthdr != IPPROTO_TCP && ip->nexthdr != IPPROTO_UDP &&
+		    ip->nexthdr != IPPROTO_ICMPV6)
+			return NULL;
+		if (hash_ports((void *)(ip + 1), end, ip->nexthdr, IPPROTO_ICMPV6, 128, 129, &sport,
+			       &dport))
+			return NULL;
+		__u32 h = flow_hash(ip->saddr.in6_u.u6_addr8, ip->daddr.in6_u.u6_addr8, sport,
+				    dport, ip->nexthdr, 16);
+		__u32 at = rt->group * MAX_HOPS + h % rt->count;
+		struct hop6 *hop = bpf_map_lookup_elem(&hops6, &at);
+		if (!hop)
+			return NULL;
+		port = hop->port;
+		gateway = hop->gateway;
+	}
+	*out = port;
+	struct neigh6_key nk = { .port = port };
+	if (zero16(gateway))
+		__builtin_memcpy(nk.addr, dst, 16);
+	else
+		__builtin_memcpy(nk.addr, gateway, 16);
+	return bpf_map_lookup_elem(&neigh6, &nk);
+}
+
+/* The flow a UDP datagram arrives on, if hopgate gave it to the fast path. */
+static __always_inline struct flow *udp_flow(__u8 family, const void *saddr, const void *daddr,
+					     const int w, struct udphdr *udp, void *end)
+{
+	struct flow_key fk = { .family = family, .proto = IPPROTO_UDP };
+
+	if ((void *)(udp + 1) > end)
+		return NULL;
+	__builtin_memcpy(fk.saddr, saddr, w);
+	__builtin_memcpy(fk.daddr, daddr, w);
+	__builtin_memcpy(fk.ports, udp, 4);
+	return bpf_map_lookup_elem(&flows, &fk);
+}
+
+/* A packet on a flow: counted for hopgate to read back, its ports and UDP
+ * checksum rewritten (its addresses are the caller's). */
+static __always_inline void on_flow(struct flow *fl, struct udphdr *udp, __u32 size)
+{
+	fl->used = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&fl->packets, 1);
+	__sync_fetch_and_add(&fl->bytes, size);
+	__builtin_memcpy(udp, fl->ports, 4);
+	adjust_udp(&udp->check, fl->l4_delta);
 }
 
 static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
@@ -342,51 +522,55 @@ static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 
 	__u16 total = bpf_ntohs(ip->tot_len);
 	if (total < sizeof(*ip) || (void *)ip + total > end || !header_ok(ip))
 		return pass(in);
-	/* A frame longer than its own link allows is the pipeline's to drop. */
-	if (total > ingress->mtu)
+	/* A frame longer than its own link allows is the pipeline's to drop;
+	 * Ethernet padding would be sent on as part of the frame. */
+	if (total > ingress->mtu || (void *)ip + total != end)
 		return pass(in);
 	if (ip->ttl <= 1 || martian(ip->saddr) || martian(ip->daddr))
 		return pass(in);
-	if (bpf_map_lookup_elem(&special4, &ip->saddr) || bpf_map_lookup_elem(&special4, &ip->daddr))
-		return pass(in);
-	/* Ethernet padding would be sent on as part of the frame. */
-	if ((void *)ip + total != end)
-		return pass(in);
 
-	struct route_key rk = { .prefixlen = 32, .addr = ip->daddr };
-	struct route *rt = bpf_map_lookup_elem(&routes4, &rk);
-	if (!rt)
-		return pass(in);
-	__u32 out_port = rt->port, gateway = rt->gateway;
-	if (rt->count > 1) {
-		__u16 sport, dport;
-		if (hash_ports((void *)(ip + 1), end, ip->protocol, IPPROTO_ICMP, 8, 0, &sport,
-			       &dport))
+	struct udphdr *udp = (void *)(ip + 1);
+	struct flow *fl = NULL;
+	__u32 dst = ip->daddr, out_port;
+	__u8 *mac;
+	struct neigh *nb = NULL;
+	if (ip->protocol == IPPROTO_UDP)
+		fl = udp_flow(4, &ip->saddr, &ip->daddr, 4, udp, end);
+	if (fl) {
+		/* NAT's connection: it leaves translated, as the pipeline's Side says. */
+		__builtin_memcpy(&dst, fl->addrs + 4, 4);
+	} else {
+		if (bpf_map_lookup_elem(&special4, &ip->saddr) ||
+		    bpf_map_lookup_elem(&special4, &ip->daddr))
 			return pass(in);
-		__u32 h = flow_hash((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, sport, dport,
-				    ip->protocol, 4);
-		__u32 at = rt->group * MAX_HOPS + h % rt->count;
-		struct hop *hop = bpf_map_lookup_elem(&hops4, &at);
-		if (!hop)
+		struct route_key gs = { .prefixlen = 32, .addr = ip->saddr };
+		struct route_key gd = { .prefixlen = 32, .addr = ip->daddr };
+		if (bpf_map_lookup_elem(&guard4, &gs) || bpf_map_lookup_elem(&guard4, &gd))
 			return pass(in);
-		out_port = hop->port;
-		gateway = hop->gateway;
+	}
+	if (fl && fl->hint_port != NO_HINT) {
+		out_port = fl->hint_port;
+		mac = fl->hint_mac;
+	} else {
+		nb = next_hop4(ip, dst, end, &out_port);
+		if (!nb)
+			return pass(in);
+		mac = nb->mac;
 	}
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
-	struct neigh_key nk = { .port = out_port, .addr = gateway ? gateway : ip->daddr };
-	struct neigh *nb = bpf_map_lookup_elem(&neigh4, &nk);
-	if (!nb)
-		return pass(in);
-	stamp(nb);
-
+	if (nb)
+		stamp(nb);
+	if (fl) {
+		__builtin_memcpy(&ip->saddr, fl->addrs, 8);
+		ip->check = bpf_htons(adjust(bpf_ntohs(ip->check), fl->ip_delta));
+		on_flow(fl, udp, total);
+	}
 	/* TTL - 1, the checksum updated as ipv4.decrement_ttl does (RFC 1624). */
 	ip->ttl -= 1;
-	__u32 sum = (~bpf_ntohs(ip->check) & 0xFFFF) + 0xFEFF;
-	sum = (sum & 0xFFFF) + (sum >> 16);
-	ip->check = bpf_htons(~sum & 0xFFFF);
-	return send(eth, egress, nb, in, out_port);
+	ip->check = bpf_htons(adjust(bpf_ntohs(ip->check), 0xFEFF));
+	return send(eth, egress, mac, in, out_port);
 }
 
 /* Multicast, link-local, ::, ::1: addresses the pipeline treats apart. */
@@ -402,14 +586,12 @@ static __always_inline int special_v6(const __u8 *a)
 	return !high && a[15] <= 1;
 }
 
-static __always_inline int zero16(const __u8 *a)
+static __always_inline int guarded6(const __u8 *a)
 {
-	__u32 any = 0;
+	struct route6_key k = { .prefixlen = 128 };
 
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		any |= a[i];
-	return !any;
+	__builtin_memcpy(k.addr, a, 16);
+	return bpf_map_lookup_elem(&guard6, &k) != NULL;
 }
 
 static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
@@ -423,50 +605,45 @@ static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 
 	/* No jumbogram, no padding, within both links; a hop limit to spend. */
 	if (!plen || (void *)ip + total != end || total > ingress->mtu || ip->hop_limit <= 1)
 		return pass(in);
-	if (special_v6(ip->saddr.in6_u.u6_addr8) || special_v6(ip->daddr.in6_u.u6_addr8))
-		return pass(in);
-	if (bpf_map_lookup_elem(&special6, &ip->saddr) || bpf_map_lookup_elem(&special6, &ip->daddr))
+	__u8 *saddr = ip->saddr.in6_u.u6_addr8, *daddr = ip->daddr.in6_u.u6_addr8;
+	if (special_v6(saddr) || special_v6(daddr))
 		return pass(in);
 
-	struct route6_key rk = { .prefixlen = 128 };
-	__builtin_memcpy(rk.addr, ip->daddr.in6_u.u6_addr8, 16);
-	struct route6 *rt = bpf_map_lookup_elem(&routes6, &rk);
-	if (!rt)
-		return pass(in);
-	__u32 out_port = rt->port;
-	__u8 *gateway = rt->gateway;
-	if (rt->count > 1) {
-		__u16 sport, dport;
-		/* An extension header first: the pipeline's to walk. */
-		if (ip->nexthdr != IPPROTO_TCP && ip->nexthdr != IPPROTO_UDP &&
-		    ip->nexthdr != IPPROTO_ICMPV6)
+	struct udphdr *udp = (void *)(ip + 1);
+	struct flow *fl = NULL;
+	__u8 *dst = daddr, *mac;
+	__u32 out_port;
+	struct neigh *nb = NULL;
+	if (ip->nexthdr == IPPROTO_UDP)
+		fl = udp_flow(6, saddr, daddr, 16, udp, end);
+	if (fl) {
+		dst = fl->addrs + 16;
+	} else {
+		if (bpf_map_lookup_elem(&special6, saddr) || bpf_map_lookup_elem(&special6, daddr))
 			return pass(in);
-		if (hash_ports((void *)(ip + 1), end, ip->nexthdr, IPPROTO_ICMPV6, 128, 129, &sport,
-			       &dport))
+		if (guarded6(saddr) || guarded6(daddr))
 			return pass(in);
-		__u32 h = flow_hash(ip->saddr.in6_u.u6_addr8, ip->daddr.in6_u.u6_addr8, sport,
-				    dport, ip->nexthdr, 16);
-		__u32 at = rt->group * MAX_HOPS + h % rt->count;
-		struct hop6 *hop = bpf_map_lookup_elem(&hops6, &at);
-		if (!hop)
+	}
+	if (fl && fl->hint_port != NO_HINT) {
+		out_port = fl->hint_port;
+		mac = fl->hint_mac;
+	} else {
+		nb = next_hop6(ip, dst, end, &out_port);
+		if (!nb)
 			return pass(in);
-		out_port = hop->port;
-		gateway = hop->gateway;
+		mac = nb->mac;
 	}
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
-	struct neigh6_key nk = { .port = out_port };
-	if (zero16(gateway))
-		__builtin_memcpy(nk.addr, ip->daddr.in6_u.u6_addr8, 16);
-	else
-		__builtin_memcpy(nk.addr, gateway, 16);
-	struct neigh *nb = bpf_map_lookup_elem(&neigh6, &nk);
-	if (!nb)
-		return pass(in);
-	stamp(nb);
+	if (nb)
+		stamp(nb);
+	if (fl) {
+		__builtin_memcpy(saddr, fl->addrs, 32);
+		on_flow(fl, udp, total);
+	}
 	ip->hop_limit -= 1;
-	return send(eth, egress, nb, in, out_port);
+	return send(eth, egress, mac, in, out_port);
 }
 
 SEC("xdp")

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hopgate.pipeline.conntrack import Conn, ConnTable
+from hopgate.pipeline.nat import Nat
 from hopgate.pipeline.neighbours import Entry, State
 from hopgate.pipeline.router import Router
 from hopgate.xdp.libbpf import BpfError, BpfObject, CValue
@@ -90,6 +92,34 @@ class Neigh(ctypes.Structure):
     ]
 
 
+class FlowKey(ctypes.Structure):
+    _fields_ = [
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+        ("saddr", Addr16),  # IPv4: the first 4 bytes
+        ("daddr", Addr16),
+        ("ports", ctypes.c_uint8 * 4),  # as on the wire
+    ]
+
+
+class Flow(ctypes.Structure):
+    _fields_ = [
+        ("addrs", ctypes.c_uint8 * 32),  # the new source and destination
+        ("ports", ctypes.c_uint8 * 4),
+        ("ip_delta", ctypes.c_uint16),
+        ("l4_delta", ctypes.c_uint16),
+        ("hint_port", ctypes.c_uint32),  # NO_HINT: by the routes
+        ("hint_mac", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint16),
+        ("used", ctypes.c_uint64),  # written by the program
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+    ]
+
+
+NO_HINT = 0xFFFFFFFF
+
 # Each table's (key, value) as fastpath.c declares them.
 LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "ports": (ctypes.c_uint32, Port),
@@ -104,8 +134,10 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "hops4": (ctypes.c_uint32, Hop),
     "hops6": (ctypes.c_uint32, Hop6),
     "crc_table": (ctypes.c_uint32, ctypes.c_uint32),
+    "flows": (FlowKey, Flow),
+    "guard4": (RouteKey, ctypes.c_uint8),
+    "guard6": (Route6Key, ctypes.c_uint8),
 }
-
 
 
 # The program's counters (fastpath.c's enum), by index, for each ingress port
@@ -137,10 +169,6 @@ def _crc_table() -> list[int]:
             c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
         table.append(c)
     return table
-
-
-class UnsupportedError(ValueError):
-    """The router does what this fast path cannot mirror yet."""
 
 
 class _Family(NamedTuple):
@@ -175,11 +203,9 @@ class Tables:
         self._ifindex: dict[int, int] = {}  # port -> its interface, as installed
 
     def fill(self, router: Router, ifindex: Mapping[int, int]) -> None:
-        """Mirror ``router``'s ports, routes, reachable neighbours and special
-        addresses (both families); ``ifindex``: each port's interface."""
-        if router.nat is not None:
-            # Every forwarded packet may be NAT's: not mirrored yet (issue 11).
-            raise UnsupportedError("NAT and the load balancer are not in the fast path yet")
+        """Mirror ``router``'s ports, routes, neighbours, special addresses
+        (both families) and NAT's guards into the tables; ``ifindex``: each
+        port's interface.  From then on the router notes what changes."""
         for p in router.ports:
             self.set_port(router, p.index, ifindex[p.index])
         for i, c in enumerate(_crc_table()):
@@ -207,11 +233,128 @@ class Tables:
             # From here the router notes what these tables must follow.
             fam.neighbours.changed = set()
         local = router.local
-        for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source}:
+        nat = router.nat
+        nat4 = nat.addresses[4] if nat is not None else set()
+        nat6 = nat.addresses[6] if nat is not None else set()
+        for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source, *nat4}:
             self.obj.update("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
         # Link-local addresses, hopgate's included, the program passes up by their prefix.
-        for a in local.v6:
+        for a in {*local.v6, *nat6}:
             self.obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
+        if nat is not None:
+            self._guard(nat)
+            nat.table.start_offloading()
+
+    def _guard(self, nat: Nat) -> None:
+        """NAT's inside prefixes and DNAT's inside addresses: a packet from or
+        to one that is not on a flow the program holds goes to the pipeline,
+        which may have a connection for it (or must make one)."""
+        one = ctypes.c_uint8(1)
+        for rule in nat.snat:
+            t = _FAMILIES[rule.family]
+            width = 32 if rule.family == 4 else 128
+            for network, mask in rule.prefixes:
+                plen = width - (~mask & ((1 << width) - 1)).bit_length()
+                self.obj.update(f"guard{rule.family}", t.route_key(plen, t.addr(network)), one)
+        for d in nat.dnat:
+            t = _FAMILIES[d.family]
+            plen = 32 if d.family == 4 else 128
+            self.obj.update(f"guard{d.family}", t.route_key(plen, t.addr(d.to_addr)), one)
+
+    # -- NAT's connections --------------------------------------------------------
+
+    def _flow_key(self, conn: Conn, direction: int) -> FlowKey:
+        fam, proto, src, sport, dst, dport = conn.arrives_as(direction)
+        width = 4 if fam == 4 else 16
+        return FlowKey(
+            fam,
+            proto,
+            0,
+            Addr16(*src.to_bytes(width, "big")),
+            Addr16(*dst.to_bytes(width, "big")),
+            (ctypes.c_uint8 * 4)(*sport.to_bytes(2, "big"), *dport.to_bytes(2, "big")),
+        )
+
+    def offload(self, conn: Conn) -> bool:
+        """Give both directions of ``conn`` to the program, as the pipeline's
+        Sides would translate them; False if it cannot yet (a load-balanced
+        connection's way back not known)."""
+        hops = conn.hops
+        if hops is not None and None in hops:
+            return False
+        for side in (conn.orig, conn.reply):
+            if not side.addrs:
+                side.prepare()
+            hint = hops[1 - side.direction] if hops is not None else None
+            value = Flow(
+                (ctypes.c_uint8 * 32)(*side.addrs),
+                (ctypes.c_uint8 * 4)(*side.ports),
+                side.ip_delta,
+                side.l4_delta,
+                hint.port if hint is not None else NO_HINT,
+                _mac(hint.mac) if hint is not None else _mac(bytes(6)),
+                0,
+                int(conn.expires * 1e9) + self.offset_ns,
+                0,
+                0,
+            )
+            self.obj.update("flows", self._flow_key(conn, side.direction), value)
+        return True
+
+    def sync_connections(self, table: ConnTable) -> list[BpfError]:
+        """Take back the connections ``table`` removed and hand over those it
+        marked (a load-balanced one whose way back is not known yet waits);
+        returns the updates that failed (a connection the program could not
+        take stays the pipeline's: slower, still right)."""
+        failed = []
+        for conn in table.withdrawn:
+            try:
+                self.withdraw(conn)
+            except BpfError as e:
+                failed.append(e)
+        table.withdrawn.clear()
+        pending = table.to_offload
+        if pending:
+            for conn in list(pending):
+                try:
+                    if self.offload(conn):
+                        pending.discard(conn)
+                except BpfError as e:
+                    pending.discard(conn)
+                    failed.append(e)
+        return failed
+
+    def withdraw(self, conn: Conn) -> None:
+        """Take ``conn`` back from the program (it is gone from the table)."""
+        for direction in (0, 1):
+            self.obj.delete("flows", self._flow_key(conn, direction))
+
+    def read_flows(
+        self, table: ConnTable, last: dict[tuple[Conn, int], tuple[int, int]]
+    ) -> list[BpfError]:
+        """Tell ``table`` what the program forwarded on each connection it holds
+        since the last read (``last``: the packets and bytes read before, by
+        (connection, direction), kept by the caller); returns the reads that
+        failed."""
+        failed = []
+        flow = Flow()
+        for conn in list(table.offloaded):
+            for direction in (0, 1):
+                try:
+                    if not self.obj.lookup("flows", self._flow_key(conn, direction), flow):
+                        continue
+                except BpfError as e:
+                    failed.append(e)
+                    continue
+                packets, size = last.get((conn, direction), (0, 0))
+                if flow.packets == packets:
+                    continue
+                last[(conn, direction)] = (flow.packets, flow.bytes)
+                when = (flow.used - self.offset_ns) / 1e9
+                table.seen_by_fast_path(
+                    conn, direction, when, flow.packets - packets, flow.bytes - size
+                )
+        return failed
 
     def set_port(self, router: Router, port: int, ifindex: int) -> None:
         """``port`` is up on interface ``ifindex`` with the router's MAC and MTU for it."""
