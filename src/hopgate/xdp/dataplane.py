@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hopgate.pipeline.conntrack import FAST_PATH_GRACE, Conn
+from hopgate.pipeline.conntrack import FAST_PATH_GRACE
 from hopgate.pipeline.router import Router
 from hopgate.xdp import libbpf
 from hopgate.xdp.libbpf import BpfError, BpfObject
@@ -92,7 +92,6 @@ class FastPath:
         self.mode = mode
         self.sync_errors = 0
         self._next_read = 0.0
-        self._read: dict[tuple[Conn, int], tuple[int, int]] = {}  # read_flows's memory
         self._attached: dict[int, Attached] = {}
         self.obj = BpfObject(path)
         self.tables = Tables(self.obj)
@@ -135,9 +134,6 @@ class FastPath:
             self._failed("neighbour", e)
         nat = self.router.nat
         if nat is not None:
-            for conn in nat.table.withdrawn:
-                self._read.pop((conn, 0), None)
-                self._read.pop((conn, 1), None)
             for e in self.tables.sync_connections(nat.table):
                 self._failed("connection", e)
         if now >= self._next_read:
@@ -145,7 +141,9 @@ class FastPath:
             for e in self.tables.read_use(self.router, now):
                 self._failed("neighbour use", e)
             if nat is not None:
-                for e in self.tables.read_flows(nat.table, self._read):
+                try:
+                    self.tables.read_flows(nat.table)
+                except BpfError as e:
                     self._failed("connection use", e)
 
     def link_down(self, port: int) -> None:

@@ -343,6 +343,7 @@ struct flow {
 	__u32 hint_port;  /* source in, source out: the port to leave by, or NO_HINT */
 	__u8 hint_mac[6]; /* ... and the MAC to send to */
 	__u16 pad;
+	__u32 id; /* hopgate's number for the flow, read back with what follows */
 	/* Read back by hopgate: the connection's deadline and counters. */
 	__u64 used; /* ns, CLOCK_MONOTONIC */
 	__u64 packets;

@@ -102,6 +102,7 @@ def _lib() -> ctypes.CDLL:
         ("bpf_map_lookup_elem", i, [i, vp, vp]),
         ("bpf_map_delete_elem", i, [i, vp]),
         ("bpf_map_get_next_key", i, [i, vp, vp]),
+        ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
         ("bpf_prog_test_run_opts", i, [i, ctypes.POINTER(_TestRunOpts)]),
         ("bpf_xdp_attach", i, [i, i, u32, vp]),
         ("bpf_link_create", i, [i, i, i, ctypes.POINTER(_LinkCreateOpts)]),
@@ -210,6 +211,7 @@ class BpfObject:
                 ctypes.get_errno(), f"cannot open {path}: {os.strerror(ctypes.get_errno())}"
             )
         self._obj = obj
+        self._fds: dict[str, int] = {}  # map descriptors by name, found once
         err = self._lib.bpf_object__load(obj)
         if err:
             self.close()
@@ -227,9 +229,12 @@ class BpfObject:
         self.close()
 
     def map_fd(self, name: str) -> int:
-        fd = int(self._lib.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
-        if fd < 0:
-            raise BpfError(-fd, f"no map {name!r}")
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = int(self._lib.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
+            if fd < 0:
+                raise BpfError(-fd, f"no map {name!r}")
+            self._fds[name] = fd
         return fd
 
     def map_sizes(self, name: str) -> tuple[int, int]:
@@ -285,6 +290,39 @@ class BpfObject:
             _check(err, map_name)
             out.append(key)
             prev = key
+
+    def dump(self, map_name: str, chunk: int = 4096) -> tuple[bytes, bytes]:
+        """Every entry of a hash map, a chunk of entries a system call
+        (``BPF_MAP_LOOKUP_BATCH``): its keys and its values, each packed back to
+        back in the map's sizes."""
+        fd = self.map_fd(map_name)
+        ksize, vsize = self.map_sizes(map_name)
+        keys = ctypes.create_string_buffer(ksize * chunk)
+        values = ctypes.create_string_buffer(vsize * chunk)
+        token_in, token_out = ctypes.c_uint64(0), ctypes.c_uint64(0)  # the kernel's place
+        out_k: list[bytes] = []
+        out_v: list[bytes] = []
+        first = True
+        while True:
+            count = ctypes.c_uint32(chunk)
+            err = self._lib.bpf_map_lookup_batch(
+                fd,
+                None if first else ctypes.byref(token_in),
+                ctypes.byref(token_out),
+                keys,
+                values,
+                ctypes.byref(count),
+                None,
+            )
+            if err and err != -2:  # ENOENT: the last chunk
+                _check(err, f"{map_name}: batch lookup")
+            n = count.value
+            out_k.append(keys.raw[: n * ksize])
+            out_v.append(values.raw[: n * vsize])
+            if err == -2 or n == 0:
+                return b"".join(out_k), b"".join(out_v)
+            token_in.value = token_out.value
+            first = False
 
     def percpu_sums(self, map_name: str, entries: int, first: int = 0) -> list[int]:
         """``entries`` counters from ``first`` on of a per-CPU array of u64,

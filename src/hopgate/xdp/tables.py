@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
+import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -112,6 +113,7 @@ class Flow(ctypes.Structure):
         ("hint_port", ctypes.c_uint32),  # NO_HINT: by the routes
         ("hint_mac", ctypes.c_uint8 * 6),
         ("pad", ctypes.c_uint16),
+        ("id", ctypes.c_uint32),  # hopgate's number for the flow
         ("used", ctypes.c_uint64),  # written by the program
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
@@ -119,6 +121,9 @@ class Flow(ctypes.Structure):
 
 
 NO_HINT = 0xFFFFFFFF
+# What hopgate reads back of a flow: its number, and used, packets, bytes.
+_COUNTS = struct.Struct(f"={Flow.id.offset}xI3Q")
+assert _COUNTS.size == ctypes.sizeof(Flow) and Flow.used.offset == Flow.id.offset + 4
 
 # Each table's (key, value) as fastpath.c declares them.
 LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
@@ -201,6 +206,12 @@ class Tables:
         self.obj = obj
         self.offset_ns = offset_ns
         self._ifindex: dict[int, int] = {}  # port -> its interface, as installed
+        # Each connection handed over: its flows' numbers.  Each flow by its
+        # number: (connection, direction), and what was last read of it.
+        self._ids: dict[Conn, tuple[int, int]] = {}
+        self._flows: list[tuple[Conn, int] | None] = []
+        self._last: list[tuple[int, int]] = []
+        self._free: list[int] = []
 
     def fill(self, router: Router, ifindex: Mapping[int, int]) -> None:
         """Mirror ``router``'s ports, routes, neighbours, special addresses
@@ -263,7 +274,8 @@ class Tables:
 
     # -- NAT's connections --------------------------------------------------------
 
-    def _flow_key(self, conn: Conn, direction: int) -> FlowKey:
+    @staticmethod
+    def _flow_key(conn: Conn, direction: int) -> FlowKey:
         fam, proto, src, sport, dst, dport = conn.arrives_as(direction)
         width = 4 if fam == 4 else 16
         return FlowKey(
@@ -282,6 +294,9 @@ class Tables:
         hops = conn.hops
         if hops is not None and None in hops:
             return False
+        ids = self._ids.get(conn)
+        if ids is None:
+            ids = self._ids[conn] = (self._number(conn, 0), self._number(conn, 1))
         for side in (conn.orig, conn.reply):
             if not side.addrs:
                 side.prepare()
@@ -294,6 +309,7 @@ class Tables:
                 hint.port if hint is not None else NO_HINT,
                 _mac(hint.mac) if hint is not None else _mac(bytes(6)),
                 0,
+                ids[side.direction],
                 int(conn.expires * 1e9) + self.offset_ns,
                 0,
                 0,
@@ -324,37 +340,41 @@ class Tables:
                     failed.append(e)
         return failed
 
+    def _number(self, conn: Conn, direction: int) -> int:
+        if self._free:
+            n = self._free.pop()
+            self._flows[n] = (conn, direction)
+            self._last[n] = (0, 0)
+            return n
+        self._flows.append((conn, direction))
+        self._last.append((0, 0))
+        return len(self._flows) - 1
+
     def withdraw(self, conn: Conn) -> None:
         """Take ``conn`` back from the program (it is gone from the table)."""
+        for n in self._ids.pop(conn, ()):
+            self._flows[n] = None
+            self._free.append(n)
         for direction in (0, 1):
             self.obj.delete("flows", self._flow_key(conn, direction))
 
-    def read_flows(
-        self, table: ConnTable, last: dict[tuple[Conn, int], tuple[int, int]]
-    ) -> list[BpfError]:
+    def read_flows(self, table: ConnTable) -> None:
         """Tell ``table`` what the program forwarded on each connection it holds
-        since the last read (``last``: the packets and bytes read before, by
-        (connection, direction), kept by the caller); returns the reads that
-        failed."""
-        failed = []
-        flow = Flow()
-        for conn in list(table.offloaded):
-            for direction in (0, 1):
-                try:
-                    if not self.obj.lookup("flows", self._flow_key(conn, direction), flow):
-                        continue
-                except BpfError as e:
-                    failed.append(e)
-                    continue
-                packets, size = last.get((conn, direction), (0, 0))
-                if flow.packets == packets:
-                    continue
-                last[(conn, direction)] = (flow.packets, flow.bytes)
-                when = (flow.used - self.offset_ns) / 1e9
-                table.seen_by_fast_path(
-                    conn, direction, when, flow.packets - packets, flow.bytes - size
-                )
-        return failed
+        since the last read: the whole table read in a few system calls, each
+        flow's counters compared with what was read before."""
+        _, values = self.obj.dump("flows")
+        flows, last = self._flows, self._last
+        for n, used, packets, size in _COUNTS.iter_unpack(values):
+            before = last[n] if n < len(last) else (packets, size)
+            if packets == before[0]:
+                continue
+            held = flows[n]
+            if held is None:
+                continue  # withdrawn meanwhile
+            last[n] = (packets, size)
+            conn, direction = held
+            when = (used - self.offset_ns) / 1e9
+            table.seen_by_fast_path(conn, direction, when, packets - before[0], size - before[1])
 
     def set_port(self, router: Router, port: int, ifindex: int) -> None:
         """``port`` is up on interface ``ifindex`` with the router's MAC and MTU for it."""
