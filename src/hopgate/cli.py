@@ -166,7 +166,13 @@ def _relay_range(name: str) -> click.FloatRange | click.IntRange:
 @click.option(
     "--dry-run", is_flag=True, help="Check and count, log what would be relayed, send nothing."
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log every message and what became of it.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log every message and what became of it (with the eBPF filter, what it"
+    " refuses is counted, not logged).",
+)
 @click.option(
     "-s",
     "--socket",
@@ -176,6 +182,15 @@ def _relay_range(name: str) -> click.FloatRange | click.IntRange:
     help="Admin socket (hopgate status -s reads it).",
 )
 @click.option("--metrics", metavar="ADDR:PORT", help="Also serve /metrics over HTTP.")
+@click.option(
+    "--filter",
+    "filter_mode",
+    type=click.Choice(["auto", "ebpf", "classic"]),
+    default="auto",
+    show_default=True,
+    help="Capture filter: eBPF (checks and limits in the kernel), classic (limits in"
+    " the relay), or eBPF where it loads.",
+)
 def relay(
     interfaces: tuple[str, ...],
     peers: tuple[str, ...],
@@ -191,6 +206,7 @@ def relay(
     verbose: bool,
     socket_path: str,
     metrics: str | None,
+    filter_mode: str,
 ) -> None:
     """Relay fragmentation needed and Packet Too Big to the other servers behind an
     ECMP router (for Linux servers sharing an address, as Cloudflare's pmtud)."""
@@ -226,7 +242,7 @@ def relay(
         mark=mark,
     )
     opts = relayd.RelayOptions(
-        interfaces, settings, peer_addrs, dry_run, verbose, socket_path, listen
+        interfaces, settings, peer_addrs, dry_run, verbose, socket_path, listen, filter_mode
     )
     try:
         relayd.run(opts)

@@ -23,7 +23,7 @@ from typing import Any
 
 from hopgate import __version__
 from hopgate.control.admin import AdminServer
-from hopgate.io.capture import InterfaceError, interface_mac
+from hopgate.io.capture import FilterError, InterfaceError, interface_mac
 from hopgate.io.peers import PeerTable
 from hopgate.io.relayloop import RelayLoop
 from hopgate.pipeline.model import IPAddress
@@ -48,6 +48,7 @@ class RelayOptions:
     verbose: bool = False
     socket_path: str = DEFAULT_SOCKET
     metrics: tuple[str, int] | None = None
+    filter_mode: str = "auto"  # the capture filter: "auto", "ebpf", "classic" (io/relayloop.py)
 
 
 class RelayDaemon:
@@ -70,6 +71,7 @@ class RelayDaemon:
             opts.settings.mark,
             dry_run=opts.dry_run,
             verbose=opts.verbose,
+            filter_mode=opts.filter_mode,
         )
 
     @property
@@ -95,6 +97,9 @@ class RelayDaemon:
                 "ports": sorted(s.ports),
                 "mark": s.mark,
             },
+            # "ebpf": checks and limits in the kernel; "classic": here (and why)
+            "filter": self.loop.filter_name,
+            "filter_note": self.loop.filter_note,
             "interfaces": self.loop.interfaces_state(),
             "peers": self.peers.describe(),
             "send_errors": self.loop.send_errors,
@@ -109,7 +114,7 @@ class RelayDaemon:
         try:
             try:
                 loop.open()
-            except InterfaceError as e:
+            except (InterfaceError, FilterError) as e:
                 raise RelayError(str(e)) from None
             admin.start()
             loop.mailbox.install_signal_handlers()
@@ -117,7 +122,7 @@ class RelayDaemon:
                 time.sleep(PEER_ANSWER_WAIT)
                 self.peers.refresh()
             log.info(
-                "hopgate relay %s on %s: %s%s; admin socket %s",
+                "hopgate relay %s on %s: %s%s; %s; admin socket %s",
                 __version__,
                 ", ".join(opts.interfaces),
                 self.mode
@@ -127,6 +132,9 @@ class RelayDaemon:
                     else ""
                 ),
                 " (dry run: nothing is sent)" if opts.dry_run else "",
+                "checks and limits in the kernel (eBPF filter)"
+                if loop.filter_name == "ebpf"
+                else "classic filter, limits here",
                 opts.socket_path,
             )
             loop.run()

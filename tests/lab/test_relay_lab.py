@@ -161,8 +161,12 @@ def test_a_marked_copy_sent_by_unicast_is_not_relayed_again(servers: EcmpLab) ->
     assert 1 <= after["relayed"] - before["relayed"] <= 1 + background
 
 
-def test_rate_limits_hold_under_a_flood_of_fake_errors(servers: EcmpLab) -> None:
-    servers.start_relays()
+@pytest.mark.parametrize("kind", ["ebpf", "classic"])
+def test_rate_limits_hold_under_a_flood_of_fake_errors(servers: EcmpLab, kind: str) -> None:
+    # The limits in the kernel (the eBPF filter, where it loads: the default)
+    # or in the relay (the classic filter): the same counts.
+    servers.start_relays("--filter", kind)
+    assert servers.status("n2")["filter"] == kind
     time.sleep(1.1)  # full buckets
     mac = _mac(servers, "n2")
     before = {n: counters(servers, n) for n in NODES}
@@ -196,6 +200,7 @@ def test_rate_limits_hold_under_a_flood_of_fake_errors(servers: EcmpLab) -> None
     from_r1 = sum(_icmp_out(servers.ns("r1"))) - sum(r1_before)
     others = sum(counters(servers, n)["seen"] - before[n]["seen"] for n in ("n1", "n3"))
     assert others <= from_r1, (others, from_r1)
+    servers.start_relays()
 
 
 def test_insane_mtus_and_missing_quotes_are_dropped_and_counted(servers: EcmpLab) -> None:
@@ -269,6 +274,7 @@ def test_the_relays_state_in_status_and_metrics(servers: EcmpLab) -> None:
     cmd = [sys.executable, "-m", "hopgate", "status", "-s", servers.socket_of("n1")]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "hopgate relay" in text and "PMTU messages" in text and "eth0" in text
+    assert "filter: eBPF, checks and rate limits in the kernel" in text
     metrics = fetch(servers.socket_of("n1"), "/metrics").decode()
     assert 'hopgate_relay_seen_total{interface="eth0"}' in metrics
     assert 'hopgate_relay_relayed_total{interface="eth0"}' in metrics

@@ -28,6 +28,8 @@ def test_bad_ports_rates_mtus_and_peers_are_explained() -> None:
     assert code == 1 and "--peer: 'server-2' does not appear to be an IPv4 or IPv6 address" in out
     code, out = relay("-i", "eth0", "--mark", "64")
     assert code == 2 and "--mark" in out
+    code, out = relay("-i", "eth0", "--filter", "fast")
+    assert code == 2 and "'fast' is not one of 'auto', 'ebpf', 'classic'" in out
 
 
 def test_an_interface_that_is_not_there() -> None:

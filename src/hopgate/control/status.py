@@ -229,6 +229,10 @@ def render_relay(state: dict[str, Any], console: Console) -> None:
         f" {s['iface_rate']:g}/s per interface (burst {s['iface_burst']:g});"
         f" MTU {mtu}; ports {ports}; mark DSCP {s['mark']}"
     )
+    if state.get("filter") == "ebpf":
+        console.print("filter: eBPF, checks and rate limits in the kernel")
+    elif "filter" in state:
+        console.print(f"filter: classic, rate limits in the relay ({state['filter_note']})")
     console.print(relay_table(state["interfaces"], "PMTU messages"))
     if state["peers"]:
         t = Table(title="Peers", title_justify="left")

@@ -1,15 +1,18 @@
 """Capturing fragmentation needed and Packet Too Big on a live Linux interface, for
-the standalone relay: an AF_PACKET socket with a classic BPF filter, so that the
-kernel wakes the relay only for the frames it wants, next to the kernel's own
-stack (which still gets every frame).
+the standalone relay: an AF_PACKET socket with a filter, so that the kernel
+wakes the relay only for the frames it wants, next to the kernel's own stack
+(which still gets every frame).
 
-The filter passes a frame only if
+The filter is the eBPF program xdp/relayfilter.c when the relay could load it
+(io/relayloop.py decides; xdp/relayfilter.py loads it): it passes only what the
+relay will relay, its checks and rate limits done in the kernel.  Otherwise it
+is the classic BPF program below, which passes a frame only if
 - it came in addressed to this host (packet type PACKET_HOST: not sent by this
   host, not to the link-layer broadcast or a multicast address — relayed copies
   go to the broadcast address, so they are never captured again),
 - it is IPv4 ICMP type 3 code 4, not a later fragment, or IPv6 with ICMPv6 type 2
-  code 0 right after the header (routers add no extension headers to errors).
-The relay checks the rest in Python (pipeline/relay.py).
+  code 0 right after the header (routers add no extension headers to errors);
+the relay then checks and meters the rest in Python (pipeline/relay.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from hopgate.io.afpacket import (
 from hopgate.packet import ethernet
 
 SO_ATTACH_FILTER = 26
+SO_ATTACH_BPF = 50
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 BPF_LD_W_ABS = 0x20
@@ -102,6 +106,18 @@ def attach(sock: socket.socket, program: list[Insn]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
 
 
+class FilterError(Exception):
+    """The kernel refused to attach the eBPF filter to a socket."""
+
+
+def attach_program(sock: socket.socket, prog_fd: int) -> None:
+    """Attach the eBPF socket filter program ``prog_fd`` (SO_ATTACH_BPF)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
+    except OSError as e:
+        raise FilterError(f"attaching the eBPF filter: {e.strerror}") from None
+
+
 class InterfaceError(Exception):
     """The interface named is not there, or is not Ethernet."""
 
@@ -119,15 +135,19 @@ def interface_mac(ifname: str) -> bytes:
 
 
 class CaptureSocket:
-    """Frames that pass the filter, on one interface; also sends frames there."""
+    """Frames that pass the filter, on one interface; also sends frames there.
+    ``program``: the eBPF filter's descriptor, else the classic filter."""
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, program: int | None = None) -> None:
         self.ifname = ifname
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             # The filter goes on before the socket is bound: it never sees a frame
             # the filter would have refused.
-            attach(s, pmtu_filter())
+            if program is None:
+                attach(s, pmtu_filter())
+            else:
+                attach_program(s, program)
             with contextlib.suppress(OSError):
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             set_buffers(s, receive=True, send=False)  # a burst of errors waits, not dropped

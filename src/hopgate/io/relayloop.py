@@ -5,6 +5,12 @@ shares (io/reactor.py); ``hopgate relay``'s wiring is relayd.py.
 
 A copy goes out as a link-layer broadcast on the interface the message came in
 on, or, with peers configured (io/peers.py), to the MAC of each peer.
+
+The capture sockets' filter is the eBPF program xdp/relayfilter.c when it can
+be loaded and attached (``filter_mode`` "auto"; "ebpf": it must be, "classic":
+never): it does the relay's checks and rate limits in the kernel, so the relay
+only checks again what it admitted, and reads its refusals from its counters.
+Otherwise the classic filter, with the limits applied here (pipeline/relay.py).
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from hopgate.io.capture import CaptureSocket, InterfaceError
+from hopgate.io.capture import CaptureSocket, FilterError, InterfaceError
 from hopgate.io.peers import PeerTable
 from hopgate.io.reactor import Reactor
 from hopgate.packet import ethernet
 from hopgate.pipeline.relay import PmtuMessage, Relay, relayed_copy
+from hopgate.xdp.relayfilter import PASSED, FilterUnavailableError, RelayFilter, refused
 
 # The relay's log lines keep the name they have always had (operators filter on it).
 log = logging.getLogger("hopgate.relayd")
@@ -42,6 +50,7 @@ class RelayLoop:
         *,
         dry_run: bool = False,
         verbose: bool = False,
+        filter_mode: str = "auto",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.relay = relay
@@ -55,18 +64,60 @@ class RelayLoop:
         self.reactor = Reactor(clock)
         self.mailbox = self.reactor.mailbox
         self.sockets: list[CaptureSocket] = []
+        self.filter_mode = filter_mode
+        self.kernel: RelayFilter | None = None  # the eBPF filter, when it is the filter
+        self.filter_name = "classic"  # or "ebpf", once open
+        self.filter_note = ""  # why the classic filter, when it is
         self.send_errors = 0
         self._last_seen = [0] * len(interfaces)
         self._next_refresh = self._next_summary = 0.0
 
     def open(self) -> None:
         """A capture socket on every interface (raises InterfaceError naming the
-        one that cannot be captured on)."""
+        one that cannot be captured on), with the eBPF filter if it can be had
+        and is wanted (FilterError if it cannot be and must)."""
+        if self.filter_mode == "classic":
+            self.filter_note = "asked for"
+        else:
+            try:
+                self.kernel = RelayFilter(self.relay.settings, self._ifindexes())
+                self._open_sockets(self.kernel.prog_fd)
+            except (FilterUnavailableError, FilterError) as e:
+                self._close_sockets_and_filter()
+                if self.filter_mode == "ebpf":
+                    raise FilterError(f"the eBPF filter: {e}") from None
+                self.filter_note = str(e)
+                log.warning(
+                    "the eBPF filter cannot be used (%s): the classic filter, limits in Python", e
+                )
+        if self.kernel is None:
+            self._open_sockets(None)
+        else:
+            self.filter_name = "ebpf"
+
+    def _ifindexes(self) -> list[int]:
+        out = []
         for name in self.interfaces:
             try:
-                self.sockets.append(CaptureSocket(name))
+                out.append(socket.if_nametoindex(name))
             except OSError as e:
                 raise InterfaceError(f"{name}: cannot capture ({e.strerror})") from None
+        return out
+
+    def _open_sockets(self, program: int | None) -> None:
+        for name in self.interfaces:
+            try:
+                self.sockets.append(CaptureSocket(name, program))
+            except OSError as e:
+                raise InterfaceError(f"{name}: cannot capture ({e.strerror})") from None
+
+    def _close_sockets_and_filter(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets = []
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
 
     def run(self) -> None:
         for i, sock in enumerate(self.sockets):
@@ -79,13 +130,21 @@ class RelayLoop:
     def close(self) -> None:
         for s in self.sockets:
             s.close()
+        if self.kernel is not None:
+            self._read_kernel()  # its last counts, for the final summary
+            self.kernel.close()  # (the sockets held the program: it went with them)
+            self.kernel = None
         self.reactor.close()
 
     def interfaces_state(self) -> list[dict[str, Any]]:
-        """Each interface's counters, for status (the kernel's drops folded in)."""
+        """Each interface's counters, for status (the kernel's drops folded in;
+        with the eBPF filter, also what it admitted: relayed, unless missed)."""
+        admitted = self._read_kernel()
         rows = self.relay.snapshot(list(self.interfaces))
         for row, sock in zip(rows, self.sockets, strict=False):
             row["missed"] = sock.update_stats()
+        for row, n in zip(rows, admitted, strict=False):
+            row["admitted"] = n
         return rows
 
     # -- timers ------------------------------------------------------------------------
@@ -103,15 +162,28 @@ class RelayLoop:
             self.summary()
             self._next_summary = now + SUMMARY_EVERY
 
+    def _read_kernel(self) -> list[int]:
+        """The eBPF filter's refusals into the relay's counters; what it
+        admitted, per interface (none without it)."""
+        admitted = []
+        if self.kernel is not None:
+            for i, c in enumerate(self.relay.counters):
+                counts = self.kernel.counts(i)
+                c.kernel_dropped = refused(counts)
+                admitted.append(counts[PASSED])
+        return admitted
+
     def summary(self, final: bool = False) -> None:
         """A line in the log for what changed since the last (everything, at exit)."""
+        self._read_kernel()
         parts = []
         for i, (c, name) in enumerate(zip(self.relay.counters, self.interfaces, strict=True)):
-            changed = c.seen != self._last_seen[i]
-            self._last_seen[i] = c.seen
+            seen, drops = c.totals()
+            changed = seen != self._last_seen[i]
+            self._last_seen[i] = seen
             if changed or final:
-                dropped = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items())) or "none"
-                parts.append(f"{name}: seen {c.seen}, relayed {c.relayed}, not relayed: {dropped}")
+                dropped = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
+                parts.append(f"{name}: seen {seen}, relayed {c.relayed}, not relayed: {dropped}")
         if parts:
             log.info("relay%s: %s", " (final)" if final else "", "; ".join(parts))
 
@@ -123,7 +195,10 @@ class RelayLoop:
             frame = sock.receive()
             if frame is None:
                 return
-            got = self.relay.consider(frame, i, self.clock())
+            if self.kernel is not None:
+                got = self.relay.consider_admitted(frame, i)
+            else:
+                got = self.relay.consider(frame, i, self.clock())
             if not isinstance(got, PmtuMessage):
                 if self.verbose:
                     log.info("%s: not relayed (%s): %s", sock.ifname, got, _describe_frame(frame))

@@ -19,6 +19,13 @@ What keeps this safe:
 
 Pure: a frame, an interface index and the time in; a verdict out.  Used by the
 standalone ``hopgate relay`` and by hopgate's load balancer nodes.
+
+This module is also the specification of ``hopgate relay``'s eBPF socket
+filter (xdp/relayfilter.c), which does all of the above in the kernel: given
+frames that filter admitted, ``consider_admitted`` checks them again but
+meters nothing (the kernel's buckets did, on its clock: a second bucket here
+could refuse what they admitted), and the filter's refusals are folded into
+the counters (``RelayCounters.kernel_dropped``).
 """
 
 from __future__ import annotations
@@ -83,6 +90,13 @@ class RelayCounters:
     seen: int = 0
     relayed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    # What a kernel filter refused before the relay saw it, by reason (its
+    # totals, as last read): seen, and not relayed, all the same.
+    kernel_dropped: Counter[str] = field(default_factory=Counter)
+
+    def totals(self) -> tuple[int, Counter[str]]:
+        """Seen, and not relayed by reason, the kernel filter's refusals included."""
+        return self.seen + sum(self.kernel_dropped.values()), self.dropped + self.kernel_dropped
 
 
 class Relay:
@@ -98,12 +112,20 @@ class Relay:
         """Whether the frame that arrived on ``iface`` is to be relayed: the
         message if so (counted as relayed), else why not (counted, unless it is
         no fragmentation needed / Packet Too Big at all)."""
+        return self._consider(frame, iface, now)
+
+    def consider_admitted(self, frame: Buffer, iface: int) -> PmtuMessage | RelayDrop:
+        """The same for a frame that a kernel filter doing all of ``consider``
+        (xdp/relayfilter.c) admitted: checked again, counted, not metered."""
+        return self._consider(frame, iface, None)
+
+    def _consider(self, frame: Buffer, iface: int, now: float | None) -> PmtuMessage | RelayDrop:
         got = self._check(frame)
         if got is RelayDrop.NOT_PMTU:
             return got
         counters = self.counters[iface]
         counters.seen += 1
-        if not isinstance(got, RelayDrop):
+        if not isinstance(got, RelayDrop) and now is not None:
             got = self._admit(got, iface, now)
         if isinstance(got, RelayDrop):
             counters.dropped[got] += 1
@@ -149,15 +171,13 @@ class Relay:
         return msg
 
     def snapshot(self, names: list[str]) -> list[dict[str, object]]:
-        return [
-            {
-                "interface": name,
-                "seen": c.seen,
-                "relayed": c.relayed,
-                "dropped": dict(c.dropped),
-            }
-            for name, c in zip(names, self.counters, strict=True)
-        ]
+        rows: list[dict[str, object]] = []
+        for name, c in zip(names, self.counters, strict=True):
+            seen, dropped = c.totals()
+            rows.append(
+                {"interface": name, "seen": seen, "relayed": c.relayed, "dropped": dict(dropped)}
+            )
+        return rows
 
 
 def read(frame: Buffer) -> PmtuMessage | RelayDrop:

@@ -357,3 +357,23 @@ class BpfObject:
         if err:
             raise BpfError(-err, f"test run of {prog}: {os.strerror(-err)}")
         return RunResult(opts.retval, data_out.raw[: opts.data_size_out])
+
+
+# -- socket filters (hopgate relay's, xdp/relayfilter.c) ---------------------------------
+
+
+def run_socket_filter(prog_fd: int, data: bytes) -> int:
+    """Run a socket filter program once on ``data`` and return what it returned
+    (0: not delivered; else the length to deliver).  The kernel makes a buffer
+    of ``data`` as received on ``lo``: it takes the first 14 bytes as the
+    Ethernet header (their destination MAC sets the packet type: the zero MAC is
+    ``lo``'s own, PACKET_HOST) and the program sees what follows."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(buf, ctypes.c_void_p),
+        data_size_in=len(data),
+        repeat=1,
+    )
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test run")
+    return int(opts.retval)
