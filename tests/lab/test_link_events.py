@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hopgate.control.admin import AdminError
 from hopgate.lab import tools
 from hopgate.lab.netns import Process
 from hopgate.lab.topologies import ADDR, RouterLab
@@ -28,7 +29,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[RouterLab]:
 
 
 def _uplink(lab: RouterLab) -> dict[str, Any]:
-    status = lab.status()
+    try:
+        status = lab.status()
+    except AdminError as e:
+        out = lab.hopgate.output()[-3000:] if lab.hopgate is not None else ""
+        pytest.fail(f"{lab.gateway} ({lab.gw.name}) does not answer: {e}\n{out}")
     found: list[dict[str, Any]] = [i for i in status["interfaces"] if i["name"] == UPLINK]
     return found[0]
 

@@ -111,7 +111,7 @@ class Loop:
 
     def _end_of_turn(self) -> None:
         if self.fastpath is not None:
-            self.fastpath.sync(self.clock())
+            self._fast("sync", self.fastpath.sync, self.clock())
         # Logged before the admin API is answered: what a status shows has been
         # logged by then.
         news = self.router.events
@@ -156,7 +156,7 @@ class Loop:
                 sock.close()
                 self._execute(self.router.link_down(port))
                 if self.fastpath is not None:
-                    self.fastpath.link_down(port)
+                    self._fast(f"{name} down", self.fastpath.link_down, port)
                 log.warning("%s: %s, not forwarding there", name, change.why)
             elif change.kind == "prepare":
                 log.info("%s: re-created (index %d), taking it", name, info.index)
@@ -185,10 +185,20 @@ class Loop:
                     continue
                 self._register(port)
                 if self.fastpath is not None:
-                    self.fastpath.link_up(port, info.index)
+                    self._fast(f"{name} up", self.fastpath.link_up, port, info.index)
                 if note is not None:
                     log.warning("%s: %s; adopted", name, note)
                 log.info("%s: %s, forwarding resumed", name, change.why)
+
+    def _fast(self, what: str, step: Callable[..., None], *args: Any) -> None:
+        """A step of the fast path's upkeep; a bug there is logged and counted,
+        never stops the router (the program passes up what it has no entry for)."""
+        try:
+            step(*args)
+        except Exception:  # no link event or timer may stop the router
+            self.internal_errors += 1
+            if self.internal_errors <= 10 or self.internal_errors % 1000 == 0:
+                log.exception("internal error in the fast path's upkeep (%s)", what)
 
     def link_status(self, port: int) -> dict[str, Any] | None:
         """The port's link as the events left it, for status (None without events)."""
