@@ -30,6 +30,7 @@ from hopgate.lab.topologies import (
     KERNEL_ROUTER,
     LAB_ICMP_SETTINGS,
     admin,
+    dataplane_section,
     interface,
     route,
     serve_http,
@@ -238,7 +239,7 @@ class LbLab(Topology):
             lab.pass_xdp(ra, "ra-g")
             lab.pass_xdp(rb, "rb-g")
             lab.pass_xdp(lan, "p0")
-        extra = dumps(merge({"dataplane": {"mode": self.dataplane}}, self.extra_config))
+        extra = dumps(merge(dataplane_section(self.dataplane), self.extra_config))
         self.config_path.write_text(lb_config(self.admin_socket, extra))
         self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
         lab.note(topology="lb", mode="hopgate", admin_socket=self.admin_socket)

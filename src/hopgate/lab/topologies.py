@@ -86,6 +86,13 @@ def route(prefix: str, *via: str) -> Table:
     return {"prefix": prefix, "via": list(via)}
 
 
+def dataplane_section(mode: str) -> Table:
+    """``[dataplane]`` for ``mode``; none for AF_PACKET, the default (so that a
+    tree from before the section, run by ``bench/forwarding.py --before``, takes
+    the config too)."""
+    return {} if mode == "afpacket" else {"dataplane": {"mode": mode}}
+
+
 def admin(socket: str) -> Table:
     """The ``[admin]`` table."""
     return {"socket": socket}
@@ -194,8 +201,8 @@ class RouterLab(Topology):
             gw.route("198.18.3.0/24", a.r1_d4)
             gw.route("2001:2:0:3::/64", a.r1_d6)
         else:
-            icmp = dumps(merge({"dataplane": {"mode": self.dataplane}}, self.icmp_config))
-            self.config_path.write_text(hopgate_config(self.admin_socket, icmp=icmp))
+            extra = dumps(merge(dataplane_section(self.dataplane), self.icmp_config))
+            self.config_path.write_text(hopgate_config(self.admin_socket, icmp=extra))
             self.start_hopgate()
         if servers:
             self._start_servers()
@@ -394,7 +401,7 @@ class NatLab(Topology):
             if self.dataplane == "xdp":
                 lab.pass_xdp(lan, "p0")
                 lab.pass_xdp(r1, "r1-d")
-            extra = dumps(merge({"dataplane": {"mode": self.dataplane}}, extra_config))
+            extra = dumps(merge(dataplane_section(self.dataplane), extra_config))
             self.config_path.write_text(nat_config(self.admin_socket, extra))
             self.hopgate = start_hopgate(gw, self.config_path, self.admin_socket)
         if servers:

@@ -1,15 +1,18 @@
-"""Attach an XDP program that passes every frame to an interface of this
-network namespace, natively, until the interface goes.
+"""Attach an XDP program with one verdict for every frame to interfaces of
+this network namespace, natively, until the interfaces go.
 
-A veth drops what an XDP program redirects into it unless its peer has an XDP
-program (or GRO) — the labs turn GRO off, so the neighbours of hopgate's
-interfaces get this one when hopgate runs its fast path natively.
+A veth drops what an XDP program redirects or sends into it (XDP_TX) unless its
+peer has an XDP program (or GRO), and the labs turn GRO off: the neighbours of
+hopgate's interfaces get one that passes everything when hopgate runs its fast
+path natively, and so do the benchmark's hosts.  ``--drop`` makes a cheap sink.
+An interface that has a native program already keeps it.
 
-    python -m hopgate.lab.xdppass IFNAME...
+    python -m hopgate.lab.xdppass [--drop] IFNAME...
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import sys
@@ -17,14 +20,27 @@ import sys
 from hopgate.xdp import libbpf
 
 
-def attach_pass(names: list[str]) -> None:
-    fd = libbpf.load_instructions("hopgate_lab_pass", libbpf.verdict_program(libbpf.XDP_PASS))
+def attach(names: list[str], verdict: int = libbpf.XDP_PASS) -> None:
+    fd = libbpf.load_instructions("hopgate_lab_xdp", libbpf.verdict_program(verdict))
     try:
         for name in names:
-            libbpf.attach(socket.if_nametoindex(name), fd, "native")
+            ifindex = socket.if_nametoindex(name)
+            current = libbpf.attached_id(ifindex, "native")
+            if current:
+                print(f"{name} has XDP program {current} already: left as it is", file=sys.stderr)
+                continue
+            libbpf.attach(ifindex, fd, "native")
     finally:
         os.close(fd)  # the attachments hold the program
 
 
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Attach a one-verdict XDP program.")
+    ap.add_argument("--drop", action="store_true", help="drop every frame (a sink)")
+    ap.add_argument("ifnames", nargs="+")
+    args = ap.parse_args()
+    attach(args.ifnames, libbpf.XDP_DROP if args.drop else libbpf.XDP_PASS)
+
+
 if __name__ == "__main__":
-    attach_pass(sys.argv[1:])
+    main()

@@ -106,7 +106,6 @@ def _lib() -> ctypes.CDLL:
         ("bpf_prog_test_run_opts", i, [i, ctypes.POINTER(_TestRunOpts)]),
         ("bpf_xdp_attach", i, [i, i, u32, vp]),
         ("bpf_link_create", i, [i, i, i, ctypes.POINTER(_LinkCreateOpts)]),
-        ("bpf_xdp_detach", i, [i, u32, vp]),
         ("bpf_xdp_query_id", i, [i, i, ctypes.POINTER(u32)]),
         ("bpf_prog_load", i, [i, ctypes.c_char_p, ctypes.c_char_p, vp, ctypes.c_size_t, vp]),
         ("libbpf_num_possible_cpus", i, []),
@@ -146,14 +145,10 @@ def link(ifindex: int, prog_fd: int, mode: str) -> int:
 
 def attach(ifindex: int, prog_fd: int, mode: str) -> None:
     """Attach the XDP program ``prog_fd`` to interface ``ifindex`` in ``mode``
-    until ``detach`` (or the interface goes): it outlives this process.  For the
+    until the interface goes: it outlives this process.  For the
     labs' and benchmarks' helper programs; refuses if there is one already."""
     flags = ATTACH_FLAGS[mode] | XDP_FLAGS_UPDATE_IF_NOEXIST
     _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), f"attaching to {ifindex}")
-
-
-def detach(ifindex: int, mode: str) -> None:
-    _check(lib().bpf_xdp_detach(ifindex, ATTACH_FLAGS[mode], None), f"detaching from {ifindex}")
 
 
 def attached_id(ifindex: int, mode: str) -> int:
