@@ -186,18 +186,24 @@ class _Family(NamedTuple):
     hop: type[ctypes.Structure]
     neighs: str
     neigh_key: type[ctypes.Structure]
+    guard: str
+    width: int  # bits in an address
     addr: Callable[[int], Any]
 
 
 _FAMILIES = {
-    4: _Family("routes4", RouteKey, Route, "hops4", Hop, "neigh4", NeighKey, _be),
-    6: _Family("routes6", Route6Key, Route6, "hops6", Hop6, "neigh6", Neigh6Key, _a16),
+    4: _Family("routes4", RouteKey, Route, "hops4", Hop, "neigh4", NeighKey, "guard4", 32, _be),
+    6: _Family(
+        "routes6", Route6Key, Route6, "hops6", Hop6, "neigh6", Neigh6Key, "guard6", 128, _a16
+    ),
 }
 
 
 class Tables:
     """The program's tables, kept as the router's state: filled whole at start,
-    then port by port (link events) and neighbour by neighbour (``sync``)."""
+    then port by port (link events), neighbour by neighbour (``sync``) and
+    connection by connection (``sync_connections``); what the program did read
+    back (``read_use``, ``read_flows``)."""
 
     def __init__(self, obj: BpfObject, offset_ns: int = 0) -> None:
         """``offset_ns``: the program's clock (``bpf_ktime_get_ns``,
@@ -263,14 +269,12 @@ class Tables:
         one = ctypes.c_uint8(1)
         for rule in nat.snat:
             t = _FAMILIES[rule.family]
-            width = 32 if rule.family == 4 else 128
             for network, mask in rule.prefixes:
-                plen = width - (~mask & ((1 << width) - 1)).bit_length()
-                self.obj.update(f"guard{rule.family}", t.route_key(plen, t.addr(network)), one)
+                plen = t.width - (~mask & ((1 << t.width) - 1)).bit_length()
+                self.obj.update(t.guard, t.route_key(plen, t.addr(network)), one)
         for d in nat.dnat:
             t = _FAMILIES[d.family]
-            plen = 32 if d.family == 4 else 128
-            self.obj.update(f"guard{d.family}", t.route_key(plen, t.addr(d.to_addr)), one)
+            self.obj.update(t.guard, t.route_key(t.width, t.addr(d.to_addr)), one)
 
     # -- NAT's connections --------------------------------------------------------
 
