@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.livegen import PER_CALL, udp4
+from bench.quiet import busy_elsewhere, wait_for_quiet
 from bench.report import replace_section
 from hopgate.lab.netns import LabError, Namespace, Process
 from hopgate.lab.topologies import ADDR, NatLab, RouterLab
@@ -628,49 +629,6 @@ def _before_note(rounds: Rounds) -> str:
     )
 
 
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _kin(pid: int) -> bool:
-    """Whether ``pid`` is this process, one of its ancestors or descendants."""
-    me = os.getpid()
-    ancestors = set()
-    p = me
-    while p > 1:
-        ancestors.add(p)
-        p = _ppid(p)
-    if pid in ancestors:
-        return True
-    p = pid
-    while p > 1:
-        if p == me:
-            return True
-        p = _ppid(p)
-    return False
-
-
-def _busy_elsewhere() -> list[str]:
-    """Tests and other benchmarks running besides this one: they share the CPUs."""
-    out = subprocess.run(
-        ["pgrep", "-af", r"pytest|bench\."], capture_output=True, text=True, check=False
-    )
-    return [line for line in out.stdout.splitlines() if not _kin(int(line.split()[0]))]
-
-
-def _wait_for_quiet() -> None:
-    """Wait while tests or other benchmarks run."""
-    busy = _busy_elsewhere()
-    if busy:
-        print("bench: waiting for these to finish:\n  " + "\n  ".join(busy), flush=True)
-    while busy:
-        time.sleep(5)
-        busy = _busy_elsewhere()
-
-
 def _measure_quietly(
     shape: str, mode: str, args: argparse.Namespace, flows: int, tree: Path | None
 ) -> Result:
@@ -678,9 +636,9 @@ def _measure_quietly(
     for attempt in range(30):
         if attempt:
             time.sleep(10)
-        _wait_for_quiet()
+        wait_for_quiet()
         r = measure(shape, mode, args.seconds, args.warmup, flows, tree, args.per_call)
-        tests = _busy_elsewhere()
+        tests = busy_elsewhere()
         if r.foreign_cpu < FOREIGN_MAX and not tests:
             return r
         why = (

@@ -46,7 +46,6 @@ import platform
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 
+from bench.quiet import busy_elsewhere, wait_for_quiet
 from bench.report import replace_section
 from hopgate.control.admin import AdminError, fetch_status
 from hopgate.lab.netns import Lab, LabError, Namespace, Process
@@ -277,34 +277,12 @@ def measure_quietly(
     for attempt in range(10):
         if attempt:
             time.sleep(10)
-        _wait_for_quiet()
+        wait_for_quiet()
         r = measure(lab, tx, host, kind, n, args)
-        if r.foreign < FOREIGN_MAX and not _others():
+        if r.foreign < FOREIGN_MAX and not busy_elsewhere():
             return r
         print(f"bench: CPU 1 was {r.foreign:.0%} busy with others; measuring again", flush=True)
     sys.exit("bench: the machine stayed busy; measure when it is quiet")
-
-
-def _others() -> list[str]:
-    """Tests and benchmarks running besides this one (they share the CPUs)."""
-    out = subprocess.run(
-        ["pgrep", "-af", "pytest|bench"], capture_output=True, text=True, check=False
-    )
-    mine = {str(os.getpid()), str(os.getppid())}
-    return [
-        line
-        for line in out.stdout.splitlines()
-        if line.split()[0] not in mine and "bench.relay_flood" not in line
-    ]
-
-
-def _wait_for_quiet() -> None:
-    busy = _others()
-    if busy:
-        print("bench: waiting for these to finish:\n  " + "\n  ".join(busy), flush=True)
-    while busy:
-        time.sleep(5)
-        busy = _others()
 
 
 # -- the report -----------------------------------------------------------------------------

@@ -146,9 +146,8 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
 
 
 # The program's counters (fastpath.c's enum), by index, for each ingress port
-# and then NO_PORT (frames from an interface that is not a port).
+# (then one set, unread here, for frames from an interface that is not a port).
 COUNTERS = ("passed", "forwarded")
-NO_PORT = MAX_PORTS
 
 
 def _be(addr: int) -> int:
