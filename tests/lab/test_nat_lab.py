@@ -230,3 +230,36 @@ def test_a_udp_stream_is_counted_whichever_plane_forwards_it(nat_lab: NatLab) ->
     if nat_lab.dataplane == "xdp":
         fast = nat_lab.status()["dataplane"]["forwarded"] - before
         assert fast >= sent // 4, (nat_lab.gateway, "fast path forwarded", fast, "of", sent)
+
+
+def test_a_tcp_download_is_counted_whichever_plane_forwards_it(nat_lab: NatLab) -> None:
+    """A 10 MB download through the NAT: once the handshake is done the XDP fast
+    path forwards the connection's segments, and takes it back at its FIN;
+    hopgate's connection counts every segment either way."""
+
+    def downloads() -> dict[str, dict[str, Any]]:
+        got = _conns(nat_lab, "--protocol", "tcp", "--address", A.inside2_4)
+        rows: list[dict[str, Any]] = got["connections"]  # type: ignore[assignment]
+        return {r["original"][0]: r for r in rows if r["original"][1] == f"{A.server4}:{HTTP_PORT}"}
+
+    known = downloads()
+    before = nat_lab.status()
+    d = tools.curl(nat_lab.ns("inside2"), f"http://{A.server4}:{HTTP_PORT}/10M.bin")
+    assert d.ok and d.size == 10 * 1024 * 1024, (nat_lab.gateway, d.run.output)
+    time.sleep(2.5)  # what the fast path forwarded is read back every second
+    new = [r for client, r in downloads().items() if client not in known]
+    assert len(new) == 1, (nat_lab.gateway, new)
+    row = new[0]
+    # Every segment of 10 MB from the server, at most 1,460 bytes of data each.
+    assert row["packets"][1] >= 10 * 1024 * 1024 // 1460, (nat_lab.gateway, row)
+    assert row["bytes"][1] > 10 * 1024 * 1024, (nat_lab.gateway, row)
+    if nat_lab.dataplane == "xdp":
+        after = nat_lab.status()
+        fast = after["dataplane"]["forwarded"] - before["dataplane"].get("forwarded", 0)
+        segments = row["packets"][0] + row["packets"][1]
+        assert fast >= segments // 2, (nat_lab.gateway, "fast path forwarded", fast, "of", segments)
+        taken = after["nat"]["counters"].get("fastpath-taken-back", 0)
+        assert taken > before["nat"]["counters"].get("fastpath-taken-back", 0), (
+            nat_lab.gateway,
+            "a closed connection was never taken back from the fast path",
+        )

@@ -11,7 +11,6 @@ import ctypes
 import ipaddress
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -76,13 +75,6 @@ def _snat_stream(v6: bool) -> tuple[Router, Conn, Packet, Packet]:
     assert _sent(r, bytes(N.inside(orig)), C, 3.0)
     assert conn.assured
     return r, conn, orig, reply
-
-
-@pytest.fixture
-def obj() -> Iterator[BpfObject]:
-    assert T.OBJECT.exists(), f"{T.OBJECT} is not built: run scripts/bootstrap"
-    with BpfObject(T.OBJECT) as o:
-        yield o
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])

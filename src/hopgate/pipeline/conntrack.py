@@ -303,12 +303,16 @@ class ConnTable:
         # tcp-invalid, tcp-out-of-window (the NAT's counters, shared)
         self.counters: Counter[str] = Counter() if counters is None else counters
         # With the XDP fast path (xdp/tables.py; None without): connections to
-        # hand to it (UDP ones once they are streams: every packet then does the
-        # same), those it holds, and those gone from the table since it last
-        # took its notes.
+        # hand to it (UDP ones once they are streams, TCP ones while they are
+        # established: every packet then does the same), those it holds, and
+        # those gone from the table since it last took its notes.
         self.to_offload: set[Conn] | None = None
         self.offloaded: set[Conn] = set()
         self.withdrawn: list[Conn] = []
+        # How a TCP connection the fast path holds is taken back when the
+        # pipeline gets one of its segments (its tracker read back into
+        # ``conn.tcp``): the I/O layer's, set with ``start_offloading``.
+        self.take_back: Callable[[Conn], None] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -390,6 +394,8 @@ class ConnTable:
         conn, direction = side.conn, side.direction
         t = self.timeouts
         proto = conn.key_orig[PROTO]
+        if proto == PROTO_TCP and conn in self.offloaded:
+            self._take_back(conn)
         if not whole:
             verdict = Verdict.OK  # a later fragment: accounted, its first carried the header
         elif proto == PROTO_TCP:
@@ -470,6 +476,8 @@ class ConnTable:
                 conn.seen_reply = True
         elif not conn.assured and new == _ESTABLISHED and old in (_SYN_RECV, _ESTABLISHED):
             self._assure(conn)
+        elif new == _ESTABLISHED and conn.assured and self.to_offload is not None:
+            self._offer(conn)  # established again after the pipeline took it back
         self._refresh(conn, now + timeout)
         return _OK
 
@@ -477,25 +485,60 @@ class ConnTable:
         if not conn.assured:
             conn.assured = True
             self._unassured.pop(conn, None)
-            offload = self.to_offload
-            if offload is not None and conn.key_orig[PROTO] == PROTO_UDP:
-                offload.add(conn)
-                self.offloaded.add(conn)
+            if self.to_offload is not None:
+                self._offer(conn)
 
-    def start_offloading(self) -> None:
-        """A fast path is there from now on: note the connections to hand to it,
-        those already streams first."""
-        self.to_offload = {
-            c for c in self.connections() if c.assured and c.key_orig[PROTO] == PROTO_UDP
-        }
+    @staticmethod
+    def offloadable(conn: Conn) -> bool:
+        """Whether every packet of ``conn`` now does what the fast path can do:
+        an assured UDP connection (a stream), or an assured TCP connection
+        while it is established (its plain ACKs move only the windows)."""
+        if not conn.assured:
+            return False
+        proto = conn.key_orig[PROTO]
+        return proto == PROTO_UDP or (proto == PROTO_TCP and conn.state == _ESTABLISHED)
+
+    def _offer(self, conn: Conn) -> None:
+        offload = self.to_offload
+        if offload is not None and conn not in self.offloaded and self.offloadable(conn):
+            offload.add(conn)
+            self.offloaded.add(conn)
+
+    def start_offloading(self, take_back: Callable[[Conn], None]) -> None:
+        """A fast path is there from now on: note the connections to hand to
+        it, those it can take already first.  ``take_back``: how to take one
+        back (see ``take_back``)."""
+        self.take_back = take_back
+        self.to_offload = {c for c in self.connections() if self.offloadable(c)}
         self.offloaded |= self.to_offload
 
+    def _take_back(self, conn: Conn) -> None:
+        """A segment of a TCP connection handed to the fast path has come to the
+        pipeline: the connection is the pipeline's again (its tracker as the
+        fast path left it), until it is established and in window again."""
+        self.offloaded.discard(conn)
+        pending = self.to_offload
+        if pending is not None and conn in pending:
+            pending.discard(conn)  # never handed over
+            return
+        self.counters["fastpath-taken-back"] += 1
+        if self.take_back is not None:
+            self.take_back(conn)
+
     def seen_by_fast_path(
-        self, conn: Conn, direction: int, when: float, packets: int, size: int
+        self,
+        conn: Conn,
+        direction: int,
+        packets: int,
+        size: int,
+        when: float,
+        unacknowledged: bool = False,
     ) -> None:
         """The fast path forwarded ``packets`` (``size`` bytes of IP) on an
-        offloaded connection, the last at ``when`` (read back from its table):
-        accounted, and the deadline moved, as ``seen`` would have for each."""
+        offloaded connection in ``direction`` (read back from its table); its
+        latest packet either way was at ``when``, and left (TCP) data
+        ``unacknowledged`` or not: accounted, and the deadline moved, as
+        ``seen`` would have for each."""
         if conn.due is None:
             return  # gone meanwhile
         if direction == ORIG:
@@ -504,7 +547,16 @@ class ConnTable:
         else:
             conn.packets_reply += packets
             conn.bytes_reply += size
-        deadline = when + self.timeouts.udp_stream  # only assured UDP is offloaded
+        t = self.timeouts
+        if conn.key_orig[PROTO] == PROTO_TCP:
+            # Established throughout (anything else went up), perhaps waiting
+            # for an acknowledgement: the deadline may move earlier.
+            timeout = t.tcp(_ESTABLISHED)
+            if unacknowledged and timeout > t.tcp_unacknowledged:
+                timeout = t.tcp_unacknowledged
+            self._refresh(conn, when + timeout)
+            return
+        deadline = when + t.udp_stream  # assured UDP
         if deadline > conn.expires:
             self._refresh(conn, deadline)
 

@@ -95,7 +95,7 @@ END, MAXEND, MAXWIN, MAXACK, SCALE, FLAGS = range(6)
 _PEER = 6
 # Fields about the last segment, for re-synchronising after an ignored SYN.
 LAST_INDEX, LAST_DIR, LAST_END = 12, 13, 14
-_FIELDS = 15
+FIELDS = 15
 
 F_MAXACK_SET = 1
 F_DATA_UNACKNOWLEDGED = 2
@@ -170,7 +170,7 @@ _SYN_FIN_LENGTH = tuple(bool(f & l4.TCP_SYN) + bool(f & l4.TCP_FIN) for f in ran
 
 
 def new_tracker() -> array[int]:
-    t = array("I", bytes(4 * _FIELDS))
+    t = array("I", bytes(4 * FIELDS))
     t[LAST_INDEX] = NONE
     return t
 

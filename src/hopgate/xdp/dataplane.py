@@ -134,6 +134,10 @@ class FastPath:
             self._failed("neighbour", e)
         nat = self.router.nat
         if nat is not None:
+            failed = self.tables.failed
+            for e in failed:
+                self._failed("connection taken back", e)
+            failed.clear()
             for e in self.tables.sync_connections(nat.table):
                 self._failed("connection", e)
         if now >= self._next_read:

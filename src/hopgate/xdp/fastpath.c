@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hopgate's XDP fast path (issue 11): routing (ECMP included) and NAT's and
- * the load balancer's UDP streams, IPv4 and IPv6 (docs/fastpath.md).
+ * the load balancer's UDP streams and established TCP connections, IPv4 and
+ * IPv6 (docs/fastpath.md).
  *
  * The rule: never answer differently from the Python pipeline
  * (src/hopgate/pipeline).  A frame is forwarded here only when nothing about it
@@ -17,6 +18,7 @@
 #include <linux/ipv6.h>
 #include <linux/in.h>
 #include <linux/udp.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -323,7 +325,8 @@ static __always_inline int hash_ports(__u8 *l4, void *end, __u8 proto, __u8 icmp
 }
 
 /* One direction of a connection NAT translates (pipeline/conntrack.py's Side),
- * by the tuple its packets arrive with.  Only UDP streams so far. */
+ * by the tuple its packets arrive with: UDP streams, and TCP connections while
+ * they are established. */
 struct flow_key {
 	__u8 family; /* 4 or 6 */
 	__u8 proto;
@@ -334,16 +337,20 @@ struct flow_key {
 };
 
 #define NO_HINT 0xFFFFFFFF
+#define NO_TRACKER 0xFFFFFFFF
 
 struct flow {
 	__u8 addrs[32];	  /* the new source and destination (IPv4: 4 + 4 bytes) */
 	__u8 ports[4];	  /* the new source and destination port */
 	__u16 ip_delta;	  /* what the IPv4 header checksum moves by (RFC 1624) */
-	__u16 l4_delta;	  /* what the UDP checksum moves by */
+	__u16 l4_delta;	  /* what the UDP or TCP checksum moves by */
 	__u32 hint_port;  /* source in, source out: the port to leave by, or NO_HINT */
 	__u8 hint_mac[6]; /* ... and the MAC to send to */
-	__u16 pad;
-	__u32 id; /* hopgate's number for the flow, read back with what follows */
+	__u8 dir;	  /* 0: the connection's original direction, 1: its replies */
+	__u8 unacked;	  /* written here: the tracker's "data unacknowledged" */
+	__u32 tcp;	  /* TCP: its connection's tracker in tcp_conns; else NO_TRACKER */
+	__u32 id;	  /* hopgate's number for the flow, read back with what follows */
+	__u32 pad;
 	/* Read back by hopgate: the connection's deadline and counters. */
 	__u64 used; /* ns, CLOCK_MONOTONIC */
 	__u64 packets;
@@ -357,6 +364,44 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow);
 } flows SEC(".maps");
+
+/* One side of a TCP connection as pipeline/tcptrack.py tracks it (Linux's
+ * ip_ct_tcp_state): the same fields, in the same order. */
+struct tcp_side {
+	__u32 end;    /* the highest sequence number it sent */
+	__u32 maxend; /* the highest the other side allows it */
+	__u32 maxwin; /* the largest window it advertised */
+	__u32 maxack; /* the highest ack it sent */
+	__u32 scale;  /* its window scale */
+	__u32 flags;  /* T_* below */
+};
+
+#define T_MAXACK_SET 1
+#define T_DATA_UNACKNOWLEDGED 2
+#define MAX_ACK_WINDOW 66000 /* Linux's MAXACKWINDOW floor */
+#define SEG_ACK 3	     /* tcptrack's index of a plain ACK */
+
+/* An established connection's tracker, shared by its two flows.  ``taken``:
+ * the program passed one of its segments up, so the connection is the
+ * pipeline's from that segment on; the program neither forwards nor learns
+ * from another. */
+struct tcp_conn {
+	struct bpf_spin_lock lock;
+	__u32 taken;
+	struct tcp_side side[2]; /* by direction */
+	__u32 last_index;	 /* the last segment it took: its index, direction, end */
+	__u32 last_dir;
+	__u32 last_end;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 19);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct tcp_conn);
+} tcp_conns SEC(".maps");
 
 /* NAT's inside prefixes and DNAT's inside addresses: a packet from or to one
  * may belong to a connection the fast path does not hold: the pipeline's. */
@@ -485,32 +530,143 @@ static __always_inline struct neigh *next_hop6(struct ipv6hdr *ip, const __u8 *d
 	return bpf_map_lookup_elem(&neigh6, &nk);
 }
 
-/* The flow a UDP datagram arrives on, if hopgate gave it to the fast path. */
-static __always_inline struct flow *udp_flow(__u8 family, const void *saddr, const void *daddr,
-					     const int w, struct udphdr *udp, void *end)
+/* The flow a UDP datagram or TCP segment arrives on, if hopgate gave it to the
+ * fast path (the ports are the first four bytes of both headers). */
+static __always_inline struct flow *l4_flow(__u8 family, __u8 proto, const void *saddr,
+					    const void *daddr, const int w, __u8 *l4, void *end)
 {
-	struct flow_key fk = { .family = family, .proto = IPPROTO_UDP };
+	struct flow_key fk = { .family = family, .proto = proto };
 
-	if ((void *)(udp + 1) > end)
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+		return NULL;
+	if ((void *)(l4 + 4) > end)
 		return NULL;
 	__builtin_memcpy(fk.saddr, saddr, w);
 	__builtin_memcpy(fk.daddr, daddr, w);
-	__builtin_memcpy(fk.ports, udp, 4);
+	__builtin_memcpy(fk.ports, l4, 4);
 	return bpf_map_lookup_elem(&flows, &fk);
 }
 
-/* A packet on a flow: counted for hopgate to read back, its ports and UDP
- * checksum rewritten (its addresses are the caller's). */
-static __always_inline void on_flow(struct flow *fl, struct udphdr *udp, __u32 size)
+/* a < 0 as sequence numbers compare (tcptrack's _before(a, 0)). */
+static __always_inline int neg(__u32 a)
+{
+	return (__s32)a < 0;
+}
+
+/* tcptrack's in_window for a plain ACK on an established connection whose
+ * sides have both been heard from, under the tracker's lock: 1 if it lies in
+ * both windows (and the tracker has learned from it), 0 if not (the pipeline
+ * decides).  ``s``: the sending side, ``r``: the other. */
+static __always_inline int in_window(struct tcp_side *s, struct tcp_side *r, __u32 seq, __u32 ack,
+				     __u32 end, __u32 win)
+{
+	__u32 s_end = s->end, s_maxend = s->maxend, s_maxwin = s->maxwin, s_maxack = s->maxack;
+	__u32 s_flags = s->flags, r_end = r->end, r_maxend = r->maxend, r_maxwin = r->maxwin;
+	__u32 r_flags = r->flags;
+	__u32 max_ack_window = s_maxwin > MAX_ACK_WINDOW ? s_maxwin : MAX_ACK_WINDOW;
+
+	if (!s_maxwin || !r_maxwin || s->scale > 14)
+		return 0;
+	if (!(neg(seq - s_maxend - 1) &&		/* I: not beyond what the receiver allows */
+	      neg(s_end - r_maxwin - 1 - end) &&	/* II: not too old */
+	      neg(ack - r_end - 1) &&			/* III: acks nothing unsent */
+	      neg(r_end - max_ack_window - 1 - ack))) /* IV: not too old an ack */
+		return 0;
+	win <<= s->scale;
+	if (s_maxwin < win)
+		s->maxwin = win;
+	if (neg(s_end - end)) {
+		s->end = end;
+		s_flags |= T_DATA_UNACKNOWLEDGED;
+	}
+	if (!(s_flags & T_MAXACK_SET)) {
+		s->maxack = ack;
+		s_flags |= T_MAXACK_SET;
+	} else if (neg(s_maxack - ack)) {
+		s->maxack = ack;
+	}
+	s->flags = s_flags;
+	if (neg(s_maxend - end)) {
+		__u64 grown = (__u64)r_maxwin + (__u32)(end - s_maxend);
+
+		r->maxwin = grown > 0xFFFFFFFF ? 0xFFFFFFFF : grown;
+	}
+	if (!neg(ack + win - r_maxend))
+		r->maxend = ack + win + (win == 0);
+	if (ack == r_end && r_flags & T_DATA_UNACKNOWLEDGED)
+		r->flags = r_flags & ~T_DATA_UNACKNOWLEDGED;
+	return 1;
+}
+
+/* A segment on a TCP flow: 1 if it goes through here (a plain ACK within the
+ * windows; the tracker has learned from it, as the pipeline's would have), 0
+ * if it goes up, and with it the connection.  ``len``: its TCP header and
+ * data. */
+static __always_inline int tcp_segment(struct flow *fl, struct tcphdr *tcp, void *end, __u32 len)
+{
+	struct tcp_conn *tc = bpf_map_lookup_elem(&tcp_conns, &fl->tcp);
+	if (!tc)
+		return 0;
+	int plain = 0;
+	__u32 seq = 0, ack = 0, win = 0, seg_end = 0;
+	if ((void *)(tcp + 1) <= end) {
+		__u8 flags = ((__u8 *)tcp)[13];
+		__u32 doff = tcp->doff * 4;
+
+		plain = (flags & 0x17) == 0x10 && doff >= sizeof(*tcp) && doff <= len;
+		seq = bpf_ntohl(tcp->seq);
+		ack = bpf_ntohl(tcp->ack_seq);
+		win = bpf_ntohs(tcp->window);
+		seg_end = seq + (len - doff);
+	}
+	int ok = 0;
+	__u32 unacked = 0;
+	bpf_spin_lock(&tc->lock);
+	if (!tc->taken && plain) {
+		if (fl->dir)
+			ok = in_window(&tc->side[1], &tc->side[0], seq, ack, seg_end, win);
+		else
+			ok = in_window(&tc->side[0], &tc->side[1], seq, ack, seg_end, win);
+	}
+	if (ok) {
+		tc->last_index = SEG_ACK;
+		tc->last_dir = fl->dir;
+		tc->last_end = seg_end;
+		unacked = (tc->side[0].flags | tc->side[1].flags) & T_DATA_UNACKNOWLEDGED;
+	} else {
+		tc->taken = 1;
+	}
+	bpf_spin_unlock(&tc->lock);
+	if (ok)
+		fl->unacked = !!unacked;
+	return ok;
+}
+
+/* A packet on a flow: counted for hopgate to read back, its ports and UDP or
+ * TCP checksum rewritten (its addresses are the caller's). */
+static __always_inline void on_flow(struct flow *fl, __u8 *l4, __u8 proto, void *end, __u32 size)
 {
 	fl->used = bpf_ktime_get_ns();
 	__sync_fetch_and_add(&fl->packets, 1);
 	__sync_fetch_and_add(&fl->bytes, size);
-	__builtin_memcpy(udp, fl->ports, 4);
-	adjust_udp(&udp->check, fl->l4_delta);
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)l4;
+
+		if ((void *)(tcp + 1) > end)
+			return;
+		__builtin_memcpy(tcp, fl->ports, 4);
+		tcp->check = bpf_htons(adjust(bpf_ntohs(tcp->check), fl->l4_delta));
+	} else {
+		struct udphdr *udp = (void *)l4;
+
+		if ((void *)(udp + 1) > end)
+			return;
+		__builtin_memcpy(udp, fl->ports, 4);
+		adjust_udp(&udp->check, fl->l4_delta);
+	}
 }
 
-static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
+static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
 {
 	struct iphdr *ip = (void *)(eth + 1);
 
@@ -530,13 +686,11 @@ static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 
 	if (ip->ttl <= 1 || martian(ip->saddr) || martian(ip->daddr))
 		return pass(in);
 
-	struct udphdr *udp = (void *)(ip + 1);
-	struct flow *fl = NULL;
+	__u8 *l4 = (void *)(ip + 1);
 	__u32 dst = ip->daddr, out_port;
 	__u8 *mac;
 	struct neigh *nb = NULL;
-	if (ip->protocol == IPPROTO_UDP)
-		fl = udp_flow(4, &ip->saddr, &ip->daddr, 4, udp, end);
+	struct flow *fl = l4_flow(4, ip->protocol, &ip->saddr, &ip->daddr, 4, l4, end);
 	if (fl) {
 		/* NAT's connection: it leaves translated, as the pipeline's Side says. */
 		__builtin_memcpy(&dst, fl->addrs + 4, 4);
@@ -561,12 +715,15 @@ static __always_inline int ipv4(struct ethhdr *eth, struct port *ingress, __u32 
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
+	/* The last question: a TCP segment the tracker does not take goes up. */
+	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, total - sizeof(*ip)))
+		return pass(in);
 	if (nb)
 		stamp(nb);
 	if (fl) {
 		__builtin_memcpy(&ip->saddr, fl->addrs, 8);
 		ip->check = bpf_htons(adjust(bpf_ntohs(ip->check), fl->ip_delta));
-		on_flow(fl, udp, total);
+		on_flow(fl, l4, ip->protocol, end, total);
 	}
 	/* TTL - 1, the checksum updated as ipv4.decrement_ttl does (RFC 1624). */
 	ip->ttl -= 1;
@@ -595,7 +752,7 @@ static __always_inline int guarded6(const __u8 *a)
 	return bpf_map_lookup_elem(&guard6, &k) != NULL;
 }
 
-static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
+static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
 {
 	struct ipv6hdr *ip = (void *)(eth + 1);
 
@@ -610,13 +767,11 @@ static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 
 	if (special_v6(saddr) || special_v6(daddr))
 		return pass(in);
 
-	struct udphdr *udp = (void *)(ip + 1);
-	struct flow *fl = NULL;
+	__u8 *l4 = (void *)(ip + 1);
 	__u8 *dst = daddr, *mac;
 	__u32 out_port;
 	struct neigh *nb = NULL;
-	if (ip->nexthdr == IPPROTO_UDP)
-		fl = udp_flow(6, saddr, daddr, 16, udp, end);
+	struct flow *fl = l4_flow(6, ip->nexthdr, saddr, daddr, 16, l4, end);
 	if (fl) {
 		dst = fl->addrs + 16;
 	} else {
@@ -637,11 +792,13 @@ static __always_inline int ipv6(struct ethhdr *eth, struct port *ingress, __u32 
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
+	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, plen))
+		return pass(in);
 	if (nb)
 		stamp(nb);
 	if (fl) {
 		__builtin_memcpy(saddr, fl->addrs, 32);
-		on_flow(fl, udp, total);
+		on_flow(fl, l4, ip->nexthdr, end, total);
 	}
 	ip->hop_limit -= 1;
 	return send(eth, egress, mac, in, out_port);

@@ -26,6 +26,7 @@ BPF_XDP = 37  # enum bpf_attach_type: an XDP link
 # BPF_PROG_TEST_RUN sends the frames an XDP program returns XDP_TX for out of
 # the ingress device (the kernel's own traffic generator, linux/bpf.h).
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+BPF_F_LOCK = 1 << 2  # a map operation under the value's bpf_spin_lock
 
 
 # A map's key or value: a ctypes structure or scalar.
@@ -100,6 +101,8 @@ def _lib() -> ctypes.CDLL:
         ("bpf_program__fd", i, [vp]),
         ("bpf_map_update_elem", i, [i, vp, vp, u64]),
         ("bpf_map_lookup_elem", i, [i, vp, vp]),
+        ("bpf_map_lookup_elem_flags", i, [i, vp, vp, u64]),
+        ("bpf_map_lookup_and_delete_elem", i, [i, vp, vp]),
         ("bpf_map_delete_elem", i, [i, vp]),
         ("bpf_map_get_next_key", i, [i, vp, vp]),
         ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
@@ -260,9 +263,22 @@ class BpfObject:
         _check(err, map_name)
         return True
 
-    def lookup(self, map_name: str, key: CValue, value: CValue) -> bool:
-        """Read ``key``'s value into ``value``; False if the map has no ``key``."""
-        err = self._lib.bpf_map_lookup_elem(
+    def lookup(self, map_name: str, key: CValue, value: CValue, *, lock: bool = False) -> bool:
+        """Read ``key``'s value into ``value``; False if the map has no ``key``.
+        ``lock``: under the value's ``bpf_spin_lock``, as the program holds it
+        (``BPF_F_LOCK``), so that no half-made change is read."""
+        err = self._lib.bpf_map_lookup_elem_flags(
+            self.map_fd(map_name), ctypes.byref(key), ctypes.byref(value), BPF_F_LOCK if lock else 0
+        )
+        if err == -2:
+            return False
+        _check(err, map_name)
+        return True
+
+    def lookup_and_delete(self, map_name: str, key: CValue, value: CValue) -> bool:
+        """Read ``key``'s value into ``value`` and remove it, at once (nothing
+        the program adds in between is lost); False if the map has no ``key``."""
+        err = self._lib.bpf_map_lookup_and_delete_elem(
             self.map_fd(map_name), ctypes.byref(key), ctypes.byref(value)
         )
         if err == -2:

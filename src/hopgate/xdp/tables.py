@@ -14,10 +14,12 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
+from array import array
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hopgate.pipeline import tcptrack
 from hopgate.pipeline.conntrack import Conn, ConnTable
 from hopgate.pipeline.nat import Nat
 from hopgate.pipeline.neighbours import Entry, State
@@ -112,18 +114,51 @@ class Flow(ctypes.Structure):
         ("l4_delta", ctypes.c_uint16),
         ("hint_port", ctypes.c_uint32),  # NO_HINT: by the routes
         ("hint_mac", ctypes.c_uint8 * 6),
-        ("pad", ctypes.c_uint16),
+        ("dir", ctypes.c_uint8),  # the direction of the connection it is
+        ("unacked", ctypes.c_uint8),  # written by the program (TCP)
+        ("tcp", ctypes.c_uint32),  # its tracker's key in tcp_conns, or NO_TRACKER
         ("id", ctypes.c_uint32),  # hopgate's number for the flow
+        ("pad", ctypes.c_uint32),
         ("used", ctypes.c_uint64),  # written by the program
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
     ]
 
 
+class TcpSide(ctypes.Structure):
+    """One side of a TCP tracker: tcptrack's END .. FLAGS, in that order."""
+
+    _fields_ = [
+        (name, ctypes.c_uint32) for name in ("end", "maxend", "maxwin", "maxack", "scale", "flags")
+    ]
+
+
+class TcpConn(ctypes.Structure):
+    """A TCP connection's tracker, as the program keeps it: after the lock and
+    the ``taken`` flag, tcptrack's array field for field."""
+
+    _fields_ = [
+        ("lock", ctypes.c_uint32),  # struct bpf_spin_lock
+        ("taken", ctypes.c_uint32),  # the program passed one of its segments up
+        ("side", TcpSide * 2),
+        ("last_index", ctypes.c_uint32),
+        ("last_dir", ctypes.c_uint32),
+        ("last_end", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+TRACKER_AT = TcpConn.side.offset  # where tcptrack's fields begin
+assert TcpConn.last_end.offset - TRACKER_AT == 4 * tcptrack.LAST_END
+
+_TRACKER_SIZE = 4 * tcptrack.FIELDS
+
 NO_HINT = 0xFFFFFFFF
-# What hopgate reads back of a flow: its number, and used, packets, bytes.
-_COUNTS = struct.Struct(f"={Flow.id.offset}xI3Q")
-assert _COUNTS.size == ctypes.sizeof(Flow) and Flow.used.offset == Flow.id.offset + 4
+NO_TRACKER = 0xFFFFFFFF
+# What hopgate reads back of a flow: whether it has unacknowledged data, its
+# number, and used, packets, bytes.
+_COUNTS = struct.Struct(f"={Flow.unacked.offset}xB{Flow.id.offset - Flow.unacked.offset - 1}xI4x3Q")
+assert _COUNTS.size == ctypes.sizeof(Flow) and Flow.used.offset == Flow.id.offset + 8
 
 # Each table's (key, value) as fastpath.c declares them.
 LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
@@ -142,6 +177,7 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "flows": (FlowKey, Flow),
     "guard4": (RouteKey, ctypes.c_uint8),
     "guard6": (Route6Key, ctypes.c_uint8),
+    "tcp_conns": (ctypes.c_uint32, TcpConn),
 }
 
 
@@ -215,8 +251,11 @@ class Tables:
         # number: (connection, direction), and what was last read of it.
         self._ids: dict[Conn, tuple[int, int]] = {}
         self._flows: list[tuple[Conn, int] | None] = []
-        self._last: list[tuple[int, int]] = []
+        self._last: list[tuple[int, int, int, int]] = []  # packets, bytes, used, unacked
         self._free: list[int] = []
+        # Map operations that failed where nothing may raise (taking a
+        # connection back, in the pipeline's per-packet path): for the loop.
+        self.failed: list[BpfError] = []
 
     def fill(self, router: Router, ifindex: Mapping[int, int]) -> None:
         """Mirror ``router``'s ports, routes, neighbours, special addresses
@@ -259,7 +298,8 @@ class Tables:
             self.obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
         if nat is not None:
             self._guard(nat)
-            nat.table.start_offloading()
+            table = nat.table
+            table.start_offloading(lambda conn: self._take_back(conn, table))
 
     def _guard(self, nat: Nat) -> None:
         """NAT's inside prefixes and DNAT's inside addresses: a packet from or
@@ -292,30 +332,36 @@ class Tables:
 
     def offload(self, conn: Conn) -> bool:
         """Give both directions of ``conn`` to the program, as the pipeline's
-        Sides would translate them; False if it cannot yet (a load-balanced
-        connection's way back not known)."""
+        Sides would translate them, and a TCP connection's tracker; False if it
+        cannot yet (a load-balanced connection's way back not known)."""
         hops = conn.hops
         if hops is not None and None in hops:
             return False
         ids = self._ids.get(conn)
         if ids is None:
             ids = self._ids[conn] = (self._number(conn, 0), self._number(conn, 1))
+        tracker = NO_TRACKER
+        if conn.tcp is not None:
+            # Before its flows: a flow never names a tracker that is not there.
+            tracker = ids[0]
+            tc = TcpConn()
+            ctypes.memmove(ctypes.addressof(tc) + TRACKER_AT, conn.tcp.tobytes(), _TRACKER_SIZE)
+            self.obj.update("tcp_conns", ctypes.c_uint32(tracker), tc)
         for side in (conn.orig, conn.reply):
             if not side.addrs:
                 side.prepare()
             hint = hops[1 - side.direction] if hops is not None else None
             value = Flow(
-                (ctypes.c_uint8 * 32)(*side.addrs),
-                (ctypes.c_uint8 * 4)(*side.ports),
-                side.ip_delta,
-                side.l4_delta,
-                hint.port if hint is not None else NO_HINT,
-                _mac(hint.mac) if hint is not None else _mac(bytes(6)),
-                0,
-                ids[side.direction],
-                int(conn.expires * 1e9) + self.offset_ns,
-                0,
-                0,
+                addrs=(ctypes.c_uint8 * 32)(*side.addrs),
+                ports=(ctypes.c_uint8 * 4)(*side.ports),
+                ip_delta=side.ip_delta,
+                l4_delta=side.l4_delta,
+                hint_port=hint.port if hint is not None else NO_HINT,
+                hint_mac=_mac(hint.mac) if hint is not None else _mac(bytes(6)),
+                dir=side.direction,
+                tcp=tracker,
+                id=ids[side.direction],
+                used=int(conn.expires * 1e9) + self.offset_ns,
             )
             self.obj.update("flows", self._flow_key(conn, side.direction), value)
         return True
@@ -347,37 +393,93 @@ class Tables:
         if self._free:
             n = self._free.pop()
             self._flows[n] = (conn, direction)
-            self._last[n] = (0, 0)
+            self._last[n] = (0, 0, 0, 0)
             return n
         self._flows.append((conn, direction))
-        self._last.append((0, 0))
+        self._last.append((0, 0, 0, 0))
         return len(self._flows) - 1
 
     def withdraw(self, conn: Conn) -> None:
         """Take ``conn`` back from the program (it is gone from the table)."""
-        for n in self._ids.pop(conn, ()):
+        ids = self._ids.pop(conn, ())
+        for n in ids:
             self._flows[n] = None
             self._free.append(n)
         for direction in (0, 1):
             self.obj.delete("flows", self._flow_key(conn, direction))
+        if conn.tcp is not None and ids:
+            self.obj.delete("tcp_conns", ctypes.c_uint32(ids[0]))
+
+    def _take_back(self, conn: Conn, table: ConnTable) -> None:
+        """``take_back`` as the pipeline calls it, in its per-packet path: a
+        failure is noted in ``failed`` for the loop, never raised (the tracker
+        stays the pipeline's as it was: the worst is a segment it then finds
+        out of window)."""
+        try:
+            self.take_back(conn, table)
+        except BpfError as e:
+            self.failed.append(e)
+
+    def take_back(self, conn: Conn, table: ConnTable) -> None:
+        """The pipeline has a segment of ``conn``, a TCP connection the program
+        holds: the connection is the pipeline's again from this segment on.
+        Its flows go first (the program stops taking its segments), with what
+        the program forwarded on them since the last read; then its tracker is
+        read back into ``conn.tcp``, under the program's lock."""
+        ids = self._ids.pop(conn, None)
+        if ids is None:
+            return
+        flow = Flow()
+        for direction, n in enumerate(ids):
+            if self.obj.lookup_and_delete("flows", self._flow_key(conn, direction), flow):
+                self._account(table, n, flow.used, flow.packets, flow.bytes, flow.unacked)
+            self._flows[n] = None
+            self._free.append(n)
+        key = ctypes.c_uint32(ids[0])
+        tc = TcpConn()
+        if conn.tcp is not None and self.obj.lookup("tcp_conns", key, tc, lock=True):
+            raw = ctypes.string_at(ctypes.addressof(tc) + TRACKER_AT, _TRACKER_SIZE)
+            conn.tcp[:] = array("I", raw)
+        self.obj.delete("tcp_conns", key)
 
     def read_flows(self, table: ConnTable) -> None:
         """Tell ``table`` what the program forwarded on each connection it holds
         since the last read: the whole table read in a few system calls, each
         flow's counters compared with what was read before."""
         _, values = self.obj.dump("flows")
-        flows, last = self._flows, self._last
-        for n, used, packets, size in _COUNTS.iter_unpack(values):
-            before = last[n] if n < len(last) else (packets, size)
-            if packets == before[0]:
-                continue
-            held = flows[n]
-            if held is None:
-                continue  # withdrawn meanwhile
-            last[n] = (packets, size)
-            conn, direction = held
-            when = (used - self.offset_ns) / 1e9
-            table.seen_by_fast_path(conn, direction, when, packets - before[0], size - before[1])
+        account = self._account
+        for unacked, n, used, packets, size in _COUNTS.iter_unpack(values):
+            account(table, n, used, packets, size, unacked)
+
+    def _account(
+        self, table: ConnTable, n: int, used: int, packets: int, size: int, unacked: int
+    ) -> None:
+        """Flow ``n`` has forwarded ``packets`` (``size`` bytes) in all, the last
+        at ``used``: tell ``table`` what is new since the last read."""
+        last = self._last
+        before = last[n] if n < len(last) else (packets, size, 0, 0)
+        if packets == before[0]:
+            return
+        held = self._flows[n]
+        if held is None:
+            return  # withdrawn meanwhile
+        last[n] = (packets, size, used, unacked)
+        conn, direction = held
+        # The connection's latest packet, either way, says whether data waits
+        # for an acknowledgement (the program notes it in the flow it forwards on).
+        ids = self._ids.get(conn)
+        if ids is not None:
+            other = last[ids[1 - direction]]
+            if other[2] > used:
+                used, unacked = other[2], other[3]
+        table.seen_by_fast_path(
+            conn,
+            direction,
+            packets - before[0],
+            size - before[1],
+            (used - self.offset_ns) / 1e9,
+            bool(unacked),
+        )
 
     def set_port(self, router: Router, port: int, ifindex: int) -> None:
         """``port`` is up on interface ``ifindex`` with the router's MAC and MTU for it."""
