@@ -59,16 +59,19 @@ def _conn(router: Router) -> Conn:
 # -- SNAT: an inside host's UDP stream to a server --------------------------------
 
 
-def _snat_stream(v6: bool) -> tuple[Router, Conn, Packet, Packet]:
-    """A NAT router whose one connection, inside:40000 -> server:9, has become a
-    stream (a reply, then more than 2 s of traffic); the packets of each
-    direction, as they arrive."""
-    r = N.nat_router()
+def _snat_stream(
+    v6: bool, r: Router | None = None, sport: int = 40000
+) -> tuple[Router, Conn, Packet, Packet]:
+    """A NAT router (``r``, or a new one) whose connection inside:``sport`` ->
+    server:9 has become a stream (a reply, then more than 2 s of traffic); the
+    packets of each direction, as they arrive."""
+    r = N.nat_router() if r is None else r
     host, server, out = (N.A6, N.SERVER6, N.OUT6) if v6 else (N.A4, N.SERVER4, N.OUT4)
     ip = IPv6 if v6 else IP
-    orig = ip(src=host, dst=server) / UDP(sport=40000, dport=9) / (b"q" * 32)
+    orig = ip(src=host, dst=server) / UDP(sport=sport, dport=9) / (b"q" * 32)
     assert _sent(r, bytes(N.inside(orig)), C, 0.0)
-    conn = _conn(r)
+    assert r.nat is not None
+    (conn,) = [c for c in r.nat.table.connections() if c.key_orig[3] == sport]
     port = conn.key_reply[5]  # the mapped port the server answers to
     reply = ip(src=server, dst=out) / UDP(sport=9, dport=port) / (b"a" * 32)
     assert _sent(r, bytes(N.outside(reply)), U, 0.5)
@@ -119,6 +122,29 @@ def test_what_it_forwarded_is_accounted_and_keeps_the_connection(obj: BpfObject,
     # The deadline follows the fast path's packets (read at about 0 s of the
     # pipeline's time, as the tables' clock was set).
     assert conn.expires >= nat.table.timeouts.udp_stream - 1.0
+
+
+def test_the_flows_are_read_back_a_slice_at_a_time(obj: BpfObject) -> None:
+    """The daemon reads a large table back a few thousand flows a loop turn:
+    read in slices, every flow's packets are counted, once."""
+    r, *_ = _snat_stream(False)
+    streams = [_snat_stream(False, r, sport) for sport in (40001, 40002, 40003)]
+    nat = r.nat
+    assert nat is not None
+    tables = _tables(obj, r)
+    tables.sync_connections(nat.table)
+    before = {c: c.packets_orig for c in nat.table.connections()}
+    for _, _, orig, _ in streams:
+        assert _run(obj, bytes(N.inside(orig)), C)[0] == XDP_REDIRECT
+    slices, token = 1, tables.read_flows_from(nat.table, None, 2)
+    while token is not None:
+        slices += 1
+        token = tables.read_flows_from(nat.table, token, 2)
+    assert slices >= 4  # 8 flows, 2 a slice
+    got = {c: c.packets_orig - before[c] for c in nat.table.connections()}
+    assert sorted(got.values()) == [0, 1, 1, 1]
+    tables.read_flows(nat.table)  # nothing new: nothing counted again
+    assert {c: c.packets_orig - before[c] for c in nat.table.connections()} == got
 
 
 def test_an_offloaded_connection_outlives_its_deadline_by_the_grace_only(obj: BpfObject) -> None:

@@ -40,6 +40,9 @@ class FastPath(Protocol):
     def sync(self, now: float) -> None:
         """Apply what the router noted since the last call."""
 
+    def next_deadline(self) -> float:
+        """When ``sync`` must run again, whether frames come or not."""
+
     def link_down(self, port: int) -> None: ...
 
     def link_up(self, port: int, ifindex: int) -> None: ...
@@ -101,13 +104,23 @@ class Loop:
                 self.apply_link_changes(links.resync())
             router = self.router
             self.reactor.run(
-                next_deadline=router.next_deadline,
+                next_deadline=self._next_deadline,
                 on_deadline=lambda now: self._execute(router.poll(now)),
                 end_of_turn=self._end_of_turn,
             )
         finally:
             self._active = False
             self._by_fd.clear()
+
+    def _next_deadline(self) -> float | None:
+        """The router's timers' next deadline, or the fast path's if sooner."""
+        deadline = self.router.next_deadline()
+        fast = self.fastpath
+        if fast is not None:
+            mine = fast.next_deadline()
+            if deadline is None or mine < deadline:
+                return mine
+        return deadline
 
     def _end_of_turn(self) -> None:
         if self.fastpath is not None:

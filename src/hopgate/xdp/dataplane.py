@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # holds gets past its deadline, and well within Linux's delay_first_probe_time
 # (5 s), the wait before a STALE neighbour in use is probed.
 READ_USE_EVERY = FAST_PATH_GRACE / 2
+# Flows read back per loop turn: a table of many connections is read a slice a
+# turn (about 5 ms each), between the turns' frames, not in one long pause.
+FLOW_SLICE = 8192
 
 
 class FastPathError(Exception):
@@ -92,6 +95,9 @@ class FastPath:
         self.mode = mode
         self.sync_errors = 0
         self._next_read = 0.0
+        # Reading the flows back: where the next slice starts, None for the first.
+        self._reading = False
+        self._token: int | None = None
         self._attached: dict[int, Attached] = {}
         self.obj = BpfObject(path)
         self.tables = Tables(self.obj)
@@ -129,7 +135,8 @@ class FastPath:
     def sync(self, now: float) -> None:
         """Apply the neighbour and connection changes the router noted since the
         last call; once every ``READ_USE_EVERY`` seconds, tell it which
-        neighbours the program used and what it forwarded on each connection."""
+        neighbours the program used and start telling it what the program
+        forwarded on each connection (``FLOW_SLICE`` flows a call)."""
         for e in self.tables.sync(self.router):
             self._failed("neighbour", e)
         nat = self.router.nat
@@ -144,11 +151,20 @@ class FastPath:
             self._next_read = now + READ_USE_EVERY
             for e in self.tables.read_use(self.router, now):
                 self._failed("neighbour use", e)
-            if nat is not None:
-                try:
-                    self.tables.read_flows(nat.table)
-                except BpfError as e:
-                    self._failed("connection use", e)
+            self._reading = nat is not None
+            self._token = None
+        if self._reading and nat is not None:
+            try:
+                self._token = self.tables.read_flows_from(nat.table, self._token, FLOW_SLICE)
+            except BpfError as e:
+                self._failed("connection use", e)
+                self._token = None
+            self._reading = self._token is not None
+
+    def next_deadline(self) -> float:
+        """When ``sync`` has work of its own: at once while the flows are being
+        read back, else at the next read."""
+        return 0.0 if self._reading else self._next_read
 
     def link_down(self, port: int) -> None:
         """``port``'s link is down or gone: the fast path neither takes frames

@@ -96,6 +96,19 @@ struct neigh {
 
 #define USED_GRANULE 100000000ULL /* ns: a stamp a tenth of a second old is rewritten */
 
+/* What the router is, written once by hopgate: ``nat`` is 1 when it has NAT
+ * or services (then a packet may be a connection's, or need one). */
+struct settings {
+	__u32 nat;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} settings SEC(".maps");
+
 /* By port index (pipeline/ports.py). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -530,6 +543,16 @@ static __always_inline struct neigh *next_hop6(struct ipv6hdr *ip, const __u8 *d
 	return bpf_map_lookup_elem(&neigh6, &nk);
 }
 
+/* Whether the router has NAT or services: without, no packet is a
+ * connection's, and its tables are not looked at. */
+static __always_inline int with_nat(void)
+{
+	__u32 zero = 0;
+	struct settings *cfg = bpf_map_lookup_elem(&settings, &zero);
+
+	return cfg && cfg->nat;
+}
+
 /* The flow a UDP datagram or TCP segment arrives on, if hopgate gave it to the
  * fast path (the ports are the first four bytes of both headers). */
 static __always_inline struct flow *l4_flow(__u8 family, __u8 proto, const void *saddr,
@@ -690,7 +713,10 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 	__u32 dst = ip->daddr, out_port;
 	__u8 *mac;
 	struct neigh *nb = NULL;
-	struct flow *fl = l4_flow(4, ip->protocol, &ip->saddr, &ip->daddr, 4, l4, end);
+	int nat = with_nat();
+	struct flow *fl = NULL;
+	if (nat)
+		fl = l4_flow(4, ip->protocol, &ip->saddr, &ip->daddr, 4, l4, end);
 	if (fl) {
 		/* NAT's connection: it leaves translated, as the pipeline's Side says. */
 		__builtin_memcpy(&dst, fl->addrs + 4, 4);
@@ -700,7 +726,7 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 			return pass(in);
 		struct route_key gs = { .prefixlen = 32, .addr = ip->saddr };
 		struct route_key gd = { .prefixlen = 32, .addr = ip->daddr };
-		if (bpf_map_lookup_elem(&guard4, &gs) || bpf_map_lookup_elem(&guard4, &gd))
+		if (nat && (bpf_map_lookup_elem(&guard4, &gs) || bpf_map_lookup_elem(&guard4, &gd)))
 			return pass(in);
 	}
 	if (fl && fl->hint_port != NO_HINT) {
@@ -771,13 +797,16 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 	__u8 *dst = daddr, *mac;
 	__u32 out_port;
 	struct neigh *nb = NULL;
-	struct flow *fl = l4_flow(6, ip->nexthdr, saddr, daddr, 16, l4, end);
+	int nat = with_nat();
+	struct flow *fl = NULL;
+	if (nat)
+		fl = l4_flow(6, ip->nexthdr, saddr, daddr, 16, l4, end);
 	if (fl) {
 		dst = fl->addrs + 16;
 	} else {
 		if (bpf_map_lookup_elem(&special6, saddr) || bpf_map_lookup_elem(&special6, daddr))
 			return pass(in);
-		if (guarded6(saddr) || guarded6(daddr))
+		if (nat && (guarded6(saddr) || guarded6(daddr)))
 			return pass(in);
 	}
 	if (fl && fl->hint_port != NO_HINT) {

@@ -210,6 +210,8 @@ class BpfObject:
             )
         self._obj = obj
         self._fds: dict[str, int] = {}  # map descriptors by name, found once
+        # dump_chunk's buffers, by (map, chunk): made once.
+        self._batch: dict[tuple[str, int], tuple[ctypes.Array[ctypes.c_char], ...]] = {}
         err = self._lib.bpf_object__load(obj)
         if err:
             self.close()
@@ -306,34 +308,51 @@ class BpfObject:
         """Every entry of a hash map, a chunk of entries a system call
         (``BPF_MAP_LOOKUP_BATCH``): its keys and its values, each packed back to
         back in the map's sizes."""
-        fd = self.map_fd(map_name)
-        ksize, vsize = self.map_sizes(map_name)
-        keys = ctypes.create_string_buffer(ksize * chunk)
-        values = ctypes.create_string_buffer(vsize * chunk)
-        token_in, token_out = ctypes.c_uint64(0), ctypes.c_uint64(0)  # the kernel's place
         out_k: list[bytes] = []
         out_v: list[bytes] = []
-        first = True
+        token: int | None = None
         while True:
-            count = ctypes.c_uint32(chunk)
-            err = self._lib.bpf_map_lookup_batch(
-                fd,
-                None if first else ctypes.byref(token_in),
-                ctypes.byref(token_out),
-                keys,
-                values,
-                ctypes.byref(count),
-                None,
-            )
-            if err and err != -2:  # ENOENT: the last chunk
-                _check(err, f"{map_name}: batch lookup")
-            n = count.value
-            out_k.append(keys.raw[: n * ksize])
-            out_v.append(values.raw[: n * vsize])
-            if err == -2 or n == 0:
+            keys, values, token = self.dump_chunk(map_name, token, chunk)
+            out_k.append(keys)
+            out_v.append(values)
+            if token is None:
                 return b"".join(out_k), b"".join(out_v)
-            token_in.value = token_out.value
-            first = False
+
+    def dump_chunk(
+        self, map_name: str, token: int | None, chunk: int = 4096
+    ) -> tuple[bytes, bytes, int | None]:
+        """Up to ``chunk`` entries of a hash map (one ``BPF_MAP_LOOKUP_BATCH``),
+        from where ``token`` says (None: the start): their keys and values, and
+        the token to go on from, or None if none are left.  Entries added or
+        removed between two calls may be missed or read twice."""
+        fd = self.map_fd(map_name)
+        ksize, vsize = self.map_sizes(map_name)
+        buffers = self._batch.get((map_name, chunk))
+        if buffers is None:
+            buffers = self._batch[(map_name, chunk)] = (
+                ctypes.create_string_buffer(ksize * chunk),
+                ctypes.create_string_buffer(vsize * chunk),
+            )
+        keys, values = buffers
+        # The kernel's place in the map (a hash map's bucket).
+        token_in = ctypes.c_uint64(token or 0)
+        token_out = ctypes.c_uint64(0)
+        count = ctypes.c_uint32(chunk)
+        err = self._lib.bpf_map_lookup_batch(
+            fd,
+            None if token is None else ctypes.byref(token_in),
+            ctypes.byref(token_out),
+            keys,
+            values,
+            ctypes.byref(count),
+            None,
+        )
+        if err and err != -2:  # ENOENT: the last chunk
+            _check(err, f"{map_name}: batch lookup")
+        n = count.value
+        done = err == -2 or n == 0
+        got_k, got_v = ctypes.string_at(keys, n * ksize), ctypes.string_at(values, n * vsize)
+        return got_k, got_v, None if done else token_out.value
 
     def percpu_sums(self, map_name: str, entries: int, first: int = 0) -> list[int]:
         """``entries`` counters from ``first`` on of a per-CPU array of u64,

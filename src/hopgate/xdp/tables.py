@@ -148,6 +148,10 @@ class TcpConn(ctypes.Structure):
     ]
 
 
+class Settings(ctypes.Structure):
+    _fields_ = [("nat", ctypes.c_uint32)]  # 1: the router has NAT or services
+
+
 TRACKER_AT = TcpConn.side.offset  # where tcptrack's fields begin
 assert TcpConn.last_end.offset - TRACKER_AT == 4 * tcptrack.LAST_END
 
@@ -178,6 +182,7 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "guard4": (RouteKey, ctypes.c_uint8),
     "guard6": (Route6Key, ctypes.c_uint8),
     "tcp_conns": (ctypes.c_uint32, TcpConn),
+    "settings": (ctypes.c_uint32, Settings),
 }
 
 
@@ -296,6 +301,7 @@ class Tables:
         # Link-local addresses, hopgate's included, the program passes up by their prefix.
         for a in {*local.v6, *nat6}:
             self.obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
+        self.obj.update("settings", ctypes.c_uint32(0), Settings(int(nat is not None)))
         if nat is not None:
             self._guard(nat)
             table = nat.table
@@ -446,10 +452,18 @@ class Tables:
         """Tell ``table`` what the program forwarded on each connection it holds
         since the last read: the whole table read in a few system calls, each
         flow's counters compared with what was read before."""
-        _, values = self.obj.dump("flows")
+        token = self.read_flows_from(table, None)
+        while token is not None:
+            token = self.read_flows_from(table, token)
+
+    def read_flows_from(self, table: ConnTable, token: int | None, count: int = 4096) -> int | None:
+        """``read_flows`` for up to ``count`` flows from ``token`` (None: the
+        first); returns where to go on, or None at the end of the table."""
+        _, values, token = self.obj.dump_chunk("flows", token, count)
         account = self._account
         for unacked, n, used, packets, size in _COUNTS.iter_unpack(values):
             account(table, n, used, packets, size, unacked)
+        return token
 
     def _account(
         self, table: ConnTable, n: int, used: int, packets: int, size: int, unacked: int
