@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict
 from typing import Any
 
 from hopgate import __version__
-from hopgate.control import conns, views
+from hopgate.control import conns, statefile, views
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
 from hopgate.control.lbcontrol import RingWorker
@@ -19,6 +20,7 @@ from hopgate.io.afpacket import PacketSocket
 from hopgate.io.links import LinkMonitor, LinkWatch
 from hopgate.io.loop import Loop
 from hopgate.io.netprep import Interfaces
+from hopgate.pipeline.nat import Nat, persist
 from hopgate.pipeline.router import Router
 from hopgate.xdp import dataplane
 from hopgate.xdp.dataplane import FastPath
@@ -70,6 +72,40 @@ def snapshot(
     return out
 
 
+# How long a checkpoint waits on the loop for its next slice before giving up.
+CHECKPOINT_STALL = 10.0
+
+
+def _no_state() -> None:
+    log.info("SIGUSR1: no connections to checkpoint (no NAT or services)")
+
+
+def _restore(nat: Nat, path: str, now: float) -> None:
+    """Put back the connections the last hopgate left in ``path``, if any."""
+    try:
+        with open(path, "rb") as f:
+            done = persist.restore(nat, f, now, time.time())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        log.warning("state: cannot restore the connections from %s: %s", path, e)
+        return
+    age = f", written {time.time() - done.written:.1f} s ago" if done.written else ""
+    log.info("state: connections from %s%s: %s", path, age, done.summary())
+
+
+def _save(nat: Nat, path: str, exact: bool) -> None:
+    """Leave the connections in ``path`` for the next hopgate (``exact``: their
+    trackers are all in hand, see persist.header)."""
+    try:
+        lines = persist.lines(nat, time.monotonic(), time.time(), exact=exact)
+        size = statefile.write(path, lines)
+    except OSError as e:
+        log.error("state: cannot write the connections to %s: %s", path, e)
+        return
+    log.info("state: %d connections written to %s (%d bytes)", len(nat.table), path, size)
+
+
 def run(cfg: Config, config_path: str) -> None:
     names = [i.name for i in cfg.interface]
     interfaces = Interfaces(names, {i.name: i.mtu for i in cfg.interface})
@@ -79,10 +115,14 @@ def run(cfg: Config, config_path: str) -> None:
     # Maglev tables are computed by the control plane, not in the loop.
     rings = RingWorker()
     router = Router(spec, now=started, on_ring=rings.wake)
+    state_path = cfg.state.file or statefile.default_path(cfg.admin.socket)
+    if router.nat is not None:
+        _restore(router.nat, state_path, started)
     sockets: list[PacketSocket] = []
     admin: AdminServer | None = None
     loop: Loop | None = None
     fastpath: FastPath | None = None
+    checkpoints: statefile.Checkpoints | None = None
     interfaces.take(links)
     try:
         for port in router.ports:
@@ -109,8 +149,27 @@ def run(cfg: Config, config_path: str) -> None:
             prepare=interfaces.retake,
             fastpath=fastpath,
         )
-        loop.install_signal_handlers()
         the_loop, the_fastpath = loop, fastpath
+        nat = router.nat
+        if nat is not None:
+            checkpoints = statefile.Checkpoints(
+                state_path,
+                cfg.state.checkpoint_interval,
+                # The loop turns the table into text a slice at a time, between
+                # its batches of frames; this thread writes what it yields.
+                lambda: the_loop.mailbox.start(
+                    persist.lines(nat, time.monotonic(), time.time())
+                ).chunks(CHECKPOINT_STALL),
+            )
+        loop.install_signal_handlers(
+            {
+                signal.SIGHUP: lambda: log.warning(
+                    "SIGHUP: hopgate cannot reload its configuration yet; restart it"
+                    " (NAT's and the load balancer's connections are kept across a restart)"
+                ),
+                signal.SIGUSR1: checkpoints.now if checkpoints is not None else _no_state,
+            }
+        )
         if router.nat is not None and any(s.uses_maglev for s in router.nat.services.all):
             rings.start(router.maglev, loop.call)
         admin = AdminServer(
@@ -152,9 +211,18 @@ def run(cfg: Config, config_path: str) -> None:
             ", ".join(names),
             cfg.admin.socket,
         )
+        if checkpoints is not None:
+            checkpoints.start()
         loop.run()
         log.info("stopped")
+        if checkpoints is not None:
+            checkpoints.stop()
+        if router.nat is not None:
+            exact = fastpath.hand_back() if fastpath is not None else True
+            _save(router.nat, state_path, exact)
     finally:
+        if checkpoints is not None:
+            checkpoints.stop()
         if admin is not None:
             admin.stop()
         rings.close()

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
+from hopgate.pipeline import tcptrack
 from hopgate.pipeline.conntrack import Conn, TcpState
 from hopgate.pipeline.router import Router
 from hopgate.xdp import tables as T
@@ -53,6 +54,7 @@ class Conversation:
     client: Endpoint
     server: Endpoint
     mapped: int = 0  # the port the NAT gave the client
+    liberal: bool = False  # tracked liberally (see Pair)
     window: int = 65535  # what each advertises unless told otherwise
 
     def segment(
@@ -130,10 +132,15 @@ class Pair:
     """Two NAT routers with the same connection: ``ref`` has the pipeline alone,
     ``fast`` has the program in front of its pipeline."""
 
-    def __init__(self, obj: BpfObject, talk: Conversation) -> None:
+    def __init__(self, obj: BpfObject, talk: Conversation, liberal: bool = False) -> None:
+        """``liberal``: the connection is tracked liberally (as one restored
+        from a checkpoint, or picked up in mid-stream)."""
         self.ref, self.fast = N.nat_router(), N.nat_router()
         self.now = 0.02
         _handshake((self.ref, self.fast), talk, 0.0)
+        if liberal:
+            for r in (self.ref, self.fast):
+                tcptrack.be_liberal(_conn(r).tcp)  # type: ignore[arg-type]
         self.obj = obj
         self.tables = _tables(obj, self.fast)
         self.table = self.fast.nat.table  # type: ignore[union-attr]
@@ -256,6 +263,19 @@ def test_the_deadline_follows_unacknowledged_data(obj: BpfObject) -> None:
     assert conn.expires > t.tcp_established - 10
 
 
+def test_a_liberally_tracked_connection_takes_segments_beyond_its_windows(
+    obj: BpfObject,
+) -> None:
+    """As the pipeline does for such a connection: out of window, yet
+    forwarded, and nothing learned from it."""
+    talk = _talk(False)
+    pair = Pair(obj, talk, liberal=True)
+    before = pair.forwarded
+    pair.step(*talk.segment(0, "PA", 100, seq=talk.client.nxt + 2**29, advance=False))
+    pair.step(*talk.segment(1, "A", ack=talk.client.nxt + 2**20))
+    assert pair.forwarded == before + 2
+
+
 def test_a_connection_gone_from_the_table_leaves_the_program(obj: BpfObject) -> None:
     talk = _talk(True)
     pair = Pair(obj, talk)
@@ -279,6 +299,7 @@ KINDS = (
 def conversations(draw: st.DrawFn) -> tuple[Conversation, list[tuple[int, str, int, int]]]:
     scales = st.one_of(st.none(), st.sampled_from([0, 2, 7, 14]))
     talk = _talk(draw(st.booleans()), draw(scales), draw(scales))
+    talk.liberal = draw(st.booleans())
     steps = draw(
         st.lists(
             st.tuples(
@@ -337,7 +358,7 @@ def test_any_segment_sequence_is_answered_as_the_pipeline_does(
     for name in ("flows", "tcp_conns"):  # what an earlier example left
         for key in obj.keys(name, T.LAYOUTS[name][0]):
             obj.delete(name, key)
-    pair = Pair(obj, talk)
+    pair = Pair(obj, talk, talk.liberal)
     for step in steps:
         pair.step(*_frame(talk, step))
     event(f"forwarded by the program: {min(pair.forwarded, 5)}+")

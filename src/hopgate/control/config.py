@@ -338,6 +338,17 @@ class DataplaneConfig(_Strict):
     xdp_attach: Literal["native", "generic"] = "native"
 
 
+class StateConfig(_Strict):
+    """``[state]``: NAT's and the load balancer's connections kept across a
+    restart (docs/operations.md).  ``file``: where (by default beside the admin
+    socket, ``.state`` for ``.sock``); written when hopgate stops, every
+    ``checkpoint_interval`` seconds (0: only when it stops, and on SIGUSR1) so
+    that connections survive a crash too, and read back when it starts."""
+
+    file: str | None = None
+    checkpoint_interval: Annotated[float, Field(ge=0)] = 10.0
+
+
 class Config(_Strict):
     interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
     route: list[RouteConfig] = Field(default_factory=list)
@@ -348,6 +359,7 @@ class Config(_Strict):
     relay: RelayConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
     dataplane: DataplaneConfig = Field(default_factory=DataplaneConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
 
     def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
         """The pipeline's spec, given each interface's (MAC, link MTU) from the kernel."""

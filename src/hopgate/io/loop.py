@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -79,8 +80,10 @@ class Loop:
         in the returned future."""
         return self.mailbox.call(fn)
 
-    def install_signal_handlers(self) -> None:
-        self.mailbox.install_signal_handlers()
+    def install_signal_handlers(
+        self, others: dict[signal.Signals, Callable[[], None]] | None = None
+    ) -> None:
+        self.mailbox.install_signal_handlers(others)
 
     # -- the loop ------------------------------------------------------------------------
 

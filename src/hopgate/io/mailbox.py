@@ -141,8 +141,12 @@ class Mailbox:
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
 
-    def install_signal_handlers(self) -> None:
-        """SIGINT and SIGTERM stop the loop cleanly (call from the main thread)."""
+    def install_signal_handlers(
+        self, others: dict[signal.Signals, Callable[[], None]] | None = None
+    ) -> None:
+        """SIGINT and SIGTERM stop the loop cleanly; each signal of ``others``
+        runs its function (in the main thread, between two bytecodes: it must
+        only set a flag or an event).  Call from the main thread."""
 
         def handler(signum: int, frame: object) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)
@@ -150,6 +154,8 @@ class Mailbox:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        for sig, fn in (others or {}).items():
+            signal.signal(sig, _runs(fn))
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     # -- in the loop -------------------------------------------------------------------
@@ -206,3 +212,12 @@ class Mailbox:
             signal.set_wakeup_fd(-1)
         os.close(self.wake_fd)
         os.close(self._wake_w)
+
+
+def _runs(fn: Callable[[], None]) -> Callable[[int, object], None]:
+    """A signal handler that runs ``fn``."""
+
+    def handler(signum: int, frame: object) -> None:
+        fn()
+
+    return handler

@@ -359,6 +359,18 @@ class ConnTable:
             self._per_source[src] = self._per_source.get(src, 0) + 1
         self._file(conn, conn.expires)
 
+    def restore(self, conn: Conn, deadline: float, *, assured: bool) -> None:
+        """Insert ``conn`` as it was before a restart (nat/persist.py): its
+        deadline, assured or not (so early drop spares it as before), closing
+        or not."""
+        conn.expires = deadline
+        self.insert(conn, deadline)
+        if assured:
+            conn.assured = True
+            self._unassured.pop(conn, None)
+            if _FIN_WAIT <= conn.state <= _CLOSE:
+                self._closing[conn] = None
+
     def intern_address(self, address: int) -> int:
         """One shared int object per address: many connections have a server,
         a client or a pool address in common."""

@@ -333,6 +333,14 @@ def track(
     return _V_OK, new
 
 
+def be_liberal(t: array[int]) -> None:
+    """Take this connection's segments outside the windows too (never a RST),
+    as for one picked up in mid-stream: its tracker may lag behind what the
+    endpoints have sent (restored from a checkpoint)."""
+    t[FLAGS] |= F_BE_LIBERAL
+    t[_PEER + FLAGS] |= F_BE_LIBERAL
+
+
 def unacknowledged(t: array[int]) -> bool:
     """Either side has sent data the other has not acknowledged yet."""
     return bool((t[FLAGS] | t[_PEER + FLAGS]) & F_DATA_UNACKNOWLEDGED)

@@ -161,6 +161,26 @@ class FastPath:
                 self._token = None
             self._reading = self._token is not None
 
+    def hand_back(self) -> bool:
+        """Before the connections are written at a stop: everything the
+        program forwarded is read back, and every TCP connection it holds is
+        the pipeline's again with its tracker (so what is written is exact).
+        False if a read failed (the trackers written may then lag behind)."""
+        nat = self.router.nat
+        if nat is None:
+            return True
+        table = nat.table
+        try:
+            self.tables.read_flows(table)
+            for conn in list(table.offloaded):
+                table.offloaded.discard(conn)
+                if conn.tcp is not None:
+                    self.tables.take_back(conn, table)
+        except BpfError as e:
+            self._failed("hand back", e)
+            return False
+        return True
+
     def next_deadline(self) -> float:
         """When ``sync`` has work of its own: at once while the flows are being
         read back, else at the next read."""

@@ -100,6 +100,7 @@ struct neigh {
  * or services (then a packet may be a connection's, or need one). */
 struct settings {
 	__u32 nat;
+	__u32 liberal; /* [nat] tcp_be_liberal: segments outside the windows pass */
 };
 
 struct {
@@ -391,6 +392,7 @@ struct tcp_side {
 
 #define T_MAXACK_SET 1
 #define T_DATA_UNACKNOWLEDGED 2
+#define T_BE_LIBERAL 4 /* picked up in mid-stream, or restored from a checkpoint */
 #define MAX_ACK_WINDOW 66000 /* Linux's MAXACKWINDOW floor */
 #define SEG_ACK 3	     /* tcptrack's index of a plain ACK */
 
@@ -553,6 +555,14 @@ static __always_inline int with_nat(void)
 	return cfg && cfg->nat;
 }
 
+static __always_inline int router_liberal(void)
+{
+	__u32 zero = 0;
+	struct settings *cfg = bpf_map_lookup_elem(&settings, &zero);
+
+	return cfg && cfg->liberal;
+}
+
 /* The flow a UDP datagram or TCP segment arrives on, if hopgate gave it to the
  * fast path (the ports are the first four bytes of both headers). */
 static __always_inline struct flow *l4_flow(__u8 family, __u8 proto, const void *saddr,
@@ -578,10 +588,12 @@ static __always_inline int neg(__u32 a)
 
 /* tcptrack's in_window for a plain ACK on an established connection whose
  * sides have both been heard from, under the tracker's lock: 1 if it lies in
- * both windows (and the tracker has learned from it), 0 if not (the pipeline
- * decides).  ``s``: the sending side, ``r``: the other. */
+ * both windows (and the tracker has learned from it); if not, 1 all the same
+ * when the connection is tracked liberally (``liberal``: the router's
+ * tcp_be_liberal; or either side's flag), learning nothing, as tcptrack; else
+ * 0 (the pipeline decides).  ``s``: the sending side, ``r``: the other. */
 static __always_inline int in_window(struct tcp_side *s, struct tcp_side *r, __u32 seq, __u32 ack,
-				     __u32 end, __u32 win)
+				     __u32 end, __u32 win, int liberal)
 {
 	__u32 s_end = s->end, s_maxend = s->maxend, s_maxwin = s->maxwin, s_maxack = s->maxack;
 	__u32 s_flags = s->flags, r_end = r->end, r_maxend = r->maxend, r_maxwin = r->maxwin;
@@ -594,7 +606,7 @@ static __always_inline int in_window(struct tcp_side *s, struct tcp_side *r, __u
 	      neg(s_end - r_maxwin - 1 - end) &&	/* II: not too old */
 	      neg(ack - r_end - 1) &&			/* III: acks nothing unsent */
 	      neg(r_end - max_ack_window - 1 - ack))) /* IV: not too old an ack */
-		return 0;
+		return liberal || (s_flags | r_flags) & T_BE_LIBERAL;
 	win <<= s->scale;
 	if (s_maxwin < win)
 		s->maxwin = win;
@@ -642,14 +654,14 @@ static __always_inline int tcp_segment(struct flow *fl, struct tcphdr *tcp, void
 		win = bpf_ntohs(tcp->window);
 		seg_end = seq + (len - doff);
 	}
-	int ok = 0;
+	int ok = 0, liberal = router_liberal();
 	__u32 unacked = 0;
 	bpf_spin_lock(&tc->lock);
 	if (!tc->taken && plain) {
 		if (fl->dir)
-			ok = in_window(&tc->side[1], &tc->side[0], seq, ack, seg_end, win);
+			ok = in_window(&tc->side[1], &tc->side[0], seq, ack, seg_end, win, liberal);
 		else
-			ok = in_window(&tc->side[0], &tc->side[1], seq, ack, seg_end, win);
+			ok = in_window(&tc->side[0], &tc->side[1], seq, ack, seg_end, win, liberal);
 	}
 	if (ok) {
 		tc->last_index = SEG_ACK;

@@ -149,7 +149,10 @@ class TcpConn(ctypes.Structure):
 
 
 class Settings(ctypes.Structure):
-    _fields_ = [("nat", ctypes.c_uint32)]  # 1: the router has NAT or services
+    _fields_ = [
+        ("nat", ctypes.c_uint32),  # 1: the router has NAT or services
+        ("liberal", ctypes.c_uint32),  # 1: [nat] tcp_be_liberal
+    ]
 
 
 TRACKER_AT = TcpConn.side.offset  # where tcptrack's fields begin
@@ -301,7 +304,10 @@ class Tables:
         # Link-local addresses, hopgate's included, the program passes up by their prefix.
         for a in {*local.v6, *nat6}:
             self.obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
-        self.obj.update("settings", ctypes.c_uint32(0), Settings(int(nat is not None)))
+        liberal = nat is not None and nat.table.be_liberal
+        self.obj.update(
+            "settings", ctypes.c_uint32(0), Settings(int(nat is not None), int(liberal))
+        )
         if nat is not None:
             self._guard(nat)
             table = nat.table

@@ -385,6 +385,20 @@ class Nat:
                 best = r
         return best
 
+    def dnat_target(
+        self, version: int, proto: int, dst: int, dport: int, echo: bool = False
+    ) -> tuple[int, int] | None:
+        """Where a DNAT rule sends a new flow to (``dst``, ``dport``): the inside
+        address and port, or None if no rule takes it."""
+        rule = self._dnat_rule(version, proto, dst, dport, flows.QUERY if echo else flows.PORTS)
+        if rule is None:
+            return None
+        return rule.to_addr, rule.to_port or dport
+
+    def inside_rule(self, version: int, src: int) -> SnatRule | None:
+        """The SNAT rule that translates ``src``, if one does."""
+        return self._inside_rule(version, src)
+
     def _inside_rule(self, version: int, src: int) -> SnatRule | None:
         for r in self.snat:
             if r.family == version and r.covers(src):

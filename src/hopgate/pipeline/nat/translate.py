@@ -145,6 +145,24 @@ class Mappings:
                 return p
         return None
 
+    def adopt(self, inside: Endpoint, outside: Endpoint) -> Mapping | None:
+        """The mapping of ``inside`` to ``outside`` as it was before a restart:
+        the one there already, or a new one; None if either endpoint is held
+        otherwise, or ``outside`` is published."""
+        m = self.by_inside.get(inside)
+        if m is not None:
+            return m if m.outside == outside else None
+        if outside in self.by_outside or outside in self._reserved:
+            return None
+        if (outside[0], outside[2]) in self._reserved_addrs:
+            return None
+        intern = self._table.intern_address
+        fam, proto, addr, port = inside
+        m = Mapping((fam, proto, intern(addr), U16[port]), outside)
+        self.by_inside[m.inside] = m
+        self.by_outside[outside] = m
+        return m
+
     def unref(self, m: Mapping) -> None:
         """A connection holding ``m`` is gone."""
         m.refs -= 1
