@@ -99,6 +99,25 @@ def test_a_plain_routed_datagram_is_forwarded_as_the_pipeline_forwards_it(
 @pytest.mark.parametrize(
     "ip",
     [
+        IP(src=F.CLIENT4, dst=F.SERVER4) / UDP(sport=40000, dport=9),
+        IPv6(src=F.CLIENT6, dst=F.SERVER6) / TCP(sport=40000, dport=80, flags="A"),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_a_padded_frame_leaves_without_its_padding_as_the_pipeline_sends_it(
+    fastpath: BpfObject, ip: Packet
+) -> None:
+    """A short frame filled up to Ethernet's 60 bytes (or more): the padding is
+    not part of the packet, and the pipeline forwards the packet alone."""
+    verdict, frame, out = _both(fastpath, bytes(F.from_client(ip)) + b"\xaa" * 20)
+    assert verdict == XDP_REDIRECT, f"hopgate's fast path passed a padded frame up ({verdict})"
+    assert len(out) == 1 and bytes(out[0].frame) == frame
+    assert len(frame) == 14 + len(ip)
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
         IP(src=F.CLIENT4, dst=F.SERVER4, ttl=1) / UDP(dport=9),  # Time Exceeded is the pipeline's
         IP(src=F.CLIENT4, dst=F.SERVER4, options=b"\x01\x01\x01\x00") / UDP(dport=9),
         IP(src=F.CLIENT4, dst=F.SERVER4, flags="MF") / UDP(dport=9),
@@ -161,13 +180,16 @@ def frames(draw: st.DrawFn) -> bytes:
         dst_mac = draw(_MAC)
     data = b"x" * draw(st.sampled_from([0, 18, 1300, 1500]))
     raw = bytearray(bytes(Ether(src=F.CLIENT_MAC, dst=dst_mac) / ip / l4 / data))
-    if not plain:
-        # A byte of the headers changed after the checksums were made, and
-        # Ethernet padding.
-        if draw(st.booleans()):
-            raw[draw(st.integers(14, 14 + 27))] ^= draw(st.integers(1, 255))
-        raw += bytes(draw(st.sampled_from([0, 6])))
+    if not plain and draw(st.booleans()):
+        # A byte of the headers changed after the checksums were made.
+        raw[draw(st.integers(14, 14 + 27))] ^= draw(st.integers(1, 255))
+    raw += draw(_PADDING)
     return bytes(raw)
+
+
+# Ethernet padding after the packet: none mostly, or some (a short frame
+# filled up to 60 bytes, or more), zeros or not.
+_PADDING = st.one_of(st.just(b""), st.just(b""), st.binary(min_size=1, max_size=40))
 
 
 _DST6 = st.sampled_from(
@@ -206,10 +228,9 @@ def frames6(draw: st.DrawFn, plain: bool) -> bytes:
         l4 = IPv6ExtHdrDestOpt() / l4
     data = b"x" * draw(st.sampled_from([0, 18, 1300, 1500]))
     raw = bytearray(bytes(Ether(src=F.CLIENT_MAC, dst=dst_mac) / ip / l4 / data))
-    if not plain:
-        if draw(st.booleans()):
-            raw[draw(st.integers(14, 14 + 47))] ^= draw(st.integers(1, 255))
-        raw += bytes(draw(st.sampled_from([0, 6])))
+    if not plain and draw(st.booleans()):
+        raw[draw(st.integers(14, 14 + 47))] ^= draw(st.integers(1, 255))
+    raw += draw(_PADDING)
     return bytes(raw)
 
 

@@ -68,9 +68,11 @@ class Conversation:
         window: int | None = None,
         ttl: int = 64,
         advance: bool = True,
+        padding: int = 0,
     ) -> tuple[bytes, int]:
         """A segment from the client (0) or the server (1) as it arrives at the
-        router, and the router's port it arrives on."""
+        router (``padding``: bytes of Ethernet padding after it), and the
+        router's port it arrives on."""
         me, peer = (self.client, self.server) if direction == 0 else (self.server, self.client)
         seq = me.nxt if seq is None else seq
         ack = peer.nxt if ack is None else ack
@@ -91,10 +93,10 @@ class Conversation:
         if direction == 0:
             src, dst = (N.A6, N.SERVER6) if self.v6 else (N.A4, N.SERVER4)
             ip = IPv6(src=src, dst=dst, hlim=ttl) if self.v6 else IP(src=src, dst=dst, ttl=ttl)
-            return bytes(N.inside(ip / tcp)), C
+            return bytes(N.inside(ip / tcp)) + bytes(padding), C
         src, dst = (N.SERVER6, N.OUT6) if self.v6 else (N.SERVER4, N.OUT4)
         ip = IPv6(src=src, dst=dst, hlim=ttl) if self.v6 else IP(src=src, dst=dst, ttl=ttl)
-        return bytes(N.outside(ip / tcp)), U
+        return bytes(N.outside(ip / tcp)) + bytes(padding), U
 
 
 def _handshake(routers: tuple[Router, ...], talk: Conversation, now: float) -> None:
@@ -199,6 +201,19 @@ def test_an_established_connection_is_forwarded_both_ways_as_the_pipeline_does(
     )
 
 
+def test_a_padded_pure_ack_stays_in_the_fast_path(obj: BpfObject) -> None:
+    """A pure ACK without options fills a 54-byte frame, sent as 60: the
+    padding is cut and the segment forwarded; the connection stays the
+    program's."""
+    talk = _talk(False)
+    pair = Pair(obj, talk)
+    before = pair.forwarded
+    pair.step(*talk.segment(1, "PA", 500))
+    pair.step(*talk.segment(0, "A", padding=6))
+    assert pair.forwarded == before + 2
+    assert pair.table.counters["fastpath-taken-back"] == 0
+
+
 def test_a_window_that_fills_closes_and_overflows_is_tracked_as_the_pipeline_does(
     obj: BpfObject,
 ) -> None:
@@ -290,7 +305,7 @@ def test_a_connection_gone_from_the_table_leaves_the_program(obj: BpfObject) -> 
 
 # Plain segments in the window weigh most: they are what the program takes.
 KINDS = (
-    *["data"] * 5, *["ack"] * 4, "retransmit", "beyond", "ack-unsent", "old-ack",
+    *["data"] * 5, *["ack"] * 3, "padded-ack", "retransmit", "beyond", "ack-unsent", "old-ack",
     "zero-window", "ttl1", "syn", "fin", "rst", "no-ack",
 )  # fmt: skip
 
@@ -323,6 +338,8 @@ def _frame(talk: Conversation, step: tuple[int, str, int, int]) -> tuple[bytes, 
             return talk.segment(direction, "PA", size, window=window)
         case "ack":
             return talk.segment(direction, "A", window=window)
+        case "padded-ack":  # a pure ACK filled up to Ethernet's 60 bytes
+            return talk.segment(direction, "A", window=window, padding=6)
         case "retransmit":
             return talk.segment(direction, "PA", size, seq=me.nxt - size, window=window)
         case "beyond":

@@ -313,22 +313,34 @@ static __always_inline __u32 flow_hash(const __u8 *saddr, const __u8 *daddr, __u
 	return crc32(key, 2 * w + 5);
 }
 
+/* flow_hash for each family. */
+static __always_inline __u32 flow_hash4(struct iphdr *ip, __u16 sport, __u16 dport)
+{
+	return flow_hash((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, sport, dport, ip->protocol, 4);
+}
+
+static __always_inline __u32 flow_hash6(struct ipv6hdr *ip, __u16 sport, __u16 dport)
+{
+	return flow_hash(ip->saddr.in6_u.u6_addr8, ip->daddr.in6_u.u6_addr8, sport, dport,
+			 ip->nexthdr, 16);
+}
+
 /* The ports the flow hash takes (as on the wire), as packet/flows.py reads
  * them: TCP's and UDP's; an echo's identifier for both; none for a protocol
  * without ports.  -1: what the fast path leaves to the pipeline (an ICMP
  * message but an echo, a header cut short). */
-static __always_inline int hash_ports(__u8 *l4, void *end, __u8 proto, __u8 icmp, __u8 echo,
-				      __u8 reply, __u16 *sport, __u16 *dport)
+static __always_inline int hash_ports(__u8 *l4, void *end, __u32 len, __u8 proto, __u8 icmp,
+				      __u8 echo, __u8 reply, __u16 *sport, __u16 *dport)
 {
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-		if ((void *)(l4 + 4) > end)
+		if ((void *)(l4 + 4) > end || len < 4)
 			return -1;
 		__builtin_memcpy(sport, l4, 2);
 		__builtin_memcpy(dport, l4 + 2, 2);
 		return 0;
 	}
 	if (proto == icmp) {
-		if ((void *)(l4 + 6) > end || (l4[0] != echo && l4[0] != reply))
+		if ((void *)(l4 + 6) > end || len < 6 || (l4[0] != echo && l4[0] != reply))
 			return -1;
 		__builtin_memcpy(sport, l4 + 4, 2);
 		__builtin_memcpy(dport, l4 + 4, 2);
@@ -482,7 +494,8 @@ static __always_inline int zero16(const __u8 *a)
 /* The neighbour to send a packet to ``dst`` by (IPv4), its port in *out;
  * hashed, on a multipath route, on the packet as it arrived.  NULL: the
  * pipeline's. */
-static __always_inline struct neigh *next_hop4(struct iphdr *ip, __u32 dst, void *end, __u32 *out)
+static __always_inline struct neigh *next_hop4(struct iphdr *ip, __u32 dst, void *end, __u32 len,
+					       __u32 *out)
 {
 	struct route_key rk = { .prefixlen = 32, .addr = dst };
 	struct route *rt = bpf_map_lookup_elem(&routes4, &rk);
@@ -491,11 +504,10 @@ static __always_inline struct neigh *next_hop4(struct iphdr *ip, __u32 dst, void
 	__u32 port = rt->port, gateway = rt->gateway;
 	if (rt->count > 1) {
 		__u16 sport, dport;
-		if (hash_ports((void *)(ip + 1), end, ip->protocol, IPPROTO_ICMP, 8, 0, &sport,
+		if (hash_ports((void *)(ip + 1), end, len, ip->protocol, IPPROTO_ICMP, 8, 0, &sport,
 			       &dport))
 			return NULL;
-		__u32 h = flow_hash((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, sport, dport,
-				    ip->protocol, 4);
+		__u32 h = flow_hash4(ip, sport, dport);
 		__u32 at = rt->group * MAX_HOPS + h % rt->count;
 		struct hop *hop = bpf_map_lookup_elem(&hops4, &at);
 		if (!hop)
@@ -509,7 +521,7 @@ static __always_inline struct neigh *next_hop4(struct iphdr *ip, __u32 dst, void
 }
 
 static __always_inline struct neigh *next_hop6(struct ipv6hdr *ip, const __u8 *dst, void *end,
-					       __u32 *out)
+					       __u32 len, __u32 *out)
 {
 	struct route6_key rk = { .prefixlen = 128 };
 	__builtin_memcpy(rk.addr, dst, 16);
@@ -524,11 +536,10 @@ static __always_inline struct neigh *next_hop6(struct ipv6hdr *ip, const __u8 *d
 		if (ip->nexthdr != IPPROTO_TCP && ip->nexthdr != IPPROTO_UDP &&
 		    ip->nexthdr != IPPROTO_ICMPV6)
 			return NULL;
-		if (hash_ports((void *)(ip + 1), end, ip->nexthdr, IPPROTO_ICMPV6, 128, 129, &sport,
-			       &dport))
+		if (hash_ports((void *)(ip + 1), end, len, ip->nexthdr, IPPROTO_ICMPV6, 128, 129,
+			       &sport, &dport))
 			return NULL;
-		__u32 h = flow_hash(ip->saddr.in6_u.u6_addr8, ip->daddr.in6_u.u6_addr8, sport,
-				    dport, ip->nexthdr, 16);
+		__u32 h = flow_hash6(ip, sport, dport);
 		__u32 at = rt->group * MAX_HOPS + h % rt->count;
 		struct hop6 *hop = bpf_map_lookup_elem(&hops6, &at);
 		if (!hop)
@@ -564,15 +575,18 @@ static __always_inline int router_liberal(void)
 }
 
 /* The flow a UDP datagram or TCP segment arrives on, if hopgate gave it to the
- * fast path (the ports are the first four bytes of both headers). */
+ * fast path (the ports are the first four bytes of both headers).  ``len``: the
+ * transport header and data, which must hold the whole header (anything
+ * shorter is the pipeline's). */
 static __always_inline struct flow *l4_flow(__u8 family, __u8 proto, const void *saddr,
-					    const void *daddr, const int w, __u8 *l4, void *end)
+					    const void *daddr, const int w, __u8 *l4, void *end,
+					    __u32 len)
 {
 	struct flow_key fk = { .family = family, .proto = proto };
 
 	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
 		return NULL;
-	if ((void *)(l4 + 4) > end)
+	if ((void *)(l4 + 4) > end || len < (proto == IPPROTO_TCP ? 20 : 8))
 		return NULL;
 	__builtin_memcpy(fk.saddr, saddr, w);
 	__builtin_memcpy(fk.daddr, daddr, w);
@@ -701,7 +715,8 @@ static __always_inline void on_flow(struct flow *fl, __u8 *l4, __u8 proto, void 
 	}
 }
 
-static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
+static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingress, __u32 in,
+					  void *end)
 {
 	struct iphdr *ip = (void *)(eth + 1);
 
@@ -714,21 +729,21 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 	__u16 total = bpf_ntohs(ip->tot_len);
 	if (total < sizeof(*ip) || (void *)ip + total > end || !header_ok(ip))
 		return pass(in);
-	/* A frame longer than its own link allows is the pipeline's to drop;
-	 * Ethernet padding would be sent on as part of the frame. */
-	if (total > ingress->mtu || (void *)ip + total != end)
+	/* A packet longer than its own link allows is the pipeline's to drop.
+	 * Ethernet padding after it is cut before it leaves (cut_padding). */
+	if (total > ingress->mtu)
 		return pass(in);
 	if (ip->ttl <= 1 || martian(ip->saddr) || martian(ip->daddr))
 		return pass(in);
 
 	__u8 *l4 = (void *)(ip + 1);
-	__u32 dst = ip->daddr, out_port;
+	__u32 len = total - sizeof(*ip), dst = ip->daddr, out_port;
 	__u8 *mac;
 	struct neigh *nb = NULL;
 	int nat = with_nat();
 	struct flow *fl = NULL;
 	if (nat)
-		fl = l4_flow(4, ip->protocol, &ip->saddr, &ip->daddr, 4, l4, end);
+		fl = l4_flow(4, ip->protocol, &ip->saddr, &ip->daddr, 4, l4, end, len);
 	if (fl) {
 		/* NAT's connection: it leaves translated, as the pipeline's Side says. */
 		__builtin_memcpy(&dst, fl->addrs + 4, 4);
@@ -745,7 +760,7 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 		out_port = fl->hint_port;
 		mac = fl->hint_mac;
 	} else {
-		nb = next_hop4(ip, dst, end, &out_port);
+		nb = next_hop4(ip, dst, end, len, &out_port);
 		if (!nb)
 			return pass(in);
 		mac = nb->mac;
@@ -754,7 +769,7 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 	if (!egress || total > egress->mtu)
 		return pass(in);
 	/* The last question: a TCP segment the tracker does not take goes up. */
-	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, total - sizeof(*ip)))
+	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, len))
 		return pass(in);
 	if (nb)
 		stamp(nb);
@@ -790,7 +805,8 @@ static __always_inline int guarded6(const __u8 *a)
 	return bpf_map_lookup_elem(&guard6, &k) != NULL;
 }
 
-static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingress, __u32 in, void *end)
+static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingress, __u32 in,
+					  void *end)
 {
 	struct ipv6hdr *ip = (void *)(eth + 1);
 
@@ -798,8 +814,9 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 		return pass(in);
 	__u16 plen = bpf_ntohs(ip->payload_len);
 	__u32 total = sizeof(*ip) + plen;
-	/* No jumbogram, no padding, within both links; a hop limit to spend. */
-	if (!plen || (void *)ip + total != end || total > ingress->mtu || ip->hop_limit <= 1)
+	/* No jumbogram, within both links; a hop limit to spend (padding after the
+	 * packet is cut before it leaves: cut_padding). */
+	if (!plen || (void *)ip + total > end || total > ingress->mtu || ip->hop_limit <= 1)
 		return pass(in);
 	__u8 *saddr = ip->saddr.in6_u.u6_addr8, *daddr = ip->daddr.in6_u.u6_addr8;
 	if (special_v6(saddr) || special_v6(daddr))
@@ -812,7 +829,7 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 	int nat = with_nat();
 	struct flow *fl = NULL;
 	if (nat)
-		fl = l4_flow(6, ip->nexthdr, saddr, daddr, 16, l4, end);
+		fl = l4_flow(6, ip->nexthdr, saddr, daddr, 16, l4, end, plen);
 	if (fl) {
 		dst = fl->addrs + 16;
 	} else {
@@ -825,7 +842,7 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 		out_port = fl->hint_port;
 		mac = fl->hint_mac;
 	} else {
-		nb = next_hop6(ip, dst, end, &out_port);
+		nb = next_hop6(ip, dst, end, plen, &out_port);
 		if (!nb)
 			return pass(in);
 		mac = nb->mac;
@@ -845,6 +862,39 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 	return send(eth, egress, mac, in, out_port);
 }
 
+/* A frame on its way out (bpf_redirect_map done; the redirect happens when the
+ * program returns): Ethernet padding after its IP packet (a short frame filled
+ * up to Ethernet's 60 bytes) is cut, as the pipeline cuts it from what it
+ * forwards.  Cutting within the frame cannot fail; were it to, the frame,
+ * rewritten already, is dropped rather than sent on padded. */
+static __always_inline int cut_padding(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 total;
+
+	if ((void *)(eth + 1) > end)
+		return XDP_DROP;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return XDP_DROP;
+		total = bpf_ntohs(ip->tot_len);
+	} else {
+		struct ipv6hdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return XDP_DROP;
+		total = sizeof(*ip) + bpf_ntohs(ip->payload_len);
+	}
+	int extra = (int)(end - data) - (int)(sizeof(*eth) + total);
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return XDP_DROP;
+	return XDP_REDIRECT;
+}
+
 SEC("xdp")
 int hopgate_fastpath(struct xdp_md *ctx)
 {
@@ -862,11 +912,16 @@ int hopgate_fastpath(struct xdp_md *ctx)
 	struct port *ingress = bpf_map_lookup_elem(&ports, &in);
 	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
 		return pass(in);
+	int verdict;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return ipv4(eth, ingress, in, end);
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return ipv6(eth, ingress, in, end);
-	return pass(in);
+		verdict = ipv4(eth, ingress, in, end);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		verdict = ipv6(eth, ingress, in, end);
+	else
+		return pass(in);
+	if (verdict == XDP_REDIRECT)
+		return cut_padding(ctx);
+	return verdict;
 }
 
 char LICENSE[] SEC("license") = "GPL";
