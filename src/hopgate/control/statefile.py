@@ -1,15 +1,15 @@
-"""The connection state file (issue 12): where it is, and writing it so that a
-crash mid-write never leaves a broken one (a temporary file, synced, renamed
-over the old one).  What is in it is pipeline/nat/persist.py's."""
+"""The connection state file (issue 12): where it is, writing it whole or not
+at all (io/files.py), and the checkpoints.  What is in it is
+pipeline/nat/persist.py's."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from hopgate.io.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -20,31 +20,9 @@ def default_path(admin_socket: str) -> str:
 
 
 def write(path: str, chunks: Iterable[bytes]) -> int:
-    """Write ``chunks`` to ``path`` whole or not at all; returns the bytes written."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    size = 0
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-                size += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return size
+    """Write ``chunks`` to ``path`` whole or not at all (root only); returns the
+    bytes written."""
+    return write_atomically(Path(path), chunks, 0o600)
 
 
 class Checkpoints:
