@@ -103,3 +103,21 @@ def test_a_download_through_a_service_survives_a_restart(how: str) -> None:
                 f"{lab.gateway}: the download through the service broke across a {how}:"
                 f" {got!r}; {_restored(lab)}"
             )
+
+
+def test_sighup_and_sigusr1_do_not_stop_hopgate_and_sigusr1_checkpoints() -> None:
+    """SIGHUP would kill a daemon that does not handle it; hopgate logs that it
+    cannot reload yet.  SIGUSR1 writes a checkpoint at once."""
+    with NatLab("hopgate", extra_config="[state]\ncheckpoint_interval = 0.0\n") as lab:
+        assert lab.hopgate is not None
+        state = lab.lab.dir / "hopgate.state"
+        assert not state.exists()
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            os.kill(lab.hopgate.pid, sig)
+        deadline = time.monotonic() + 5
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lab.hopgate.alive(), f"{lab.gateway} died of SIGHUP or SIGUSR1"
+        assert state.exists(), f"{lab.gateway} wrote no checkpoint on SIGUSR1"
+        assert state.read_bytes().startswith(b'{"hopgate_state": 1'), lab.gateway
+        assert "cannot reload" in lab.hopgate.output(), lab.gateway
