@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hopgate import __version__
 from hopgate.control.conns import DEFAULT_LIMIT
 from hopgate.control.specs import setting
-from hopgate.pipeline.model import RelaySettings, burst_for
+from hopgate.pipeline.model import BackendSpec, RelaySettings, burst_for
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -92,7 +93,12 @@ def _ports(ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 
 def _relay_range(name: str) -> click.FloatRange | click.IntRange:
     """An option's type: the values the ``RelaySettings`` field ``name`` may take."""
-    s = setting(RelaySettings, name)
+    return _spec_range(RelaySettings, name)
+
+
+def _spec_range(spec: type, name: str) -> click.FloatRange | click.IntRange:
+    """An option's type: the values the field ``name`` of ``spec`` may take."""
+    s = setting(spec, name)
     b = s.bounds
     assert b is not None
     if s.type is float:
@@ -291,15 +297,25 @@ def _socket_for(socket_path: str | None, config_path: str | None) -> str:
     return DEFAULT_ADMIN_SOCKET
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _daemon_options(command: F) -> F:
+    """``-s``/``--socket`` and ``-c``/``--config``: which daemon a command talks to."""
+    command = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="Find the socket in this config.",
+    )(command)
+    return click.option("-s", "--socket", "socket_path", help="Admin socket of the daemon.")(
+        command
+    )
+
+
 @main.command()
-@click.option("-s", "--socket", "socket_path", help="Admin socket of the daemon.")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Find the socket in this config.",
-)
+@_daemon_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw state as JSON.")
 def status(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
     """Show a running daemon's counters: traffic, drops by reason, ICMP sent (or a
@@ -321,14 +337,7 @@ def status(socket_path: str | None, config_path: str | None, as_json: bool) -> N
 
 
 @main.command()
-@click.option("-s", "--socket", "socket_path", help="Admin socket of the daemon.")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Find the socket in this config.",
-)
+@_daemon_options
 @click.option("--family", type=click.Choice(["4", "6"]), help="IPv4 or IPv6 only.")
 @click.option("--protocol", help="tcp, udp, icmp, icmpv6, or a number.")
 @click.option(
@@ -415,6 +424,60 @@ def conns(
     except AdminError as e:
         _fail(str(e))
     status_view.render_conns(result, _console())
+
+
+@main.command()
+@click.argument("service")
+@click.argument("address")
+@click.argument("action", type=click.Choice(["drain", "disable", "enable", "weight"]))
+@click.argument("weight", required=False, type=_spec_range(BackendSpec, "weight"))
+@_daemon_options
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+def backend(
+    service: str,
+    address: str,
+    action: str,
+    weight: int | None,
+    socket_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Change a load-balanced backend at run time, as ipvsadm -e and HAProxy's
+    runtime API.  ADDRESS is the backend's address, or address:port when the
+    service has several backends on it; the backend is changed in every service
+    named SERVICE (an IPv4 and an IPv6 service may share a name).
+
+    \b
+    drain     no new connections; the open ones go on until they end
+    disable   no new connections; the open ones are closed if the service has
+              on_backend_down = "close", kept otherwise
+    enable    back to what its health checks say
+    weight N  its weight for new connections from now on (0: none)
+
+    Health and admin state are apart: a drained backend whose checks pass stays
+    drained.  The change lasts until hopgate stops or the backend leaves the
+    config: a reload of the file does not undo it."""
+    from hopgate.control.admin import AdminError, AdminRefusedError, change_backend
+
+    if action == "weight" and weight is None:
+        _fail("weight needs a number: hopgate backend SERVICE ADDRESS weight N")
+    if action != "weight" and weight is not None:
+        _fail(f"{action} takes no number (only weight does)")
+    query = {"service": service, "address": address, "action": action}
+    if weight is not None:
+        query["weight"] = str(weight)
+    path = _socket_for(socket_path, config_path)
+    try:
+        result = change_backend(path, query)
+    except AdminRefusedError as e:
+        _fail(e.reason)
+    except AdminError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for b in result["changed"]:
+        click.echo(b["message"])
 
 
 def _need_root() -> None:
@@ -505,6 +568,11 @@ def lab_up(name: str | None, topology: str, kernel: bool) -> None:
         click.echo(f"  status: hopgate status -s {built.admin_socket}")
         if topology != "router":
             click.echo(f"  conns:  hopgate conns -s {built.admin_socket}")
+        if topology == "lb":
+            click.echo(
+                f"  drain:  hopgate backend -s {built.admin_socket} web"
+                f" {LB_ADDR.backends4[0]} drain   (then enable)"
+            )
         click.echo(f"  config: {built.config_path}")
     click.echo(f"  remove: hopgate lab down {built.name}")
 

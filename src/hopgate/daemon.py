@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hopgate import __version__
-from hopgate.control import conns, statefile, views
+from hopgate.control import backends, conns, statefile, views
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
 from hopgate.control.lbcontrol import RingWorker
@@ -182,6 +182,8 @@ def run(cfg: Config, config_path: str) -> None:
             lambda action, query: the_loop.mailbox.start(
                 conns.job(action, router.nat, time.monotonic, query)
             ),
+            # hopgate backend: a change made in the loop, logged before it is answered
+            backends=backends.requests(router, the_loop.call, the_loop.log_events),
         )
         admin.start()
         for iface in views.router(router.state())["interfaces"]:

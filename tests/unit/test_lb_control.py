@@ -202,7 +202,7 @@ def _service(weights: tuple[int, ...] = (1, 1, 1, 1, 1)) -> Service:
 def _fail(svc: Service, index: int) -> None:
     b = svc.backends[index]
     b.healthy = False
-    svc.withdraw(b)
+    svc.settle(b)
 
 
 KEYS = [n.to_bytes(4, "big") for n in range(3000)]
@@ -236,7 +236,7 @@ def test_nothing_is_chosen_when_no_backend_of_the_table_is_up() -> None:
     assert svc.install(request, request.compute()) == []  # a table of backend 0 alone
     # backend 1 comes back (not in the table yet), backend 0 fails
     svc.backends[1].healthy = True
-    assert not svc.admit(svc.backends[1])
+    assert not svc.settle(svc.backends[1])
     _fail(svc, 0)
     assert all(svc.pick(k) is None for k in KEYS[:50])
     request = svc.ring_request()
@@ -244,16 +244,20 @@ def test_nothing_is_chosen_when_no_backend_of_the_table_is_up() -> None:
     assert {svc.pick(k).index for k in KEYS[:50]} == {1}  # type: ignore[union-attr]
 
 
-def test_a_backend_of_weight_0_comes_back_up_though_it_holds_no_slot() -> None:
+def test_a_backend_of_weight_0_comes_back_healthy_but_holds_no_slot_and_is_not_up() -> None:
+    """Weight 0 takes no new connections (as IPVS): ``up`` says whether a backend
+    takes them, ``healthy`` what its checks say."""
     svc = _service((1, 1, 0, 1, 1))
     _fail(svc, 2)
     request = svc.ring_request()
     svc.install(request, request.compute())
     svc.backends[2].healthy = True
-    assert not svc.admit(svc.backends[2])
+    assert not svc.settle(svc.backends[2])
     request = svc.ring_request()
-    assert svc.install(request, request.compute()) == [svc.backends[2]]
+    assert svc.install(request, request.compute()) == []
     assert 2 not in set(svc.table)
+    state = svc.backends[2].describe()
+    assert state.healthy and not state.up and state.weight == 0
 
 
 def test_a_table_older_than_the_installed_one_is_ignored_and_requests_coalesce() -> None:

@@ -1,12 +1,13 @@
 """The admin API: the daemon's state as JSON and Prometheus text, over HTTP.
 
-Served on a Unix socket, for root only (``hopgate status`` and ``hopgate conns``
-read it: ``/status``, ``/metrics``, ``/conns``, and ``POST /conns/delete`` and
-``/conns/flush``) and, if configured, on a TCP address for Prometheus, which
-serves ``/metrics`` and nothing else.  Requests are answered from a snapshot the
-loop thread takes between two batches of frames, so the pipeline is never read
-while it changes; work over the connections is a job the loop runs in slices
-(``io.mailbox.Job``), streamed to the client as it comes (chunked).
+Served on a Unix socket, for root only (``hopgate status``, ``hopgate conns``
+and ``hopgate backend`` use it: ``/status``, ``/metrics``, ``/conns``, and
+``POST /conns/delete``, ``/conns/flush`` and ``/backend``) and, if configured,
+on a TCP address for Prometheus, which serves ``/metrics`` and nothing else.
+Requests are answered from a snapshot the loop thread takes between two batches
+of frames, so the pipeline is never read while it changes; work over the
+connections is a job the loop runs in slices (``io.mailbox.Job``), streamed to
+the client as it comes (chunked); a backend's change is one call in the loop.
 """
 
 from __future__ import annotations
@@ -36,17 +37,35 @@ Snapshot = Callable[[], "Future[dict[str, Any]]"]
 # Starts a job over the connections: ("list" | "delete" | "flush", query); raises
 # ValueError for a query that does not parse.
 Conns = Callable[[str, dict[str, str]], Job]
+# Changes backends at run time (control/backends.py): raises ValueError for a
+# query that does not parse; the future raises LookupError for an unknown service
+# or backend.
+Backends = Callable[[dict[str, str]], "Future[dict[str, Any]]"]
 SNAPSHOT_TIMEOUT = 5.0  # for a snapshot; for a job, the longest it may go without a slice
 CLIENT_TIMEOUT = 30.0  # how long a client waits for the next bytes of an answer
 CONNS_ACTIONS = {"/conns/delete": "delete", "/conns/flush": "flush"}  # POST only
+BACKEND = "/backend"  # POST only
 
 
 class AdminError(Exception):
     pass
 
 
+class AdminRefusedError(AdminError):
+    """The daemon answered, with an error status: ``reason`` is what it said."""
+
+    def __init__(self, message: str, status: int, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
 def _handler(
-    snapshot: Snapshot, conns: Conns | None, *, metrics_only: bool = False
+    snapshot: Snapshot,
+    conns: Conns | None,
+    backends: Backends | None = None,
+    *,
+    metrics_only: bool = False,
 ) -> type[BaseHTTPRequestHandler]:
     """The request handler: all of the API, or (``metrics_only``, for the TCP
     listener anyone on the host can reach) ``GET /metrics`` alone."""
@@ -65,7 +84,9 @@ def _handler(
             if url.path == "/conns" and conns is not None:
                 self._job(conns, "list", query)
                 return
-            if url.path in CONNS_ACTIONS and conns is not None:
+            if (url.path in CONNS_ACTIONS and conns is not None) or (
+                url.path == BACKEND and backends is not None
+            ):
                 self._reply(405, "text/plain", f"{url.path} takes a POST\n".encode())
                 return
             if url.path in ("/status", "/metrics"):
@@ -73,13 +94,8 @@ def _handler(
             else:
                 self._reply(404, "text/plain", b"not found: try /status, /metrics or /conns\n")
                 return
-            try:
-                result = future.result(timeout=SNAPSHOT_TIMEOUT)
-            except ValueError as e:  # a filter that does not parse
-                self._reply(400, "text/plain", f"{e}\n".encode())
-                return
-            except Exception as e:  # noqa: BLE001 - reported to the client
-                self._reply(503, "text/plain", f"no answer from the loop: {e}\n".encode())
+            result = self._result(future)
+            if result is None:
                 return
             if url.path == "/metrics":
                 self._reply(200, metrics.CONTENT_TYPE, metrics.render(result))
@@ -88,11 +104,39 @@ def _handler(
 
         def do_POST(self) -> None:
             url = urllib.parse.urlsplit(self.path)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            if url.path == BACKEND and backends is not None and not metrics_only:
+                self._backend(backends, query)
+                return
             action = CONNS_ACTIONS.get(url.path)
             if metrics_only or action is None or conns is None:
                 self._reply(404, "text/plain", b"not found\n")
                 return
-            self._job(conns, action, dict(urllib.parse.parse_qsl(url.query)))
+            self._job(conns, action, query)
+
+        def _backend(self, backends: Backends, query: dict[str, str]) -> None:
+            try:
+                future = backends(query)
+            except ValueError as e:  # a query that does not parse
+                self._reply(400, "text/plain", f"{e}\n".encode())
+                return
+            result = self._result(future)
+            if result is not None:
+                self._reply(200, "application/json", json.dumps(result).encode())
+
+        def _result(self, future: Future[dict[str, Any]]) -> dict[str, Any] | None:
+            """What the loop answered; None when it failed, and the client has
+            been told why (400: a query that does not parse, 404: something it
+            names that is not there)."""
+            try:
+                return future.result(timeout=SNAPSHOT_TIMEOUT)
+            except ValueError as e:
+                self._reply(400, "text/plain", f"{e}\n".encode())
+            except LookupError as e:
+                self._reply(404, "text/plain", f"{e.args[0] if e.args else e}\n".encode())
+            except Exception as e:  # noqa: BLE001 - reported to the client
+                self._reply(503, "text/plain", f"no answer from the loop: {e}\n".encode())
+            return None
 
         def _job(self, conns: Conns, action: str, query: dict[str, str]) -> None:
             """Start a job in the loop and stream what it yields, chunked.  An error
@@ -164,10 +208,12 @@ class AdminServer:
         snapshot: Snapshot,
         metrics_listen: tuple[str, int] | None = None,
         conns: Conns | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._snapshot = snapshot
         self._conns = conns
+        self._backends = backends
         self._metrics_listen = metrics_listen
         self._servers: list[socketserver.BaseServer] = []
 
@@ -180,7 +226,7 @@ class AdminServer:
                     f"another hopgate answers on {path}; give this one its own [admin] socket"
                 )
             path.unlink()
-        handler = _handler(self._snapshot, self._conns)
+        handler = _handler(self._snapshot, self._conns, self._backends)
         old_umask = os.umask(0o077)  # the state is for root and the operator only
         try:
             unix = _UnixHTTPServer(str(path), handler)
@@ -259,9 +305,9 @@ def stream(
             raise AdminError(f"{socket_path}: {e}") from None
         try:
             if resp.status != 200:
-                body = resp.read()
-                raise AdminError(
-                    f"{socket_path}{path}: {resp.status} {body.decode(errors='replace').strip()}"
+                reason = resp.read().decode(errors="replace").strip()
+                raise AdminRefusedError(
+                    f"{socket_path}{path}: {resp.status} {reason}", resp.status, reason
                 )
             while chunk := resp.read1(1 << 16):
                 yield chunk
@@ -303,3 +349,11 @@ def delete_conns(socket_path: str, filters: dict[str, str] | None = None) -> int
     path = "/conns/flush" if filters is None else "/conns/delete?" + _query(filters)
     data: dict[str, Any] = json.loads(fetch(socket_path, path, "POST", CLIENT_TIMEOUT))
     return int(data["deleted"])
+
+
+def change_backend(socket_path: str, query: dict[str, str]) -> dict[str, Any]:
+    """Drain, disable, enable or weigh backends (control/backends.py's query);
+    what changed.  Raises AdminRefusedError with the daemon's reason when it refuses."""
+    path = f"{BACKEND}?{urllib.parse.urlencode(query)}"
+    data: dict[str, Any] = json.loads(fetch(socket_path, path, "POST", CLIENT_TIMEOUT))
+    return data

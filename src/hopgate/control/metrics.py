@@ -9,7 +9,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hopgate.pipeline.model import AdminState
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ADMIN_STATES = tuple(s.value for s in AdminState)  # every one, 0 but the backend's
 
 
 class _SnapshotCollector(Collector):
@@ -205,7 +208,18 @@ def _links(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
 def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:
     labels = ["service", "backend"]
     up = GaugeMetricFamily(
-        "hopgate_backend_up", "1 if the backend takes connections", labels=labels
+        "hopgate_backend_up", "1 if the backend takes new connections", labels=labels
+    )
+    healthy = GaugeMetricFamily(
+        "hopgate_backend_healthy", "1 if the backend passes its health checks", labels=labels
+    )
+    admin = GaugeMetricFamily(
+        "hopgate_backend_admin_state",
+        "1 for the backend's admin state (hopgate backend: enabled, drained, disabled)",
+        labels=[*labels, "state"],
+    )
+    weight = GaugeMetricFamily(
+        "hopgate_backend_weight", "The backend's weight (the operator's if set)", labels=labels
     )
     active = GaugeMetricFamily(
         "hopgate_backend_active_connections", "Connections open to the backend", labels=labels
@@ -220,11 +234,15 @@ def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:
         for b in svc["backends"]:
             key = [svc["name"], b["backend"]]
             up.add_metric(key, 1 if b["up"] else 0)
+            healthy.add_metric(key, 1 if b["healthy"] else 0)
+            for state in ADMIN_STATES:
+                admin.add_metric([*key, state], 1 if b["admin"] == state else 0)
+            weight.add_metric(key, b["weight"])
             active.add_metric(key, b["active"])
             total.add_metric(key, b["total"])
             checks.add_metric([*key, "ok"], b["checks_ok"])
             checks.add_metric([*key, "failed"], b["checks_failed"])
-    yield from (up, active, total, checks)
+    yield from (up, healthy, admin, weight, active, total, checks)
 
 
 def render(state: dict[str, Any]) -> bytes:

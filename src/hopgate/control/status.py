@@ -144,12 +144,14 @@ def render(state: dict[str, Any], console: Console) -> None:
             "backend",
             "weight",
             "health",
+            "admin",
             "active",
             "total",
             "checks ok/failed",
         ):
             t.add_column(
-                col, justify="left" if col in ("service", "backend", "health") else "right"
+                col,
+                justify="left" if col in ("service", "backend", "health", "admin") else "right",
             )
         for svc in services:
             about = (
@@ -160,8 +162,9 @@ def render(state: dict[str, Any], console: Console) -> None:
                 t.add_row(
                     about if i == 0 else "",
                     b["backend"],
-                    str(b["weight"]),
-                    "up" if b["up"] else "[red]down[/red]",
+                    _weight(b),
+                    _health(b),
+                    _ADMIN.get(b["admin"], b["admin"]),
                     f"{b['active']:,}",
                     f"{b['total']:,}",
                     f"{b['checks_ok']:,}/{b['checks_failed']:,}",
@@ -249,6 +252,27 @@ def render_relay(state: dict[str, Any], console: Console) -> None:
         console.print(t)
     if state["send_errors"]:
         console.print(f"[red]send errors: {state['send_errors']:,}[/red]")
+
+
+# A backend's admin state (hopgate backend), as the services table shows it.
+_ADMIN = {"drained": "[yellow]drained[/yellow]", "disabled": "[red]disabled[/red]"}
+
+
+def _weight(b: dict[str, Any]) -> str:
+    """Its weight, and the config's when the operator set another."""
+    if b["weight"] == b["config_weight"]:
+        return str(b["weight"])
+    return f"{b['weight']} (config {b['config_weight']})"
+
+
+def _health(b: dict[str, Any]) -> str:
+    """What its checks say; "up (table pending)" for a Maglev backend that may take
+    new connections once the table that includes it is in place."""
+    if not b["healthy"]:
+        return "[red]down[/red]"
+    if not b["up"] and b["admin"] == "enabled" and b["weight"] > 0:
+        return "up (table pending)"
+    return "up"
 
 
 def _endpoint(address: str, port: int) -> str:

@@ -13,6 +13,7 @@ from hopgate.packet import addr as A
 from hopgate.packet import ethernet
 from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline.state import (
+    BackendState,
     InterfaceState,
     NatState,
     NeighbourState,
@@ -70,18 +71,23 @@ def service(s: ServiceState) -> JSON:
         "scheduler": str(s.scheduler),
         "local_addresses": [A.ip_str(s.family, a) for a in s.local_addresses],
         "health": str(s.health),
-        "backends": [
-            {
-                "backend": b.name,
-                "weight": b.weight,
-                "up": b.up,
-                "active": b.active,
-                "total": b.total,
-                "checks_ok": b.checks_ok,
-                "checks_failed": b.checks_failed,
-            }
-            for b in s.backends
-        ],
+        "backends": [backend(b) for b in s.backends],
+    }
+
+
+def backend(s: BackendState) -> JSON:
+    """One backend, in ``/status`` and in the answer to ``hopgate backend``."""
+    return {
+        "backend": s.name,
+        "weight": s.weight,
+        "up": s.up,  # takes new connections
+        "active": s.active,
+        "total": s.total,
+        "checks_ok": s.checks_ok,
+        "checks_failed": s.checks_failed,
+        "healthy": s.healthy,
+        "admin": str(s.admin),
+        "config_weight": s.config_weight,
     }
 
 

@@ -130,6 +130,11 @@ class Loop:
             self._fast("sync", self.fastpath.sync, self.clock())
         # Logged before the admin API is answered: what a status shows has been
         # logged by then.
+        self.log_events()
+
+    def log_events(self) -> None:
+        """Log what the router recorded (pipeline/events.py) since the last call:
+        at the end of every turn, and after an admin call that changes things."""
         news = self.router.events
         while news:
             log.info("%s", news.popleft())

@@ -1,18 +1,26 @@
 """Small clients the lab runs inside a namespace, for what curl cannot say at
 scale: which backend answered each of many connections, each from a chosen
-source port.
+source port; and a download at a steady rate, which curl's ``--limit-rate``
+does not keep on a fast link (it averages over seconds: the first ones go at
+full speed, and a 10 MB download through the lab often ends in a second).
 
     python -m hopgate.lab.clients http HOST PORT --count N [--first-port P]
     python -m hopgate.lab.clients udp HOST PORT MESSAGE
+    python -m hopgate.lab.clients download HOST PORT PATH --rate BYTES [--local-port P]
 
-Each prints one line per exchange: the source port used, then the first line of
-the answer or "error: ...".
+Each of the first two prints one line per exchange: the source port used, then
+the first line of the answer or "error: ...".  ``download`` prints, as curl's
+``-w "%{http_code} %{size_download} %{time_total}"``, the status, the body's
+bytes and the seconds it took.
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import time
+
+READ = 32768  # bytes a download reads at a time, and its receive buffer
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -54,6 +62,30 @@ def udp_answer(host: str, port: int, message: str, timeout: float) -> str:
             return f"{sport} error: {e}"
 
 
+def download(host: str, port: int, path: str, rate: float, local_port: int, timeout: float) -> str:
+    """GET ``path`` over HTTP/1.0, read at ``rate`` bytes a second at most (a
+    small receive buffer, so the server is held back by TCP's window)."""
+    start = time.monotonic()
+    got = b""
+    total = 0
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READ)
+        s.settimeout(timeout)
+        s.bind(("", local_port))
+        s.connect((host, port))
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        while chunk := s.recv(READ):
+            if len(got) < 4096:
+                got += chunk[:4096]
+            total += len(chunk)
+            ahead = start + total / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    head, _, _ = got.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "000"
+    return f"{status} {total - len(head) - 4} {time.monotonic() - start:.3f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m hopgate.lab.clients")
     sub = p.add_subparsers(dest="what", required=True)
@@ -68,11 +100,20 @@ def main() -> None:
     u.add_argument("port", type=int)
     u.add_argument("message")
     u.add_argument("--timeout", type=float, default=3.0)
+    d = sub.add_parser("download")
+    d.add_argument("host")
+    d.add_argument("port", type=int)
+    d.add_argument("path")
+    d.add_argument("--rate", type=float, required=True, help="bytes a second")
+    d.add_argument("--local-port", type=int, default=0)
+    d.add_argument("--timeout", type=float, default=10.0)
     a = p.parse_args()
     if a.what == "http":
         print("\n".join(http_first_lines(a.host, a.port, a.count, a.first_port, a.timeout)))
-    else:
+    elif a.what == "udp":
         print(udp_answer(a.host, a.port, a.message, a.timeout))
+    else:
+        print(download(a.host, a.port, a.path, a.rate, a.local_port, a.timeout))
 
 
 if __name__ == "__main__":

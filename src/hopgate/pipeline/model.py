@@ -95,6 +95,17 @@ class BackendDown(StrEnum):
     CLOSE = "close"
 
 
+class AdminState(StrEnum):
+    """What the operator made of a backend at run time (``hopgate backend``), apart
+    from its health: not a config key (every backend starts enabled)."""
+
+    ENABLED = "enabled"  # scheduled as its health and weight say
+    DRAINED = "drained"  # no new connections; its open ones go on until they end
+    # No new connections; its open ones closed if the service closes a failed
+    # backend's (``on_backend_down = "close"``), kept otherwise.
+    DISABLED = "disabled"
+
+
 @dataclass(frozen=True)
 class PortSpec:
     name: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hopgate.pipeline.model import HealthKind, IPAddress, Scheduler
+from hopgate.pipeline.model import AdminState, HealthKind, IPAddress, Scheduler
 from hopgate.pipeline.neighbours import State
 
 
@@ -56,6 +56,9 @@ class BackendState:
     total: int
     checks_ok: int
     checks_failed: int
+    healthy: bool  # the checks' verdict (``up``: whether it takes new connections)
+    admin: AdminState  # what the operator made of it (hopgate backend)
+    config_weight: int  # ``weight`` is the operator's when one was set
 
 
 @dataclass(frozen=True, slots=True)

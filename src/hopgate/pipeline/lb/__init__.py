@@ -2,6 +2,9 @@
 
 - ``service``: services and backends, the schedulers, ``MaglevControl`` (where
   Maglev tables are handed to the control plane and installed);
+- ``runtime``: what the operator changed at run time (admin state, weight), in
+  one place that services built again can be given;
+- ``verdicts``: what a health verdict or an operator's change does;
 - ``maglev``: the Maglev lookup table and the flow hash every node shares;
 - ``fnat``: full NAT: a new flow's backend, its LIP and local port, the hops
   each side's packets go back to, a failed backend's connections;
@@ -14,6 +17,7 @@ facade for both.
 
 from hopgate.pipeline.lb.fnat import Fnat, Hop
 from hopgate.pipeline.lb.service import (
+    AdminState,
     Backend,
     BackendDown,
     BackendSpec,
@@ -30,6 +34,7 @@ from hopgate.pipeline.lb.service import (
 )
 
 __all__ = [
+    "AdminState",
     "Backend",
     "BackendDown",
     "BackendSpec",

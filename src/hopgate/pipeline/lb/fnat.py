@@ -89,9 +89,9 @@ class Fnat:
         return DropReason.NAT_PORTS_EXHAUSTED
 
     def close_backend(self, backend: Backend) -> int:
-        """Forget a failed backend's connections (``on_backend_down = "close"``):
-        their next packets are scheduled afresh, and the backend that gets them
-        resets them.  Returns how many were closed."""
+        """Forget a failed or disabled backend's connections (``on_backend_down =
+        "close"``): their next packets are scheduled afresh, and the backend that
+        gets them resets them.  Returns how many were closed."""
         conns = list(backend.conns)
         for conn in conns:
             self._table.remove(conn)
@@ -99,8 +99,10 @@ class Fnat:
 
 
 def backend_failed(conn: Conn) -> bool:
-    """Whether ``conn`` is load-balanced to a backend that is down: a SYN on its
-    tuple is a new connection, scheduled afresh (as IPVS's conn_reuse_mode)."""
+    """Whether ``conn`` is load-balanced to a backend that is down, or that takes
+    no new connections (drained, disabled, weight 0): a SYN on its tuple is a
+    new connection, scheduled afresh (as IPVS's conn_reuse_mode, and its
+    expire_nodest_conn for a weight of 0)."""
     backend = conn.backend
     return backend is not None and not backend.up
 

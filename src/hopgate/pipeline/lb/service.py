@@ -2,12 +2,14 @@
 (docs/behaviour.md, "Load balancer").
 
 A service is a VIP, a port and a protocol; a pool of local addresses (LIPs)
-its connections leave from; and backends, with a weight and a health state.
-The scheduler picks a backend for each new connection: round robin, smooth
-weighted round robin, weighted least connections, or Maglev (the same choice on
-every node that has the same backends).  Only backends that are up are chosen;
-what happens to a failed backend's connections is the service's choice: they
-are kept (the default) or closed.
+its connections leave from; and backends, with a weight, a health state and an
+admin state (``hopgate backend``: enabled, drained, disabled; the operator's
+weight and admin state are kept in ``runtime.Overrides``).  The scheduler picks
+a backend for each new connection: round robin, smooth weighted round robin,
+weighted least connections, or Maglev (the same choice on every node that has
+the same backends).  Only backends that are up are chosen: healthy, enabled and
+of a weight above 0; what happens to a failed (or disabled) backend's
+connections is the service's choice: they are kept (the default) or closed.
 
 A Maglev table is control-plane work, done off the packet path (Katran's split:
 the control plane computes the ring, the data path only indexes it).  When a
@@ -16,7 +18,8 @@ installed, a flow whose slot names a backend that is down takes the next slot
 (slot + 1, wrapping) whose backend is up, so the flows of backends that are up
 stay where they are, and nodes that see the same flip choose alike.  A backend
 whose checks pass again is up, and chosen, once the table that includes it is
-installed.  ``MaglevControl`` is the seam: it computes tables at once (tests) or
+installed; the same holds for a backend the operator drains, disables, enables or
+weighs again.  ``MaglevControl`` is the seam: it computes tables at once (tests) or
 leaves them to the control plane (the daemon's worker process).
 """
 
@@ -29,7 +32,9 @@ from dataclasses import dataclass
 from hopgate.packet import addr as A
 from hopgate.pipeline.conntrack import Conn
 from hopgate.pipeline.lb import maglev
+from hopgate.pipeline.lb.runtime import BackendKey, Override, Overrides
 from hopgate.pipeline.model import (
+    AdminState,
     BackendDown,
     BackendSpec,
     EchoPolicy,
@@ -43,6 +48,7 @@ from hopgate.pipeline.state import BackendState, ServiceState
 # The specs and their policies are defined with the other specs (model.py), and
 # importable from here (and from the package).
 __all__ = [
+    "AdminState",
     "Backend",
     "BackendDown",
     "BackendSpec",
@@ -68,38 +74,83 @@ class Backend:
         "family",
         "healthy",
         "index",
+        "key",
         "name",
+        "override",
         "port",
         "service",
+        "spec",
         "successes",
         "total",
         "up",
-        "weight",
     )
 
-    def __init__(self, service: Service, index: int, spec: BackendSpec) -> None:
+    def __init__(
+        self, service: Service, index: int, spec: BackendSpec, overrides: Overrides
+    ) -> None:
         self.service = service
         self.index = index
+        self.spec = spec
         self.family = service.family
         self.address = spec.address
         self.port = spec.port
-        self.weight = spec.weight
-        text = A.ip_str(self.family, spec.address)
-        self.name = f"[{text}]:{spec.port}" if self.family == A.V6 else f"{text}:{spec.port}"
+        self.key: BackendKey = (
+            service.family,
+            service.protocol,
+            service.vip,
+            service.port,
+            spec.address,
+            spec.port,
+        )
+        # the operator's admin state and weight (runtime.py), found by its identity
+        self.override: Override = overrides.of(self.key)
+        self.name = endpoint(self.family, spec.address, spec.port)
         # The checks' verdict (rise and fall), and whether new connections may be
-        # given to it: the same, except that a Maglev backend coming back is up
-        # only once its service's table includes it.
+        # given to it (``eligible``), except that a Maglev backend becoming
+        # eligible is up only once its service's table includes it.
         self.healthy = True
-        self.up = True  # until its checks say otherwise
+        self.up = self.eligible  # healthy until its checks say otherwise
         self.successes = 0
         self.failures = 0
         self.checks = {"ok": 0, "failed": 0}
         self.conns: set[Conn] = set()  # its live connections
         self.total = 0  # connections it was given
 
+    @property
+    def weight(self) -> int:
+        """Its weight: the operator's if one was set, the config's otherwise."""
+        weight = self.override.weight
+        return self.spec.weight if weight is None else weight
+
+    @property
+    def admin(self) -> AdminState:
+        return self.override.admin
+
+    @property
+    def eligible(self) -> bool:
+        """Whether its health, its admin state and its weight let it take new
+        connections."""
+        return self.healthy and self.override.admin is AdminState.ENABLED and self.weight > 0
+
+    def describe(self) -> BackendState:
+        return BackendState(
+            name=self.name,
+            weight=self.weight,
+            up=self.up,
+            active=len(self.conns),
+            total=self.total,
+            checks_ok=self.checks["ok"],
+            checks_failed=self.checks["failed"],
+            healthy=self.healthy,
+            admin=self.admin,
+            config_weight=self.spec.weight,
+        )
+
 
 class Service:
-    def __init__(self, spec: ServiceSpec) -> None:
+    def __init__(self, spec: ServiceSpec, overrides: Overrides | None = None) -> None:
+        """``overrides``: where its backends' runtime settings are kept (a store
+        of their own if None)."""
         self.spec = spec
         self.name = spec.name
         self.family = spec.family
@@ -107,13 +158,15 @@ class Service:
         self.vip = spec.vip
         self.port = spec.port
         self.lips = spec.local_addresses
-        self.backends = [Backend(self, i, b) for i, b in enumerate(spec.backends)]
+        store = Overrides() if overrides is None else overrides
+        self.backends = [Backend(self, i, b, store) for i, b in enumerate(spec.backends)]
         self._rr = 0
         self._current = [0] * len(self.backends)  # smooth weighted round robin
         self._lip = 0
         self.uses_maglev = self.spec.scheduler == "maglev"
-        # Maglev: the installed table, and which checks' verdicts it reflects.
-        self.generation = 0  # counts the verdicts that changed
+        # Maglev: the installed table, and which changes (health, admin, weight)
+        # it reflects.
+        self.generation = 0  # counts the changes
         self._installed = -1  # the generation of the installed table
         self._table: Sequence[int] = ()
         self._members: frozenset[int] = frozenset()
@@ -121,38 +174,37 @@ class Service:
             request = self.ring_request()
             self.install(request, request.compute())
 
-    # -- health ------------------------------------------------------------------------
+    # -- health, admin state, weight ----------------------------------------------------
 
-    def withdraw(self, backend: Backend) -> None:
-        """Its checks failed: no new connection goes to it from now on."""
-        backend.up = False
+    def settle(self, backend: Backend) -> bool:
+        """Its health, admin state or weight changed: bring ``up`` in line with
+        ``eligible``.  Down at once: no new connection goes to it from now on.
+        Up at once, except under Maglev: once a table that includes it is
+        installed (``install``).  True if it came up now."""
         self.generation += 1
-
-    def admit(self, backend: Backend) -> bool:
-        """Its checks pass again.  True if it is up now; a Maglev backend is up once
-        a table that includes it is installed (``install``)."""
-        self.generation += 1
-        if self.uses_maglev:
+        if not backend.eligible:
+            backend.up = False
+            return False
+        if backend.up or self.uses_maglev:
             return False
         backend.up = True
         return True
 
     def ring_request(self) -> RingRequest:
-        """The Maglev table the checks' verdicts call for, to be computed."""
+        """The Maglev table the backends' states call for, to be computed."""
         return RingRequest(
             self,
             self.generation,
             tuple(b.name for b in self.backends),
-            tuple(b.weight if b.healthy else 0 for b in self.backends),
+            tuple(b.weight if b.eligible else 0 for b in self.backends),
             self.spec.maglev_table_size,
-            tuple(b.healthy for b in self.backends),
+            tuple(b.eligible for b in self.backends),
         )
 
     def install(self, request: RingRequest, ring: maglev.Ring) -> list[Backend]:
         """Put a computed table in place (one assignment) unless a newer one already
-        is.  Returns the backends it brings up: healthy when it was requested
-        (so the table is the one for them: with their slots, if their weight
-        gives them any), and still healthy."""
+        is.  Returns the backends it brings up: eligible when it was requested
+        (so the table is the one for them, with their slots), and still eligible."""
         if request.generation <= self._installed:
             return []
         self._installed = request.generation
@@ -160,7 +212,7 @@ class Service:
         self._members = ring.members
         came = []
         for b in self.backends:
-            if not b.up and b.healthy and request.healthy[b.index]:
+            if not b.up and b.eligible and request.eligible[b.index]:
                 b.up = True
                 came.append(b)
         return came
@@ -171,7 +223,7 @@ class Service:
         return self._table
 
     def up(self) -> list[Backend]:
-        return [b for b in self.backends if b.up and b.weight > 0]
+        return [b for b in self.backends if b.up]
 
     def pick(self, flow_key: bytes) -> Backend | None:
         """The backend for a new connection, or None when none is up."""
@@ -226,33 +278,23 @@ class Service:
             scheduler=self.spec.scheduler,
             local_addresses=tuple(self.lips),
             health=self.spec.health.kind,
-            backends=tuple(
-                BackendState(
-                    name=b.name,
-                    weight=b.weight,
-                    up=b.up,
-                    active=len(b.conns),
-                    total=b.total,
-                    checks_ok=b.checks["ok"],
-                    checks_failed=b.checks["failed"],
-                )
-                for b in self.backends
-            ),
+            backends=tuple(b.describe() for b in self.backends),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class RingRequest:
     """A Maglev table to compute: a snapshot of a service's backends.  The names,
-    weights (0 for a backend that is down) and size are plain values that can
-    cross to a thread or a process; ``service`` stays behind, for ``install``."""
+    weights (0 for a backend that may not take new connections) and size are
+    plain values that can cross to a thread or a process; ``service`` stays
+    behind, for ``install``."""
 
     service: Service
     generation: int
     names: tuple[str, ...]
     weights: tuple[int, ...]
     size: int
-    healthy: tuple[bool, ...]  # each backend's verdict when requested
+    eligible: tuple[bool, ...]  # each backend's ``eligible`` when requested
 
     def compute(self) -> maglev.Ring:
         return maglev.ring(self.names, self.weights, self.size)
@@ -261,7 +303,8 @@ class RingRequest:
 class MaglevControl:
     """Where the pipeline hands Maglev tables to the control plane.
 
-    ``changed(service)`` is called when a service's checks' verdicts change.
+    ``changed(service)`` is called when a service's backends change (a health
+    verdict, an admin state, a weight).
     Built without ``notify``, it computes the new table at once (what tests
     use: the caller waits as long as that takes).  With ``notify``, it only
     marks the service and calls ``notify()``; whoever owns the control plane
@@ -299,6 +342,12 @@ class MaglevControl:
             self._announce(backend)
 
 
+def endpoint(family: int, address: int, port: int) -> str:
+    """``address:port`` (``[address]:port`` for IPv6): a backend's name."""
+    text = A.ip_str(family, address)
+    return f"[{text}]:{port}" if family == A.V6 else f"{text}:{port}"
+
+
 def flow_key(family: int, proto: int, src: int, sport: int, dst: int, dport: int) -> bytes:
     """A flow's bytes for Maglev: the same on every node."""
     width = 4 if family == A.V4 else 16
@@ -312,10 +361,15 @@ def flow_key(family: int, proto: int, src: int, sport: int, dst: int, dport: int
 
 
 class Services:
-    """Every service, found by (family, protocol, VIP, port)."""
+    """Every service, found by (family, protocol, VIP, port), or by name with a
+    backend's address (``select``)."""
 
-    def __init__(self, specs: Sequence[ServiceSpec]) -> None:
-        self.all = [Service(s) for s in specs]
+    def __init__(self, specs: Sequence[ServiceSpec], overrides: Overrides | None = None) -> None:
+        """``overrides``: the operator's runtime settings, kept from services built
+        before (a reload); those of backends no longer in ``specs`` are forgotten."""
+        self.overrides = Overrides() if overrides is None else overrides
+        self.all = [Service(s, self.overrides) for s in specs]
+        self.overrides.keep({b.key for s in self.all for b in s.backends})
         self._by_key = {(s.family, s.protocol, s.vip, s.port): s for s in self.all}
         self.vips: dict[int, set[int]] = {A.V4: set(), A.V6: set()}
         self.lips: dict[int, set[int]] = {A.V4: set(), A.V6: set()}
@@ -332,3 +386,23 @@ class Services:
     def echo_service(self, family: int, vip: int) -> Service | None:
         """The service whose backends answer pings to ``vip``, if one forwards them."""
         return self._echo.get((family, vip))
+
+    def select(self, name: str, family: int, address: int, port: int | None) -> list[Backend]:
+        """The backends at ``address`` (and ``port``, if given) of every service
+        named ``name`` (a service for IPv4 and one for IPv6, say, may share a
+        name).  Raises LookupError naming what there is when there is none."""
+        named = [s for s in self.all if s.name == name]
+        if not named:
+            names = ", ".join(sorted({s.name for s in self.all}))
+            raise LookupError(f"no service {name!r}; the services: {names}")
+        found = [
+            b
+            for s in named
+            for b in s.backends
+            if b.family == family and b.address == address and port in (None, b.port)
+        ]
+        if not found:
+            wanted = A.ip_str(family, address) if port is None else endpoint(family, address, port)
+            names = ", ".join(b.name for s in named for b in s.backends)
+            raise LookupError(f"service {name!r} has no backend {wanted}; its backends: {names}")
+        return found
