@@ -20,6 +20,8 @@ from hopgate.io.afpacket import PacketSocket
 from hopgate.io.links import LinkMonitor, LinkWatch
 from hopgate.io.loop import Loop
 from hopgate.io.netprep import Interfaces
+from hopgate.packet.addr import ip_str
+from hopgate.pipeline.lb.runtime import Overrides
 from hopgate.pipeline.nat import Nat, persist
 from hopgate.pipeline.router import Router
 from hopgate.xdp import dataplane
@@ -80,6 +82,27 @@ def _no_state() -> None:
     log.info("SIGUSR1: no connections to checkpoint (no NAT or services)")
 
 
+def _overrides(path: str) -> Overrides:
+    """What the operator had changed of the backends before the last stop."""
+    try:
+        with open(path, "rb") as f:
+            found = persist.overrides(f.readline())
+    except OSError:
+        return Overrides()
+    for (fam, _, vip, port, address, bport), o in found.changed():
+        weight = f", weight {o.weight}" if o.weight is not None else ""
+        log.info(
+            "state: backend %s:%d of %s:%d kept as the admin left it: %s%s",
+            ip_str(fam, address),
+            bport,
+            ip_str(fam, vip),
+            port,
+            o.admin.value,
+            weight,
+        )
+    return found
+
+
 def _restore(nat: Nat, path: str, now: float) -> None:
     """Put back the connections the last hopgate left in ``path``, if any."""
     try:
@@ -114,8 +137,8 @@ def run(cfg: Config, config_path: str) -> None:
     started = time.monotonic()
     # Maglev tables are computed by the control plane, not in the loop.
     rings = RingWorker()
-    router = Router(spec, now=started, on_ring=rings.wake)
     state_path = cfg.state.file or statefile.default_path(cfg.admin.socket)
+    router = Router(spec, now=started, on_ring=rings.wake, overrides=_overrides(state_path))
     if router.nat is not None:
         _restore(router.nat, state_path, started)
     sockets: list[PacketSocket] = []

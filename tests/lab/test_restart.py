@@ -121,3 +121,20 @@ def test_sighup_and_sigusr1_do_not_stop_hopgate_and_sigusr1_checkpoints() -> Non
         assert state.exists(), f"{lab.gateway} wrote no checkpoint on SIGUSR1"
         assert state.read_bytes().startswith(b'{"hopgate_state": 1'), lab.gateway
         assert "cannot reload" in lab.hopgate.output(), lab.gateway
+
+
+def test_a_drained_backend_stays_drained_across_a_restart() -> None:
+    """What the operator made of a backend (``hopgate backend``) is written with
+    the connections, and the new hopgate's services start with it."""
+    import subprocess
+    import sys
+
+    with LbLab() as lab:
+        be = LB_ADDR.backends4[0]
+        cmd = [sys.executable, "-m", "hopgate", "backend", "-s", lab.admin_socket, "web", be]
+        subprocess.run([*cmd, "drain"], check=True, capture_output=True, timeout=30)
+        with _restarted(lab, "stop"):
+            rows = [b for name, b in lab.backends("web").items() if name.startswith(f"{be}:")]
+            assert rows and rows[0]["admin"] == "drained", (
+                f"{lab.gateway} forgot across a restart that {be} was drained: {rows}"
+            )

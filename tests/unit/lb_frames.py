@@ -14,6 +14,7 @@ from scapy.packet import Packet
 from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline.actions import Action, Transmit
 from hopgate.pipeline.lb import BackendSpec, HealthKind, HealthSpec, ServiceSpec
+from hopgate.pipeline.lb.runtime import Overrides
 from hopgate.pipeline.model import NextHopSpec, PortSpec, RelaySpec, RouterSpec, RouteSpec
 from hopgate.pipeline.router import Router
 from tests.unit.frames import learn_neighbours, mac
@@ -71,8 +72,10 @@ def lb_router(
     resolved: bool = True,
     relay: RelaySpec | None = None,
     on_ring: Callable[[], None] | None = None,
+    overrides: Overrides | None = None,
 ) -> Router:
-    """``on_ring``: as Router's (None: Maglev tables are computed at once)."""
+    """``on_ring``: as Router's (None: Maglev tables are computed at once);
+    ``overrides``: as Router's."""
     ports = (
         PortSpec(
             "gw-a",
@@ -98,7 +101,7 @@ def lb_router(
         RouteSpec(ipaddress.ip_network("::/0"), (NextHopSpec(ipaddress.ip_address(RA6)),)),
     )
     spec = RouterSpec(ports, routes, services=services or (service(),), relay=relay)
-    r = Router(spec, now=0.0, on_ring=on_ring)
+    r = Router(spec, now=0.0, on_ring=on_ring, overrides=overrides)
     if resolved:
         learn_neighbours(
             r,

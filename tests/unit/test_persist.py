@@ -222,3 +222,32 @@ def test_from_a_checkpoint_tcp_is_tracked_liberally() -> None:
         assert _sent(new, frame, port, 2.0), "hopgate dropped a segment after a crash"
     rst = bytes(N.outside(_tcp(N.SERVER4, N.OUT4, 80, tport, "R", 501 + 2**24, 0)))
     assert not _sent(new, rst, U, 2.0)
+
+
+def test_what_the_operator_made_of_the_backends_is_kept_across_a_restart() -> None:
+    """A drained backend stays drained, a weight stays as set: the new router's
+    services are built with them, before any connection comes."""
+    from hopgate.pipeline.model import AdminState
+
+    svc = L.service()
+    old = L.lb_router(svc)
+    (be1, be2) = old.nat.services.all[0].backends  # type: ignore[union-attr]
+    old.verdicts.set_admin(be1, AdminState.DRAINED)
+    old.verdicts.set_weight(be2, 5)
+    assert old.nat is not None
+    first = next(persist.lines(old.nat, 1.0, 1000.0))
+    store = persist.overrides(first)
+    new = L.lb_router(svc, overrides=store)
+    assert new.nat is not None
+    n1, n2 = new.nat.services.all[0].backends
+    assert (n1.admin, n1.up, n2.weight) == (AdminState.DRAINED, False, 5)
+    assert n2.spec.weight != 5  # the config says otherwise: the operator wins
+    # New connections avoid the drained one.
+    for sport in range(1000, 1010):
+        syn = _tcp(L.CLIENT4, L.VIP4, sport, 80, "S", 1, 0)
+        sent = _sent(new, bytes(L.via_b(syn)), L.B, 2.0)
+        assert sent and sent[0][1][30:34] == ipaddress.IPv4Address(L.BE2).packed
+    # Nothing changed, nothing written; garbage read as nothing.
+    assert b"backends" not in next(persist.lines(L.lb_router(svc).nat, 1.0, 1.0))  # type: ignore[union-attr]
+    assert persist.overrides(b"not json").changed() == []
+    assert persist.overrides(None).changed() == []

@@ -26,6 +26,7 @@ from hopgate.pipeline.icmp import IcmpOut
 from hopgate.pipeline.lb import Services
 from hopgate.pipeline.lb.cluster import ClusterRelay
 from hopgate.pipeline.lb.health import HealthChecker
+from hopgate.pipeline.lb.runtime import Overrides
 from hopgate.pipeline.lb.verdicts import BackendVerdicts
 from hopgate.pipeline.local import Listener, LocalDelivery
 from hopgate.pipeline.model import IPAddress, NatSpec, RouterSpec
@@ -53,7 +54,12 @@ _NO_HINT: tuple[None, bool] = (None, False)
 
 class Router:
     def __init__(
-        self, spec: RouterSpec, now: float = 0.0, *, on_ring: Callable[[], None] | None = None
+        self,
+        spec: RouterSpec,
+        now: float = 0.0,
+        *,
+        on_ring: Callable[[], None] | None = None,
+        overrides: Overrides | None = None,
     ) -> None:
         """Assemble the pipeline for ``spec``: each part is built once, from the
         parts it needs, in an order with no part patched afterwards.
@@ -61,7 +67,10 @@ class Router:
         ``on_ring``: called when a Maglev table is to be computed (a backend's
         checks changed their verdict); its owner takes ``self.maglev.pending()``
         and installs the results.  Without it, the table is computed at once,
-        inside the call that saw the change (tests)."""
+        inside the call that saw the change (tests).
+
+        ``overrides``: the operator's runtime settings of the backends, kept from
+        before (a restart: nat/persist.py)."""
         self.spec = spec
         extra = _nat_host_addresses(spec)
         self.ports: list[Port] = [
@@ -70,7 +79,7 @@ class Router:
         self.port_by_name = {p.name: p.index for p in self.ports}
         if len(self.port_by_name) != len(self.ports):
             raise ValueError("two ports have the same name")
-        services = Services(spec.services) if spec.services else None
+        services = Services(spec.services, overrides) if spec.services else None
         self.local = LocalAddresses(self.ports, services.vips if services else None)
         # What happened that an operator should read (a backend going down...):
         # the pipeline only records it (pipeline/events.py); the daemon logs it.

@@ -52,3 +52,12 @@ class Overrides:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+    def changed(self) -> list[tuple[BackendKey, Override]]:
+        """The records the operator changed from the defaults (what a restart
+        must keep: nat/persist.py)."""
+        return [
+            (key, o)
+            for key, o in self._by_key.items()
+            if o.admin is not AdminState.ENABLED or o.weight is not None
+        ]

@@ -7,7 +7,9 @@ time (the daemon runs it in the loop as a job and writes what it yields from
 another thread, so a checkpoint never stalls forwarding); ``restore`` takes
 the lines back.  The file itself is the daemon's (control/statefile.py).
 
-The first line is a header: the format's version, when it was written (the
+The first line is a header: the format's version, what the operator changed
+of the backends (``hopgate backend``: read first, ``overrides``, for the new
+router's services to be built with it), when it was written (the
 wall clock, so that the time hopgate was down counts against each
 connection's deadline), and whether its TCP trackers are exact (written at a
 stop) or may lag behind the endpoints (a checkpoint: the connections are then
@@ -37,7 +39,9 @@ from typing import Any
 from hopgate.pipeline import tcptrack
 from hopgate.pipeline.conntrack import DPORT, DST, SPORT, SRC, Conn, TcpState, Translation, Tuple
 from hopgate.pipeline.lb.fnat import Hop
+from hopgate.pipeline.lb.runtime import Overrides
 from hopgate.pipeline.lb.service import Backend
+from hopgate.pipeline.model import AdminState
 from hopgate.pipeline.nat.engine import Nat
 
 VERSION = 1
@@ -57,11 +61,42 @@ class Restored:
         return f"{self.restored} restored" + (f"; left out: {left}" if left else "")
 
 
-def header(wall: float, exact: bool) -> bytes:
+def header(wall: float, exact: bool, overrides: Overrides | None = None) -> bytes:
     """``exact``: the trackers are the connections' as their last packets left
     them (written when the loop had stopped, none held by the fast path); a
-    checkpoint's may lag behind."""
-    return json.dumps({"hopgate_state": VERSION, "written": wall, "exact": exact}).encode() + b"\n"
+    checkpoint's may lag behind.  ``overrides``: what the operator changed of
+    the backends (``hopgate backend``), which a restart keeps too."""
+    head: dict[str, Any] = {"hopgate_state": VERSION, "written": wall, "exact": exact}
+    changed = overrides.changed() if overrides is not None else []
+    if changed:
+        head["backends"] = [
+            {"key": list(key), "admin": o.admin.value, "weight": o.weight} for key, o in changed
+        ]
+    return json.dumps(head).encode() + b"\n"
+
+
+def overrides(first: bytes | str | None) -> Overrides:
+    """The operator's backend settings in a state file's first line (an empty
+    store if there are none, or the line is not a state file's header): given
+    to the new router, so that its services are built with them."""
+    store = Overrides()
+    try:
+        head = json.loads(first) if first else None
+    except ValueError:
+        return store
+    if not isinstance(head, dict) or head.get("hopgate_state") != VERSION:
+        return store
+    for b in head.get("backends") or ():
+        try:
+            key = tuple(int(v) for v in b["key"])
+            if len(key) != 6:
+                continue
+            record = store.of(key)
+            record.admin = AdminState(b["admin"])
+            record.weight = None if b["weight"] is None else int(b["weight"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return store
 
 
 def record(conn: Conn, now: float, port_names: list[str]) -> dict[str, Any]:
@@ -101,7 +136,7 @@ def lines(
     """The state of ``nat``'s connections at ``now`` (``wall`` on the wall
     clock): the header, then ``per_slice`` connections' lines a step.
     ``exact``: see ``header``."""
-    yield header(wall, exact)
+    yield header(wall, exact, nat.services.overrides)
     conns = nat.table.connections()
     names = nat.port_names
     table = nat.table
