@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from hopgate.pipeline import tcptrack
+from hopgate.pipeline import conntrack, tcptrack
 from hopgate.pipeline.conntrack import Conn, TcpState
 from hopgate.pipeline.router import Router
 from hopgate.xdp import tables as T
@@ -37,6 +37,15 @@ from tests.unit.test_xdp_nat import _conn, _run, _sent, _tables
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 
 CLIENT_ISN, SERVER_ISN = 1_000_000, 4_000_000_000  # the server's wraps past 2**32
+
+
+@pytest.fixture(autouse=True)
+def _at_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection is handed over as soon as it is established and assured,
+    so that every segment after the handshake is the program's to judge (but
+    in the test of the threshold itself)."""
+    if "threshold" not in request.node.name:
+        monkeypatch.setattr(conntrack, "TCP_OFFLOAD_AFTER", 0)
 
 
 @dataclass
@@ -199,6 +208,25 @@ def test_an_established_connection_is_forwarded_both_ways_as_the_pipeline_does(
         ref.bytes_orig,
         ref.bytes_reply,
     )
+
+
+def test_a_connection_is_handed_over_past_the_threshold_only(obj: BpfObject) -> None:
+    """A short exchange stays the pipeline's (its handover and take-back would
+    cost more than its segments); past ``TCP_OFFLOAD_AFTER`` packets it is the
+    program's."""
+    talk = _talk(False)
+    pair = Pair(obj, talk)
+    conn = _conn(pair.fast)
+    assert conn not in pair.table.offloaded, "handed over at its handshake"
+    sent = conn.packets_orig + conn.packets_reply
+    for i in range(conntrack.TCP_OFFLOAD_AFTER - sent):
+        assert conn not in pair.table.offloaded
+        pair.step(*talk.segment(i % 2, "PA", 10))
+    pair.step(*talk.segment(0, "A"))
+    assert conn in pair.table.offloaded and pair.tables._ids.get(conn) is not None
+    before = pair.forwarded
+    pair.step(*talk.segment(1, "PA", 10))
+    assert pair.forwarded == before + 1
 
 
 def test_a_padded_pure_ack_stays_in_the_fast_path(obj: BpfObject) -> None:

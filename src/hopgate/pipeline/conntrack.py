@@ -250,6 +250,11 @@ UDP_STREAM_AFTER = 2.0  # seconds of replied traffic before UDP counts as a stre
 # it expires: the fast path's packets are read back at half this interval
 # (xdp/dataplane.py), so one it forwarded lately is not taken for idle.
 FAST_PATH_GRACE = 2.0
+# Packets a TCP connection carries (both ways, the handshake's included) before
+# it is handed to the fast path: handing it over and taking it back at its FIN
+# costs the loop some 60 µs (measured, bench/connections.py), more than the
+# pipeline spends on a short exchange's few segments; a long one pays it once.
+TCP_OFFLOAD_AFTER = 16
 
 
 class Refused(IntEnum):
@@ -502,13 +507,21 @@ class ConnTable:
 
     @staticmethod
     def offloadable(conn: Conn) -> bool:
-        """Whether every packet of ``conn`` now does what the fast path can do:
-        an assured UDP connection (a stream), or an assured TCP connection
-        while it is established (its plain ACKs move only the windows)."""
+        """Whether every packet of ``conn`` now does what the fast path can do,
+        and enough of them come for the handover to pay: an assured UDP
+        connection (a stream), or an assured TCP connection while it is
+        established (its plain ACKs move only the windows) once it has carried
+        ``TCP_OFFLOAD_AFTER`` packets."""
         if not conn.assured:
             return False
         proto = conn.key_orig[PROTO]
-        return proto == PROTO_UDP or (proto == PROTO_TCP and conn.state == _ESTABLISHED)
+        if proto == PROTO_UDP:
+            return True
+        return (
+            proto == PROTO_TCP
+            and conn.state == _ESTABLISHED
+            and conn.packets_orig + conn.packets_reply >= TCP_OFFLOAD_AFTER
+        )
 
     def _offer(self, conn: Conn) -> None:
         offload = self.to_offload
