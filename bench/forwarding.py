@@ -11,9 +11,16 @@ masquerade), and FNAT (the same hosts, the inside host sending to a UDP service
 on a VIP of gw, which sends it on to the server from a local address; the kernel
 does it with nftables dnat and masquerade).  Gateways, in each round and shape:
 the Linux kernel, hopgate (AF_PACKET), and with ``--xdp`` hopgate with
-``[dataplane] mode = "xdp"`` (``RouterLab(dataplane="xdp")``), in the routing
-shape only: the fast path takes a translated UDP flow over once it is assured,
-both directions having spoken, and the bench's flows only go one way.
+``[dataplane] mode = "xdp"`` (``RouterLab``/``NatLab(dataplane="xdp")``).
+
+In the NAT and FNAT shapes each flow is made a tracked, assured connection
+before the window, for every gateway alike (``_prime``): the server echoes, the
+inside host sends a datagram from each flow's port, and again 2.5 s later, so
+that each connection has had its reply and is older than 2 s at its next
+datagram (a UDP stream, to Linux and to hopgate).  Only then can hopgate's fast
+path take a translated flow; the generator's one-way frames then all belong to
+those connections.  With the fast path the bench checks that it forwarded them
+(``fast_pps``).
 
 The two CPUs are split so that each gateway gets one of its own:
 
@@ -135,6 +142,7 @@ class Result:
     hopgate_cpu: float | None  # hopgate's process (None: the kernel)
     socket_drops: int | None = None
     foreign_cpu: float = 0.0  # other processes' CPU seconds per second in the window
+    fast_pps: float | None = None  # forwarded by hopgate's XDP program (its own count)
 
     @property
     def gateway_us(self) -> float:
@@ -236,7 +244,9 @@ def _shape(shape: str, mode: str) -> Iterator[Shape]:
             yield Shape(rl.client, (rl.gw, "gw-c"), rl.gw, rl.r1, rl.server, rl.hopgate, rl.status)
     else:
         extra = FNAT_SERVICE if shape == "FNAT" else ""
-        with NatLab(mode, name, servers=False, extra_config=extra) as nl:
+        lab_mode = "kernel" if mode == "kernel" else "hopgate"
+        dataplane = "xdp" if mode == "xdp" else "afpacket"
+        with NatLab(lab_mode, name, servers=False, extra_config=extra, dataplane=dataplane) as nl:
             if shape == "FNAT" and mode == "kernel":
                 nl.ns("gw").run("nft", FNAT_NFT)
             yield Shape(
@@ -267,10 +277,47 @@ def _daemon_from(tree: Path | None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
-def _prepare(s: Shape, mode: str) -> list[int]:
-    """XDP programs, the sink, CPU steering; returns gw-c's NAPI threads."""
+# The server's side of _prime: every datagram to port 9 answered.
+ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", 9))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+# The inside host's: a datagram from each port, twice, 2.5 s apart (each port's
+# socket closed at once: the answers need only pass the gateway).
+PRIME = """
+import socket, sys, time
+dst, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(2):
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("", port))
+            s.sendto(b"prime", (dst, 9))
+    time.sleep(2.5)
+"""
+
+
+def _prime(s: Shape, to: str, flows: int) -> None:
+    """Make each flow an assured connection of the gateway (see the docstring)."""
+    echo = s.server.spawn("echo", sys.executable, "-c", ECHO)
+    try:
+        time.sleep(0.3)
+        s.sender.run(sys.executable, "-c", PRIME, to, str(SPORT), str(flows), timeout=120)
+    finally:
+        echo.stop()
+    time.sleep(1.0)  # hopgate hands the streams to its fast path at the end of a turn
+
+
+def _prepare(s: Shape, mode: str, shape: str, flows: int) -> list[int]:
+    """The flows primed, XDP programs, the sink, CPU steering; returns gw-c's
+    NAPI threads."""
     # Resolve the neighbours on the path while the server still answers.
     s.sender.run("ping", "-c", "2", "-i", "0.2", DST)
+    if shape != "routing":
+        _prime(s, VIP if shape == "FNAT" else DST, flows)
     s.r1.run(
         "ip", "neigh", "replace", DST, "lladdr", s.server.mac("eth0"), "dev", "r1-s",
         "nud", "permanent",
@@ -305,7 +352,7 @@ def measure(
 ) -> Result:
     """One run: ``mode`` is "kernel", "hopgate" (AF_PACKET) or "xdp"."""
     with _daemon_from(tree), _shape(shape, mode) as s:
-        napi = _prepare(s, mode)
+        napi = _prepare(s, mode, shape, flows)
         pid = s.hopgate.pid if s.hopgate is not None else None
         to = VIP if shape == "FNAT" else DST
         frame = udp4(s.gw.mac("gw-c"), s.sender.mac("eth0"), SRC, to, SPORT, DPORT)
@@ -318,6 +365,7 @@ def measure(
             time.sleep(warmup)
             if not gen.alive():
                 raise LabError(f"the generator exited:\n{gen.output()}")
+            fast0 = _fast_forwarded(s) if mode == "xdp" else 0
             c0 = _counters(s)
             cpu0 = _cpu_ticks()
             ours = {os.getpid(), gen.pid, *([pid] if pid else [])}
@@ -330,6 +378,7 @@ def measure(
             proc1 = [_cpu_seconds(p) for p in (*napi, gen.pid, *([pid] if pid else []))]
             foreign1 = _foreign_ticks(ours)
             elapsed = time.monotonic() - t0
+            fast1 = _fast_forwarded(s) if mode == "xdp" else 0
         finally:
             gen.stop()
         drops = None
@@ -362,7 +411,15 @@ def measure(
             foreign_cpu=sum(foreign1[p] - foreign0[p] for p in foreign1.keys() & foreign0.keys())
             / os.sysconf("SC_CLK_TCK")
             / elapsed,
+            fast_pps=(fast1 - fast0) / elapsed if mode == "xdp" else None,
         )
+
+
+def _fast_forwarded(s: Shape) -> int:
+    """What hopgate's XDP program has forwarded so far (status, by its counters)."""
+    assert callable(s.status)
+    forwarded: int = s.status()["dataplane"].get("forwarded", 0)
+    return forwarded
 
 
 PF_KTHREAD = 0x00200000
@@ -495,6 +552,12 @@ def _ratio_lines(rounds: Rounds) -> str:
                     f" {napi:.1f} µs gw-c's NAPI thread's (the medians), which receives"
                     " the frames hopgate then drops at its socket too."
                 )
+            shares = [r.fast_pps / r.forwarded_pps for r in runs if r.fast_pps and r.forwarded_pps]
+            if gateway == XDP and shares:
+                lines.append(
+                    f"  hopgate's XDP program forwarded {min(shares):.1%} to {max(shares):.1%}"
+                    " of the frames the server counted (by its own counters)."
+                )
             idle = [k for k in kers if k.cpu1_busy < 0.95]
             if gateway == HOPGATE and idle:
                 lines.append(
@@ -551,7 +614,7 @@ def _report(rounds: Rounds, seconds: float, per_call: int) -> str:
     today = datetime.date.today().isoformat()
     gateways = {r.gateway for rnd in rounds for r in rnd}
     xdp = (
-        ' and hopgate with its XDP fast path (`[dataplane] mode = "xdp"`, routing only)'
+        ' and hopgate with its XDP fast path (`[dataplane] mode = "xdp"`)'
         if XDP in gateways
         else ""
     )
@@ -602,7 +665,9 @@ r1-d's ring refused, per second; *r1 sent*: r1-s's count, the sink's check):
   CPU 0, in the generator's time: that holds what is offered there lower. With
   several flows, each frame's source port is one of that many, drawn at random
   in the program. Through the NAT and the load balancer a flow is one tracked
-  connection.
+  connection, made an assured UDP stream before the window for every gateway
+  alike (the server echoing, the inside host sending from each flow's port
+  twice, 2.5 s apart), so that hopgate's fast path holds it.
 - Threads on CPU 1 are accounted with their softirq ticks (the kernel counts
   CPU time by ticks here, `CONFIG_TICK_CPU_ACCOUNTING`), so the NAPI thread's
   and hopgate's shares can exceed CPU 1's non-softirq share.
@@ -677,7 +742,7 @@ def main() -> None:
     ap.add_argument(
         "--xdp",
         action="store_true",
-        help='also hopgate with [dataplane] mode = "xdp" (the routing shape only)',
+        help='also hopgate with [dataplane] mode = "xdp"',
     )
     ap.add_argument("--per-call", type=int, default=PER_CALL, help="frames per live-frames call")
     ap.add_argument(
@@ -705,7 +770,7 @@ def main() -> None:
                 if args.before is not None:
                     # The two trees take turns at going first.
                     runs.insert(1 + n % 2, ("hopgate", args.before.resolve()))
-                if args.xdp and shape == "routing":
+                if args.xdp:
                     runs.append(("xdp", None))
                 for mode, tree in runs:
                     r = _measure_quietly(shape, mode, args, flows, tree)
@@ -714,7 +779,8 @@ def main() -> None:
                         f" offered {r.offered_pps:12,.0f}  forwarded {r.forwarded_pps:10,.0f} pps"
                         f"  CPU1 {r.cpu1_busy:4.0%} (softirq {r.cpu1_softirq:4.0%})"
                         f"  gateway {r.gateway_us:5.2f} µs/pkt  lost {r.lost_pps:,.0f}"
-                        f"  others {r.foreign_cpu:.1%}",
+                        f"  others {r.foreign_cpu:.1%}"
+                        + (f"  by XDP {r.fast_pps:,.0f} pps" if r.fast_pps is not None else ""),
                         flush=True,
                     )
                     rnd.append(r)
