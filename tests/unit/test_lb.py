@@ -4,7 +4,9 @@ balancer")."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from ipaddress import ip_address
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
@@ -19,6 +21,7 @@ from tests.unit.frames import drops
 from tests.unit.lb_frames import (
     BE1,
     BE1_6,
+    BE1_MAC,
     BE2,
     BE2_6,
     BE2_MAC,
@@ -205,6 +208,44 @@ def test_a_syn_reusing_a_finished_connections_tuple_is_scheduled_afresh() -> Non
     _, second = only(r.process(via_b(syn()), B, 1.2))
     assert second[IP].dst != first[IP].dst
     assert r.nat is not None and r.nat.counters["connections-rescheduled"] == 1
+
+
+class _OfferFirst(random.Random):
+    """NAT's random stream, but its first pick is ``port``."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(7)
+        self.first = [port]
+
+    def randint(self, a: int, b: int) -> int:
+        return self.first.pop() if self.first else super().randint(a, b)
+
+
+def test_a_rescheduled_connections_local_port_rests_until_its_deadline() -> None:
+    """The backend may still hold the old connection's tuple in TIME_WAIT: no
+    new connection leaves from that local address and port to it before the
+    old one's deadline (it would meet PAWS: an ACK for its SYN); after it, the
+    port is free again."""
+    r = lb_router(service(scheduler="rr", local_addresses=(int(ip_address(LIPS4[0])),)))
+    _, first = only(r.process(via_b(syn()), B, 1.0))
+    mac = BE2_MAC if first[IP].dst == BE2 else BE1_MAC
+    _close(r, first, mac)
+    lport = first[TCP].sport
+    # The client reuses its port at once: rescheduled (to the other backend),
+    # the old connection forgotten.
+    _, moved = only(r.process(via_b(syn()), B, 1.2))
+    assert moved[IP].dst != first[IP].dst
+    # The next connection goes to the first backend again (round robin), and
+    # is offered the old local port first: it takes another.
+    assert r.nat is not None
+    r.nat.fnat._rng = _OfferFirst(lport)
+    _, third = only(r.process(via_b(syn(sport=40001)), B, 1.3))
+    assert third[IP].dst == first[IP].dst and third[TCP].sport != lport
+    # Past the old connection's deadline (TIME_WAIT's two minutes) it may.
+    only(r.process(via_b(syn(sport=40002)), B, 1.4))  # to the other backend
+    r.nat.fnat._rng = _OfferFirst(lport)
+    _, fourth = only(r.process(via_b(syn(sport=40003)), B, 200.0))
+    assert fourth[IP].dst == first[IP].dst and fourth[TCP].sport == lport
 
 
 def test_a_syn_on_the_tuple_of_a_failed_backend_goes_elsewhere() -> None:

@@ -15,10 +15,11 @@ It shares NAT's connection table (the router's ``Nat`` is the facade for both).
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from typing import NamedTuple
 
 from hopgate.packet import flows
+from hopgate.packet.proto import PROTO_TCP
 from hopgate.pipeline.actions import DropReason
 from hopgate.pipeline.conntrack import Conn, ConnTable, Translation, Tuple
 from hopgate.pipeline.lb.service import Backend, Services, flow_key
@@ -42,6 +43,13 @@ class Fnat:
         self._table = table
         self._rng = rng  # NAT's: one random stream for every port choice
         self._counters = counters
+        # The backend side of TCP connections forgotten before their time (a
+        # SYN rescheduling a tuple in TIME_WAIT, early drop, a closed backend),
+        # until their deadline: the backend may still hold that tuple in
+        # TIME_WAIT, and a new connection from the same local port would meet
+        # its PAWS check (an ACK for a SYN) instead of a handshake.
+        self._resting: dict[Tuple, float] = {}
+        self._rest_order: deque[tuple[Tuple, float]] = deque()
 
     def plan(
         self, version: int, kind: int, flow: flows.Flow, key: Tuple
@@ -74,9 +82,12 @@ class Fnat:
         table = self._table
         for _ in range(len(service.lips)):
             lip = service.next_lip()
+            self._wake(now)
+            resting = self._resting
             for _ in range(PORT_TRIES):
                 lport = self._rng.randint(1024, 65535)
-                if table.taken((fam, proto, to.dst, to.dport, lip, lport)):
+                back = (fam, proto, to.dst, to.dport, lip, lport)
+                if table.taken(back) or resting.get(back, now) > now:
                     continue
                 conn = Conn(key, Translation(lip, lport, to.dst, to.dport), now, echo=echo)
                 conn.backend = backend
@@ -87,6 +98,30 @@ class Fnat:
                 self._counters["connections-created"] += 1
                 return conn
         return DropReason.NAT_PORTS_EXHAUSTED
+
+    def forgotten(self, conn: Conn) -> None:
+        """A load-balanced connection left the table: if it is TCP, its backend
+        side's tuple rests until the connection's deadline (see ``_resting``;
+        nothing, if it expired).  Bounded: the oldest rest ends first when there
+        are as many as the table holds connections."""
+        key = conn.key_reply
+        if key[1] != PROTO_TCP:
+            return
+        self._resting[key] = conn.expires
+        self._rest_order.append((key, conn.expires))
+        if len(self._rest_order) > self._table.max_connections:
+            old, until = self._rest_order.popleft()
+            if self._resting.get(old) == until:
+                del self._resting[old]
+
+    def _wake(self, now: float) -> None:
+        """End the rests that are over (in the order they began: one begun
+        later may end earlier and wait a little longer to be taken off)."""
+        order, resting = self._rest_order, self._resting
+        while order and order[0][1] <= now:
+            key, until = order.popleft()
+            if resting.get(key) == until:
+                del resting[key]
 
     def close_backend(self, backend: Backend) -> int:
         """Forget a failed or disabled backend's connections (``on_backend_down =

@@ -449,6 +449,7 @@ class Nat:
         backend = conn.backend
         if backend is not None:
             backend.conns.discard(conn)
+            self.fnat.forgotten(conn)
         m = conn.mapping
         if m is not None:
             self.mappings.unref(m)
