@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.livegen import PER_CALL, udp4
-from bench.quiet import busy_elsewhere, wait_for_quiet
+from bench.quiet import measure_quietly
 from bench.report import replace_section
 from hopgate.lab.netns import LabError, Namespace, Process
 from hopgate.lab.topologies import ADDR, NatLab, RouterLab
@@ -697,22 +697,12 @@ def _before_note(rounds: Rounds) -> str:
 def _measure_quietly(
     shape: str, mode: str, args: argparse.Namespace, flows: int, tree: Path | None
 ) -> Result:
-    """``measure``, again if other processes ran meanwhile (at most 30 times)."""
-    for attempt in range(30):
-        if attempt:
-            time.sleep(10)
-        wait_for_quiet()
-        r = measure(shape, mode, args.seconds, args.warmup, flows, tree, args.per_call)
-        tests = busy_elsewhere()
-        if r.foreign_cpu < FOREIGN_MAX and not tests:
-            return r
-        why = (
-            "tests or benchmarks started"
-            if tests
-            else f"other processes took {r.foreign_cpu:.1%} of a CPU"
-        )
-        print(f"bench: {why} during the run; measuring it again", flush=True)
-    sys.exit("bench: the machine stayed busy; measure when it is quiet")
+    """``measure`` with the machine to itself (bench/quiet.py)."""
+    return measure_quietly(
+        lambda: measure(shape, mode, args.seconds, args.warmup, flows, tree, args.per_call),
+        lambda r: r.foreign_cpu,
+        FOREIGN_MAX,
+    )
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 
-from bench.quiet import busy_elsewhere, wait_for_quiet
+from bench import quiet
 from bench.report import replace_section
 from hopgate.control.admin import AdminError, fetch_status
 from hopgate.lab.netns import Lab, LabError, Namespace, Process
@@ -272,17 +272,10 @@ FOREIGN_MAX = 0.05  # more of CPU 1 busy with something else: measured again
 def measure_quietly(
     lab: Lab, tx: Namespace, host: Namespace, kind: str, n: int, args: argparse.Namespace
 ) -> Run:
-    """``measure`` while no test or other benchmark runs, again if one started
-    meanwhile or CPU 1 was busy with something else (at most ten times)."""
-    for attempt in range(10):
-        if attempt:
-            time.sleep(10)
-        wait_for_quiet()
-        r = measure(lab, tx, host, kind, n, args)
-        if r.foreign < FOREIGN_MAX and not busy_elsewhere():
-            return r
-        print(f"bench: CPU 1 was {r.foreign:.0%} busy with others; measuring again", flush=True)
-    sys.exit("bench: the machine stayed busy; measure when it is quiet")
+    """``measure`` with the machine to itself (bench/quiet.py)."""
+    return quiet.measure_quietly(
+        lambda: measure(lab, tx, host, kind, n, args), lambda r: r.foreign, FOREIGN_MAX
+    )
 
 
 # -- the report -----------------------------------------------------------------------------
