@@ -6,8 +6,10 @@ their links as they were before hopgate first ran."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +133,20 @@ def test_a_killed_hopgate_leaves_the_originals_to_the_next(gw: tuple[Lab, Namesp
         f" (before it first ran, after): {changed}\n{second.output()}"
     )
     assert records(ns) == [], f"{GATEWAY} stopped cleanly: its records stayed"
+
+
+def test_a_closed_lab_leaves_no_record_of_a_killed_hopgate() -> None:
+    """A lab whose hopgate was killed removes the records it left, with its
+    namespaces (their inodes are another namespace's next)."""
+    with Lab() as lab:
+        gw = lab.namespace("gw")
+        lab.link(lab.namespace("client"), "eth0", gw, "gw-c")
+        lab.link(gw, "gw-u", lab.namespace("r1"), "r1-d")
+        proc = start(lab, gw)
+        left = records(gw)
+        os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left and records(gw) == left, f"{GATEWAY} killed: no records to leave"
+    assert all(not p.exists() for p in left), f"{GATEWAY}'s lab closed: records stayed {left}"

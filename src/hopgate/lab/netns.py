@@ -31,6 +31,8 @@ from typing import Any, Self
 
 from pyroute2 import NetNS, netns
 
+from hopgate.io.netprep import RECORD_DIR
+
 log = logging.getLogger(__name__)
 
 LAB_ROOT = Path(os.environ.get("HOPGATE_LAB_ROOT", "/run/hopgate/labs"))
@@ -349,13 +351,24 @@ class Topology:
 
 
 def _delete_namespaces(names: Sequence[str]) -> None:
+    """Delete the namespaces, and the interface records a hopgate killed in one
+    of them left (io/netprep.py: by the namespace's inode, which the kernel
+    gives to another namespace once this one is gone)."""
     existing = set(netns.listnetns())
     for name in names:
         if name in existing:
             try:
+                inode = os.stat(f"/run/netns/{name}").st_ino
+            except OSError:
+                inode = None
+            try:
                 netns.remove(name)
             except Exception as e:  # noqa: BLE001 - keep cleaning up
                 log.warning("deleting namespace %s: %s", name, e)
+                continue
+            if inode is not None:
+                for record in RECORD_DIR.glob(f"{inode}-*.json"):
+                    record.unlink(missing_ok=True)
 
 
 def list_labs() -> list[dict[str, Any]]:
