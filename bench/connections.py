@@ -105,7 +105,6 @@ from bench.forwarding import (
     GW_CPU,
     HOPGATE,
     KERNEL,
-    LIP,
     VIP,
     XDP,
     _cpu_seconds,
@@ -115,6 +114,8 @@ from bench.forwarding import (
     _helper_env,
     _shares,
     _threaded_napi,
+    fnat_nft,
+    fnat_service,
 )
 from bench.quiet import measure_quietly
 from bench.report import replace_section
@@ -137,22 +138,8 @@ NAT_TABLE = f"""
 [nat]
 max_connections = {TABLE_MAX}
 """
-FNAT_SERVICE = f"""
-[[service]]
-name = "bench"
-vip = "{VIP}"
-port = {PORT}
-protocol = "tcp"
-scheduler = "rr"
-local_addresses = ["{LIP}"]
-backend = [{{ address = "{DST}" }}]
-
-[service.health]
-kind = "none"
-"""
-# The kernel's FNAT: the VIP's port sent on to the server, its source masqueraded
-# on the way out by the NAT lab's own rule.
-FNAT_NFT = f"add rule ip hgnat pre ip daddr {VIP} tcp dport {PORT} dnat to {DST}:{PORT}"
+FNAT_SERVICE = fnat_service("tcp", PORT)
+FNAT_NFT = fnat_nft("tcp", PORT)
 
 
 @dataclass
@@ -430,38 +417,37 @@ TIME_HEADER = _header(
 )  # fmt: skip
 
 
-def _rows(rounds: Rounds) -> str:
-    rows = []
+def _medians(rounds: Rounds) -> Iterator[tuple[str, str, list[Result], Result]]:
+    """Each shape and gateway measured: its runs, and the run of median rate."""
     for shape in _shapes(rounds):
         for gateway in GATEWAYS:
             runs = _runs(rounds, shape, gateway)
-            if not runs:
-                continue
-            r = _median_run(runs)
-            each = " / ".join(f"{x.rate:,.0f}" for x in runs)
-            hop = f"{r.hopgate_us:.0f}" if r.hopgate_us is not None else "–"
-            rows.append(
-                f"| {shape} | {gateway} | {r.rate:,.0f} | {each} | {r.failed:,.1f} | "
-                f"{_pct(r.cpu1_busy)} | {r.gateway_us:.1f} | {hop} | "
-                f"{r.frames_per_conn:.2f} | {r.table:,} |"
-            )
+            if runs:
+                yield shape, gateway, runs, _median_run(runs)
+
+
+def _rows(rounds: Rounds) -> str:
+    rows = []
+    for shape, gateway, runs, r in _medians(rounds):
+        each = " / ".join(f"{x.rate:,.0f}" for x in runs)
+        hop = f"{r.hopgate_us:.0f}" if r.hopgate_us is not None else "–"
+        rows.append(
+            f"| {shape} | {gateway} | {r.rate:,.0f} | {each} | {r.failed:,.1f} | "
+            f"{_pct(r.cpu1_busy)} | {r.gateway_us:.1f} | {hop} | "
+            f"{r.frames_per_conn:.2f} | {r.table:,} |"
+        )
     return "\n".join(rows)
 
 
 def _time_rows(rounds: Rounds) -> str:
     rows = []
-    for shape in _shapes(rounds):
-        for gateway in GATEWAYS:
-            runs = _runs(rounds, shape, gateway)
-            if not runs:
-                continue
-            r = _median_run(runs)
-            hop = _pct(r.hopgate_cpu) if r.hopgate_cpu is not None else "–"
-            rows.append(
-                f"| {shape} | {gateway} | {_pct(r.cpu0_busy)} | {_pct(r.client_cpu)} | "
-                f"{_pct(r.server_cpu)} | {_pct(r.cpu1_busy)} | {_pct(r.cpu1_softirq)} | "
-                f"{_pct(r.napi_cpu)} | {hop} | {r.server_closed:,.0f} |"
-            )
+    for shape, gateway, _, r in _medians(rounds):
+        hop = _pct(r.hopgate_cpu) if r.hopgate_cpu is not None else "–"
+        rows.append(
+            f"| {shape} | {gateway} | {_pct(r.cpu0_busy)} | {_pct(r.client_cpu)} | "
+            f"{_pct(r.server_cpu)} | {_pct(r.cpu1_busy)} | {_pct(r.cpu1_softirq)} | "
+            f"{_pct(r.napi_cpu)} | {hop} | {r.server_closed:,.0f} |"
+        )
     return "\n".join(rows)
 
 

@@ -106,12 +106,16 @@ FOREIGN_MAX = 0.02
 KERNEL, HOPGATE, XDP = "Linux kernel", "hopgate", "hopgate XDP"
 BEFORE = "hopgate, before"  # the gateway label of --before's tree
 
-FNAT_SERVICE = f"""
+
+def fnat_service(protocol: str, port: int) -> str:
+    """The FNAT shape's service for hopgate: ``protocol`` on ``port`` of the VIP,
+    sent on to the server's same port from the LIP, health checks off."""
+    return f"""
 [[service]]
 name = "bench"
 vip = "{VIP}"
-port = 9
-protocol = "udp"
+port = {port}
+protocol = "{protocol}"
 scheduler = "rr"
 local_addresses = ["{LIP}"]
 backend = [{{ address = "{DST}" }}]
@@ -119,9 +123,16 @@ backend = [{{ address = "{DST}" }}]
 [service.health]
 kind = "none"
 """
-# The kernel's FNAT: the VIP's port sent on to the server, its source masqueraded
-# on the way out by the NAT lab's own rule.
-FNAT_NFT = f"add rule ip hgnat pre ip daddr {VIP} udp dport 9 dnat to {DST}:9"
+
+
+def fnat_nft(protocol: str, port: int) -> str:
+    """The kernel's FNAT: the VIP's port sent on to the server, its source
+    masqueraded on the way out by the NAT lab's own rule."""
+    return f"add rule ip hgnat pre ip daddr {VIP} {protocol} dport {port} dnat to {DST}:{port}"
+
+
+FNAT_SERVICE = fnat_service("udp", DPORT)
+FNAT_NFT = fnat_nft("udp", DPORT)
 
 
 @dataclass
@@ -479,38 +490,37 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
-def _rows(rounds: Rounds) -> str:
-    rows = []
+def _medians(rounds: Rounds) -> Iterator[tuple[str, int, str, list[Result], Result]]:
+    """Each case and gateway measured: its runs, and the run of median rate."""
     for shape, flows in _cases(rounds):
         for gateway in GATEWAYS:
             runs = _runs(rounds, shape, flows, gateway)
-            if not runs:
-                continue
-            r = _median_run(runs)
-            each = " / ".join(f"{x.forwarded_pps / 1000:,.0f}k" for x in runs)
-            rows.append(
-                f"| {shape} | {flows:,} | {gateway} | {r.offered_pps / 1e6:,.2f}M | "
-                f"{r.forwarded_pps:,.0f} | {each} | {_pct(r.cpu1_busy)} | "
-                f"{r.gateway_us:.2f} | {r.downstream_us:.2f} |"
-            )
+            if runs:
+                yield shape, flows, gateway, runs, _median_run(runs)
+
+
+def _rows(rounds: Rounds) -> str:
+    rows = []
+    for shape, flows, gateway, runs, r in _medians(rounds):
+        each = " / ".join(f"{x.forwarded_pps / 1000:,.0f}k" for x in runs)
+        rows.append(
+            f"| {shape} | {flows:,} | {gateway} | {r.offered_pps / 1e6:,.2f}M | "
+            f"{r.forwarded_pps:,.0f} | {each} | {_pct(r.cpu1_busy)} | "
+            f"{r.gateway_us:.2f} | {r.downstream_us:.2f} |"
+        )
     return "\n".join(rows)
 
 
 def _steering_rows(rounds: Rounds) -> str:
     rows = []
-    for shape, flows in _cases(rounds):
-        for gateway in GATEWAYS:
-            runs = _runs(rounds, shape, flows, gateway)
-            if not runs:
-                continue
-            r = _median_run(runs)
-            hop = _pct(r.hopgate_cpu) if r.hopgate_cpu is not None else "–"
-            rows.append(
-                f"| {shape} | {flows:,} | {gateway} | {_pct(r.cpu0_busy)} | "
-                f"{_pct(r.cpu0_softirq)} | {_pct(r.gen_cpu)} | {_pct(r.cpu1_busy)} | "
-                f"{_pct(r.cpu1_softirq)} | {_pct(r.napi_cpu)} | {hop} | "
-                f"{r.lost_pps:,.0f} | {r.r1_sent_pps:,.0f} |"
-            )
+    for shape, flows, gateway, _, r in _medians(rounds):
+        hop = _pct(r.hopgate_cpu) if r.hopgate_cpu is not None else "–"
+        rows.append(
+            f"| {shape} | {flows:,} | {gateway} | {_pct(r.cpu0_busy)} | "
+            f"{_pct(r.cpu0_softirq)} | {_pct(r.gen_cpu)} | {_pct(r.cpu1_busy)} | "
+            f"{_pct(r.cpu1_softirq)} | {_pct(r.napi_cpu)} | {hop} | "
+            f"{r.lost_pps:,.0f} | {r.r1_sent_pps:,.0f} |"
+        )
     return "\n".join(rows)
 
 
