@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -478,6 +479,41 @@ def backend(
         return
     for b in result["changed"]:
         click.echo(b["message"])
+
+
+@main.command()
+@_daemon_options
+@click.option("--json", "as_json", is_flag=True, help="Print what the reload did as JSON.")
+def reload(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """Have the running daemon read its config file again and apply what changed,
+    keeping the connections whose rule, service and backend are still there
+    (SIGHUP does the same).  If the file cannot be applied, nothing changes and
+    every problem is printed with its key path.
+
+    \b
+    Only a restart changes the interfaces (their names and order), [admin],
+    [dataplane] and [state].  What the operator set with hopgate backend stays
+    (it wins over the file's weight) for every backend the file still has."""
+    from hopgate.control.admin import AdminError, AdminRefusedError
+    from hopgate.control.admin import reload as ask_reload
+
+    path = _socket_for(socket_path, config_path)
+    try:
+        result = ask_reload(path)
+    except AdminRefusedError as e:
+        _fail(e.reason)
+    except AdminError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from hopgate.control.reload import Outcome
+
+    conns = result["connections"]
+    outcome = Outcome(result["changes"], conns["kept"], Counter(conns["ended"]))
+    for line in outcome.lines():
+        click.echo(line)
+    click.echo(f"forwarding held for {result['stall_ms']:.3f} ms")
 
 
 def _need_root() -> None:

@@ -6,7 +6,9 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -15,6 +17,7 @@ from hopgate.control import backends, conns, statefile, views
 from hopgate.control.admin import AdminServer
 from hopgate.control.config import Config, parse_listen
 from hopgate.control.lbcontrol import RingWorker
+from hopgate.control.reload import Outcome, Reloader, ReloadError
 from hopgate.io import ctlpath
 from hopgate.io.afpacket import PacketSocket
 from hopgate.io.links import LinkMonitor, LinkWatch
@@ -78,8 +81,43 @@ def snapshot(
 CHECKPOINT_STALL = 10.0
 
 
-def _no_state() -> None:
-    log.info("SIGUSR1: no connections to checkpoint (no NAT or services)")
+def _checkpoint(loop: Loop) -> Iterator[bytes] | None:
+    """What a checkpoint writes: the connections, turned into text by the loop a
+    slice at a time, between its batches of frames (None without NAT or services)."""
+    nat = loop.router.nat
+    if nat is None:
+        return None
+    return loop.mailbox.start(persist.lines(nat, time.monotonic(), time.time())).chunks(
+        CHECKPOINT_STALL
+    )
+
+
+def _reload(reloader: Reloader, by: str) -> Outcome:
+    """Reload, logging what it did, or why it did nothing (raises ReloadError)."""
+    try:
+        out = reloader()
+    except ReloadError as e:
+        log.error("reload (%s): nothing changed, the file cannot be applied: %s", by, e)
+        raise
+    for line in out.lines():
+        log.info("reload (%s): %s", by, line)
+    log.info("reload (%s): forwarding held for %.3f ms", by, out.stall * 1000)
+    return out
+
+
+def _reload_in_background(reloader: Reloader) -> None:
+    """SIGHUP: the reload runs in a thread of its own (the loop, which runs the
+    signal's handler, runs the swap)."""
+
+    def run() -> None:
+        try:
+            _reload(reloader, "SIGHUP")
+        except ReloadError:
+            pass  # logged
+        except Exception:
+            log.exception("reload (SIGHUP) failed")
+
+    threading.Thread(target=run, name="reload", daemon=True).start()
 
 
 def _overrides(path: str) -> Overrides:
@@ -173,24 +211,20 @@ def run(cfg: Config, config_path: str) -> None:
             fastpath=fastpath,
         )
         the_loop, the_fastpath = loop, fastpath
-        nat = router.nat
-        if nat is not None:
-            checkpoints = statefile.Checkpoints(
-                state_path,
-                cfg.state.checkpoint_interval,
-                # The loop turns the table into text a slice at a time, between
-                # its batches of frames; this thread writes what it yields.
-                lambda: the_loop.mailbox.start(
-                    persist.lines(nat, time.monotonic(), time.time())
-                ).chunks(CHECKPOINT_STALL),
-            )
+        # The router running: a reload replaces it (control/reload.py).
+        current = lambda: the_loop.router  # noqa: E731
+        checkpoints = statefile.Checkpoints(
+            state_path,
+            cfg.state.checkpoint_interval,
+            # The loop turns the table into text a slice at a time, between
+            # its batches of frames; this thread writes what it yields.
+            lambda: _checkpoint(the_loop),
+        )
+        reloader = Reloader(config_path, cfg, loop, rings, fastpath)
         loop.install_signal_handlers(
             {
-                signal.SIGHUP: lambda: log.warning(
-                    "SIGHUP: hopgate cannot reload its configuration yet; restart it"
-                    " (NAT's and the load balancer's connections are kept across a restart)"
-                ),
-                signal.SIGUSR1: checkpoints.now if checkpoints is not None else _no_state,
+                signal.SIGHUP: lambda: _reload_in_background(reloader),
+                signal.SIGUSR1: checkpoints.now,
             }
         )
         if router.nat is not None and any(s.uses_maglev for s in router.nat.services.all):
@@ -198,15 +232,18 @@ def run(cfg: Config, config_path: str) -> None:
         admin = AdminServer(
             cfg.admin.socket,
             lambda: the_loop.call(
-                lambda: snapshot(router, the_loop, sockets, started, config_path, the_fastpath)
+                lambda: snapshot(
+                    the_loop.router, the_loop, sockets, started, config_path, the_fastpath
+                )
             ),
             parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
             # listing and deleting run in the loop a slice at a time (never a long pause)
             lambda action, query: the_loop.mailbox.start(
-                conns.job(action, router.nat, time.monotonic, query)
+                conns.job(action, the_loop.router.nat, time.monotonic, query)
             ),
             # hopgate backend: a change made in the loop, logged before it is answered
-            backends=backends.requests(router, the_loop.call, the_loop.log_events),
+            backends=backends.requests(current, the_loop.call, the_loop.log_events),
+            reload=lambda: _reload(reloader, "hopgate reload").to_json(),
         )
         admin.start()
         for iface in views.router(router.state())["interfaces"]:
@@ -236,15 +273,14 @@ def run(cfg: Config, config_path: str) -> None:
             ", ".join(names),
             cfg.admin.socket,
         )
-        if checkpoints is not None:
-            checkpoints.start()
+        checkpoints.start()
         loop.run()
         log.info("stopped")
-        if checkpoints is not None:
-            checkpoints.stop()
-        if router.nat is not None:
+        checkpoints.stop()
+        nat = loop.router.nat
+        if nat is not None:
             exact = fastpath.hand_back() if fastpath is not None else True
-            _save(router.nat, state_path, exact)
+            _save(nat, state_path, exact)
     finally:
         if checkpoints is not None:
             checkpoints.stop()

@@ -38,7 +38,7 @@ class Served:
             str(path),
             lambda: self.loop.box.call(lambda: {"kind": "test"}),
             self.metrics_at,
-            backends=backends.requests(self.router, self.loop.box.call, self._log_events),
+            backends=backends.requests(lambda: self.router, self.loop.box.call, self._log_events),
         )
         self.socket = str(path)
 

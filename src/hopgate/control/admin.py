@@ -1,13 +1,15 @@
 """The admin API: the daemon's state as JSON and Prometheus text, over HTTP.
 
 Served on a Unix socket, for root only (``hopgate status``, ``hopgate conns``
-and ``hopgate backend`` use it: ``/status``, ``/metrics``, ``/conns``, and
-``POST /conns/delete``, ``/conns/flush`` and ``/backend``) and, if configured,
+``hopgate backend`` and ``hopgate reload`` use it: ``/status``, ``/metrics``,
+``/conns``, and ``POST /conns/delete``, ``/conns/flush``, ``/backend`` and
+``/reload``) and, if configured,
 on a TCP address for Prometheus, which serves ``/metrics`` and nothing else.
 Requests are answered from a snapshot the loop thread takes between two batches
 of frames, so the pipeline is never read while it changes; work over the
 connections is a job the loop runs in slices (``io.mailbox.Job``), streamed to
-the client as it comes (chunked); a backend's change is one call in the loop.
+the client as it comes (chunked); a backend's change is one call in the loop;
+a reload is built in the request's thread and swapped in by one call in the loop.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ Conns = Callable[[str, dict[str, str]], Job]
 # query that does not parse; the future raises LookupError for an unknown service
 # or backend.
 Backends = Callable[[dict[str, str]], "Future[dict[str, Any]]"]
+# Reloads the config file (control/reload.py): what it did; raises ValueError
+# (a ReloadError) with every problem when the file cannot be applied.
+Reload = Callable[[], dict[str, Any]]
 SNAPSHOT_TIMEOUT = 5.0  # for a snapshot; for a job, the longest it may go without a slice
 CLIENT_TIMEOUT = 30.0  # how long a client waits for the next bytes of an answer
 CONNS_ACTIONS = {"/conns/delete": "delete", "/conns/flush": "flush"}  # POST only
 BACKEND = "/backend"  # POST only
+RELOAD = "/reload"  # POST only
 
 
 class AdminError(Exception):
@@ -64,6 +70,7 @@ def _handler(
     snapshot: Snapshot,
     conns: Conns | None,
     backends: Backends | None = None,
+    reload: Reload | None = None,
     *,
     metrics_only: bool = False,
 ) -> type[BaseHTTPRequestHandler]:
@@ -84,8 +91,10 @@ def _handler(
             if url.path == "/conns" and conns is not None:
                 self._job(conns, "list", query)
                 return
-            if (url.path in CONNS_ACTIONS and conns is not None) or (
-                url.path == BACKEND and backends is not None
+            if (
+                (url.path in CONNS_ACTIONS and conns is not None)
+                or (url.path == BACKEND and backends is not None)
+                or (url.path == RELOAD and reload is not None)
             ):
                 self._reply(405, "text/plain", f"{url.path} takes a POST\n".encode())
                 return
@@ -108,6 +117,9 @@ def _handler(
             if url.path == BACKEND and backends is not None and not metrics_only:
                 self._backend(backends, query)
                 return
+            if url.path == RELOAD and reload is not None and not metrics_only:
+                self._reload(reload)
+                return
             action = CONNS_ACTIONS.get(url.path)
             if metrics_only or action is None or conns is None:
                 self._reply(404, "text/plain", b"not found\n")
@@ -123,6 +135,18 @@ def _handler(
             result = self._result(future)
             if result is not None:
                 self._reply(200, "application/json", json.dumps(result).encode())
+
+        def _reload(self, reload: Reload) -> None:
+            try:
+                result = reload()
+            except ValueError as e:  # the file cannot be applied: every reason
+                self._reply(400, "text/plain", f"{e}\n".encode())
+                return
+            except Exception as e:
+                log.exception("reload failed")
+                self._reply(500, "text/plain", f"reload failed: {e}\n".encode())
+                return
+            self._reply(200, "application/json", json.dumps(result).encode())
 
         def _result(self, future: Future[dict[str, Any]]) -> dict[str, Any] | None:
             """What the loop answered; None when it failed, and the client has
@@ -209,11 +233,13 @@ class AdminServer:
         metrics_listen: tuple[str, int] | None = None,
         conns: Conns | None = None,
         backends: Backends | None = None,
+        reload: Reload | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._snapshot = snapshot
         self._conns = conns
         self._backends = backends
+        self._reload = reload
         self._metrics_listen = metrics_listen
         self._servers: list[socketserver.BaseServer] = []
 
@@ -226,7 +252,7 @@ class AdminServer:
                     f"another hopgate answers on {path}; give this one its own [admin] socket"
                 )
             path.unlink()
-        handler = _handler(self._snapshot, self._conns, self._backends)
+        handler = _handler(self._snapshot, self._conns, self._backends, self._reload)
         old_umask = os.umask(0o077)  # the state is for root and the operator only
         try:
             unix = _UnixHTTPServer(str(path), handler)
@@ -349,6 +375,13 @@ def delete_conns(socket_path: str, filters: dict[str, str] | None = None) -> int
     path = "/conns/flush" if filters is None else "/conns/delete?" + _query(filters)
     data: dict[str, Any] = json.loads(fetch(socket_path, path, "POST", CLIENT_TIMEOUT))
     return int(data["deleted"])
+
+
+def reload(socket_path: str) -> dict[str, Any]:
+    """Have the daemon read its config file again and apply it; what it did.
+    Raises AdminRefusedError with every problem when the file cannot be applied."""
+    data: dict[str, Any] = json.loads(fetch(socket_path, RELOAD, "POST", CLIENT_TIMEOUT))
+    return data
 
 
 def change_backend(socket_path: str, query: dict[str, str]) -> dict[str, Any]:

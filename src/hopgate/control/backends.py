@@ -133,18 +133,19 @@ Call = Callable[[Callable[[], JSON]], "Future[JSON]"]
 
 
 def requests(
-    router: Router, call: Call, logged: Callable[[], None]
+    current: Callable[[], Router], call: Call, logged: Callable[[], None]
 ) -> Callable[[dict[str, str]], Future[JSON]]:
     """The admin server's handler of ``POST /backend``: parses a query (in the
     caller's thread) and has ``call`` run the change in the loop; ``logged``,
     run there after it, logs the events, so that the log has the change before
-    the operator has the answer."""
+    the operator has the answer.  ``current``: the router running (a reload
+    replaces it)."""
 
     def start(query: dict[str, str]) -> Future[JSON]:
         change = parse(query)
 
         def run() -> JSON:
-            out = apply(router, change)
+            out = apply(current(), change)
             logged()
             return out
 

@@ -94,6 +94,33 @@ class RingWorker:
             self._executor.submit(int)
         self.wake()  # whatever changed before the start
 
+    def serve(self, control: MaglevControl, call: Call) -> None:
+        """A reload: compute the tables of ``control`` (the new router's) from
+        now on; started now if it was not (the old router had no Maglev)."""
+        if self._executor is None:
+            self.start(control, call)
+            return
+        self._control = control
+        self.wake()
+
+    def ring_for(self, request: RingRequest) -> maglev.Ring:
+        """A table computed now, in a worker process, for the caller to wait on
+        (a thread other than the loop's: a reload building its services).  The
+        loop's own requests wait meanwhile; they are coalesced as ever."""
+        executor = self._executor
+        try:
+            if executor is not None:
+                return executor.submit(maglev.ring, *request.built_of).result()
+            with self._make_executor() as once:
+                return once.submit(maglev.ring, *request.built_of).result()
+        except Exception as e:  # noqa: BLE001 - a broken pool: this thread computes it
+            log.error(
+                "service %s: the Maglev table was not computed in a worker (%s); computing it here",
+                request.service.name,
+                e,
+            )
+            return request.compute()
+
     def wake(self) -> None:
         """The router's ``on_ring``: a service needs a table.  Called inside the
         pipeline; the pending requests are taken after the call, in the loop."""

@@ -31,7 +31,11 @@ class Checkpoints:
     chunks to write (the daemon's reads them from a job the loop runs a slice
     at a time, so forwarding never waits for a checkpoint)."""
 
-    def __init__(self, path: str, interval: float, produce: Callable[[], Iterable[bytes]]) -> None:
+    def __init__(
+        self, path: str, interval: float, produce: Callable[[], Iterable[bytes] | None]
+    ) -> None:
+        """``produce``: the chunks of one checkpoint, or None when there is no
+        state to keep (no NAT or services, since start or since a reload)."""
         self.path = path
         self.interval = interval
         self._produce = produce
@@ -64,7 +68,11 @@ class Checkpoints:
             if self._stop:
                 return
             try:
-                size = write(self.path, self._produce())
+                chunks = self._produce()
+                if chunks is None:
+                    log.debug("state: no connections to checkpoint (no NAT or services)")
+                    continue
+                size = write(self.path, chunks)
             except Exception as e:  # noqa: BLE001 - a failed checkpoint is logged, never fatal
                 self.failed += 1
                 log.warning("state checkpoint to %s failed: %s", self.path, e)

@@ -173,6 +173,25 @@ class PacketSocket:
             raise
         return s
 
+    def refilter(self, filters: Filters | None, max_frame: int) -> bool:
+        """A reload: the control path's programs for the port's new addresses,
+        and its new largest frame.  The open sockets take the new programs in
+        place (the kernel swaps a socket's filter at once, and what waits in
+        the socket stays).  False if the sockets must be opened again instead:
+        the control path came or went (one socket becomes two, or two one)."""
+        self._bufsize = max_frame + 1
+        had = self.filters is not None
+        self.filters = filters
+        if self.sock is None or had != (filters is not None):
+            return self.sock is None
+        if filters is not None and self.ctl is not None:
+            from hopgate.io.capture import attach
+
+            control, data = filters()
+            attach(self.ctl, control)
+            attach(self.sock, data)
+        return True
+
     def fileno(self) -> int:
         return self.sock.fileno() if self.sock is not None else -1
 

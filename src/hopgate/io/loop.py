@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
-from hopgate.io.afpacket import PacketSocket
+from hopgate.io.afpacket import Filters, PacketSocket
 from hopgate.io.links import Change, LinkMonitor
 from hopgate.io.reactor import Reactor
 from hopgate.pipeline.actions import DropReason, Transmit
@@ -105,10 +105,10 @@ class Loop:
                 )
                 # What changed between taking the interfaces and subscribing.
                 self.apply_link_changes(links.resync())
-            router = self.router
             self.reactor.run(
                 next_deadline=self._next_deadline,
-                on_deadline=lambda now: self._execute(router.poll(now)),
+                # self.router, not a local: a reload replaces it
+                on_deadline=lambda now: self._execute(self.router.poll(now)),
                 end_of_turn=self._end_of_turn,
             )
         finally:
@@ -210,6 +210,16 @@ class Loop:
                 if note is not None:
                     log.warning("%s: %s; adopted", name, note)
                 log.info("%s: %s, forwarding resumed", name, change.why)
+
+    def refilter(self, port: int, filters: Filters | None, max_frame: int) -> None:
+        """A reload: ``port``'s sockets take the control path's programs for its
+        new addresses, in place if they can, else opened again."""
+        sock = self.sockets[port]
+        if sock.refilter(filters, max_frame):
+            return
+        self._unregister(port)
+        sock.open(sock.ifindex)
+        self._register(port)
 
     def _fast(self, what: str, step: Callable[..., None], *args: Any) -> None:
         """A step of the fast path's upkeep; a bug there is logged and counted,

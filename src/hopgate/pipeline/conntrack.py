@@ -662,6 +662,11 @@ class ConnTable:
             self._closing = OrderedDict(self._closing)
             self._peak = max(self._count, 1)
 
+    def rebind(self, released: Released) -> None:
+        """A reload: the new engine is told of each connection that leaves
+        (the timers, already one heap with the new router's, stay)."""
+        self._released = released
+
     def holds(self, conn: Conn) -> bool:
         """Whether ``conn`` is (still) in the table: filed for expiry from its
         insertion to its removal, and only then."""

@@ -338,6 +338,35 @@ class NeighbourTable:
             e.queue = []
         return dropped
 
+    def adopt(self, other: Entry, now: float) -> bool:
+        """Take over what ``other`` (an entry of the table a reload replaces)
+        knows: a REACHABLE entry stays so until its time is up; one being
+        probed is STALE here, probed again at its next use.  One still
+        resolving is not taken (its next packet asks again).  False if it was
+        not taken."""
+        key = (other.port, other.addr)
+        if (
+            other.mac is None
+            or key in self._entries
+            or len(self._entries) >= (self.settings.max_entries)
+        ):
+            return False
+        reachable = other.state == State.REACHABLE and now < other.until
+        e = Entry(other.port, other.addr, State.REACHABLE if reachable else State.STALE, now)
+        e.mac = other.mac
+        e.until = other.until
+        e.used = other.used
+        e.updated = other.updated
+        self._entries[key] = e
+        self._arm_gc(e, now)
+        self._mark(e)
+        return True
+
+    def clear(self) -> None:
+        """Forget every entry (a reload replaced this table, and its new one
+        adopted them): their armed timers find them gone and do nothing."""
+        self._entries.clear()
+
     def used_by_fast_path(self, port: int, addr: int, when: float) -> None:
         """The fast path sent a packet through the entry at ``when`` (read back
         from its table): what the pipeline's own use would have done then (a

@@ -128,6 +128,12 @@ class Reassembler:
 
         self._timers.call_at(dg.deadline, expire)
 
+    def clear(self) -> None:
+        """Forget every datagram (a reload replaced this reassembler): their
+        armed timers find them gone and do nothing."""
+        self._datagrams.clear()
+        self._bytes = 0
+
     def __len__(self) -> int:
         return len(self._datagrams)
 

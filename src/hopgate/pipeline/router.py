@@ -27,6 +27,7 @@ from hopgate.pipeline.lb import Services
 from hopgate.pipeline.lb.cluster import ClusterRelay
 from hopgate.pipeline.lb.health import HealthChecker
 from hopgate.pipeline.lb.runtime import Overrides
+from hopgate.pipeline.lb.service import RingSource
 from hopgate.pipeline.lb.verdicts import BackendVerdicts
 from hopgate.pipeline.local import Listener, LocalDelivery
 from hopgate.pipeline.model import IPAddress, NatSpec, RouterSpec
@@ -60,6 +61,8 @@ class Router:
         *,
         on_ring: Callable[[], None] | None = None,
         overrides: Overrides | None = None,
+        before: Router | None = None,
+        ring_for: RingSource | None = None,
     ) -> None:
         """Assemble the pipeline for ``spec``: each part is built once, from the
         parts it needs, in an order with no part patched afterwards.
@@ -70,7 +73,12 @@ class Router:
         inside the call that saw the change (tests).
 
         ``overrides``: the operator's runtime settings of the backends, kept from
-        before (a restart: nat/persist.py)."""
+        before (a restart: nat/persist.py).
+
+        ``before``: the router a reload replaces, on the same ports: its counters
+        go on, and its services' backends keep their health (the rest of what
+        it knows is taken over in the loop: pipeline/takeover.py);
+        ``ring_for``: where the services' first Maglev tables come from."""
         self.spec = spec
         extra = _nat_host_addresses(spec)
         self.ports: list[Port] = [
@@ -79,17 +87,27 @@ class Router:
         self.port_by_name = {p.name: p.index for p in self.ports}
         if len(self.port_by_name) != len(self.ports):
             raise ValueError("two ports have the same name")
-        services = Services(spec.services, overrides) if spec.services else None
+        old_services = before.nat.services if before is not None and before.nat else None
+        if overrides is None and old_services is not None:
+            overrides = old_services.overrides
+        services = (
+            Services(spec.services, overrides, old_services, ring_for) if spec.services else None
+        )
         self.local = LocalAddresses(self.ports, services.vips if services else None)
         # What happened that an operator should read (a backend going down...):
         # the pipeline only records it (pipeline/events.py); the daemon logs it.
         self.events: deque[Event] = deque(maxlen=1000)
-        self.counters = Counters([p.name for p in self.ports])
+        names = [p.name for p in self.ports]
+        if before is not None and before.counters.port_names != names:
+            raise ValueError("a reload cannot change the interfaces")
+        self.counters: Counters = before.counters if before is not None else Counters(names)
         # Ports whose link is down or gone (the I/O layer says so): nothing is
         # forwarded to them.
         self.down_ports: set[int] = set()
         self.emit = Emitter(self.counters)
-        self.timers = Timers()
+        # A reload's: apart until the swap, then one heap with the old router's
+        # (pipeline/takeover.py), whose connections' expiry it carries.
+        self.timers: Timers = Timers(joins=before.timers if before is not None else None)
         self.limiter = IcmpRateLimiter(spec.icmp, now)
         self.icmp = IcmpOut(self.ports, self.limiter, self.counters, self.emit)
         self.arp = ArpResolver(self.ports, self.emit, spec.neighbour, self.timers, self._unresolved)

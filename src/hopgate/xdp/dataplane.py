@@ -181,6 +181,14 @@ class FastPath:
             return False
         return True
 
+    def replace(self, router: Router) -> None:
+        """A reload: ``router``, which has taken over from the old one
+        (pipeline/takeover.py), is the one the tables follow from now on."""
+        self.router = router
+        self._reading = False
+        self._token = None
+        self.tables.refill(router)
+
     def next_deadline(self) -> float:
         """When ``sync`` has work of its own: at once while the flows are being
         read back, else at the next read."""

@@ -264,13 +264,21 @@ class Tables:
         # Map operations that failed where nothing may raise (taking a
         # connection back, in the pipeline's per-packet path): for the loop.
         self.failed: list[BpfError] = []
+        # While ``refill`` fills: the (table, key) of every entry written.
+        self._written: set[tuple[str, bytes]] | None = None
 
-    def fill(self, router: Router, ifindex: Mapping[int, int]) -> None:
+    def _put(self, name: str, key: CValue, value: CValue) -> None:
+        self.obj.update(name, key, value)
+        if self._written is not None:
+            self._written.add((name, bytes(key)))
+
+    def fill(self, router: Router, ifindex: Mapping[int, int], *, offload: bool = True) -> None:
         """Mirror ``router``'s ports, routes, neighbours, special addresses
         (both families) and NAT's guards into the tables; ``ifindex``: each
-        port's interface.  From then on the router notes what changes."""
-        for p in router.ports:
-            self.set_port(router, p.index, ifindex[p.index])
+        port's interface (a port missing is down: the program has none of
+        it).  From then on the router notes what changes."""
+        for port, index in ifindex.items():
+            self.set_port(router, port, index)
         for i, c in enumerate(_crc_table()):
             self.obj.update("crc_table", ctypes.c_uint32(i), ctypes.c_uint32(c))
         for fam in router.families:
@@ -290,7 +298,7 @@ class Tables:
                 else:
                     # Installed all the same, so that a shorter prefix cannot take its packets.
                     value = t.route(PASS_PORT, t.addr(0), 1, 0)
-                self.obj.update(t.routes, key, value)
+                self._put(t.routes, key, value)
             for e in fam.neighbours.entries():
                 self.neighbour(fam.version, e)
             # From here the router notes what these tables must follow.
@@ -300,18 +308,58 @@ class Tables:
         nat4 = nat.addresses[4] if nat is not None else set()
         nat6 = nat.addresses[6] if nat is not None else set()
         for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source, *nat4}:
-            self.obj.update("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
+            self._put("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
         # Link-local addresses, hopgate's included, the program passes up by their prefix.
         for a in {*local.v6, *nat6}:
-            self.obj.update("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
+            self._put("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
         liberal = nat is not None and nat.table.be_liberal
         self.obj.update(
             "settings", ctypes.c_uint32(0), Settings(int(nat is not None), int(liberal))
         )
         if nat is not None:
             self._guard(nat)
-            table = nat.table
-            table.start_offloading(lambda conn: self._take_back(conn, table))
+            if offload:
+                table = nat.table
+                table.start_offloading(lambda conn: self._take_back(conn, table))
+
+    # What a reload fills again: the tables whose entries the new router may no
+    # longer have (an array's entries cannot go: the ports' and the hops' are
+    # overwritten, and a hop group is reached only through its route).
+    _REFILLED = (
+        "routes4",
+        "routes6",
+        "special4",
+        "special6",
+        "guard4",
+        "guard6",
+        "neigh4",
+        "neigh6",
+    )
+
+    def refill(self, router: Router) -> None:
+        """A reload: the tables made ``router``'s, on the ports as they are.
+        The flows stay when the new router goes on with the connection table
+        the program's flows are of (pipeline/takeover.py: the sweep withdraws
+        those the new configuration ends); else they all go.  What the new
+        router has is written over the old entries; only then are the entries
+        it no longer has removed: meanwhile the program may still forward by a
+        route just removed, never by one not yet there, and it passes up a
+        packet to an address the router has just taken."""
+        table = router.nat.table if router.nat is not None else None
+        kept = table is not None and table.take_back is not None
+        if not kept:
+            for conn in list(self._ids):
+                self.withdraw(conn)
+        self._written = set()
+        try:
+            self.fill(router, dict(self._ifindex), offload=not kept)
+            written = self._written
+        finally:
+            self._written = None
+        for name in self._REFILLED:
+            for key in self.obj.keys(name, LAYOUTS[name][0]):
+                if (name, bytes(key)) not in written:
+                    self.obj.delete(name, key)
 
     def _guard(self, nat: Nat) -> None:
         """NAT's inside prefixes and DNAT's inside addresses: a packet from or
@@ -322,10 +370,10 @@ class Tables:
             t = _FAMILIES[rule.family]
             for network, mask in rule.prefixes:
                 plen = t.width - (~mask & ((1 << t.width) - 1)).bit_length()
-                self.obj.update(t.guard, t.route_key(plen, t.addr(network)), one)
+                self._put(t.guard, t.route_key(plen, t.addr(network)), one)
         for d in nat.dnat:
             t = _FAMILIES[d.family]
-            self.obj.update(t.guard, t.route_key(t.width, t.addr(d.to_addr)), one)
+            self._put(t.guard, t.route_key(t.width, t.addr(d.to_addr)), one)
 
     # -- NAT's connections --------------------------------------------------------
 
@@ -530,7 +578,7 @@ class Tables:
         nkey = t.neigh_key(port, t.addr(addr))
         if e is not None and e.mac is not None:
             used = int(e.used * 1e9) + self.offset_ns
-            self.obj.update(t.neighs, nkey, Neigh(_mac(e.mac), 0, used))
+            self._put(t.neighs, nkey, Neigh(_mac(e.mac), 0, used))
         else:
             self.obj.delete(t.neighs, nkey)
 

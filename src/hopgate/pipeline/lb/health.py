@@ -102,6 +102,12 @@ class HealthChecker:
         # HTTP answer, a FIN crossing our RST) are taken quietly rather than
         # answered with resets and counted as drops.
         self._closed: dict[tuple[int, ...], float] = {}
+        self._stopped = False
+
+    def stop(self) -> None:
+        """No more checks (a reload replaced this checker): its armed timers,
+        which fire in the new router's heap, do nothing."""
+        self._stopped = True
 
     def start(self, now: float) -> None:
         for service in self._services.all:
@@ -110,6 +116,8 @@ class HealthChecker:
 
     def _arm(self, service: Service, at: float) -> None:
         def run(now: float, out: list[Action]) -> None:
+            if self._stopped:
+                return
             for backend in service.backends:
                 self._probe(backend, now, out)
             self._arm(service, now + service.spec.health.interval)
@@ -146,7 +154,7 @@ class HealthChecker:
             self._send_tcp(probe, probe.seq, 0, l4.TCP_SYN, b"", now, out)
 
         def timeout(now: float, out: list[Action]) -> None:
-            if not probe.done:
+            if not probe.done and not self._stopped:
                 self._finish(probe, False, now, out)
 
         self._timers.call_at(now + health.timeout, timeout)

@@ -86,8 +86,15 @@ class Backend:
     )
 
     def __init__(
-        self, service: Service, index: int, spec: BackendSpec, overrides: Overrides
+        self,
+        service: Service,
+        index: int,
+        spec: BackendSpec,
+        overrides: Overrides,
+        before: Backend | None = None,
     ) -> None:
+        """``before``: the same backend in the services a reload replaces: its
+        checks' verdict and counts go on."""
         self.service = service
         self.index = index
         self.spec = spec
@@ -115,6 +122,19 @@ class Backend:
         self.checks = {"ok": 0, "failed": 0}
         self.conns: set[Conn] = set()  # its live connections
         self.total = 0  # connections it was given
+        if before is not None:
+            self.take_health(before)
+            self.up = self.eligible
+
+    def take_health(self, before: Backend) -> bool:
+        """Take the checks' verdict and counts of ``before``; True if the verdict
+        differs from this backend's."""
+        changed = self.healthy != before.healthy
+        self.healthy = before.healthy
+        self.successes = before.successes
+        self.failures = before.failures
+        self.checks = dict(before.checks)
+        return changed
 
     @property
     def weight(self) -> int:
@@ -147,10 +167,25 @@ class Backend:
         )
 
 
+# Where a Maglev table built with a service comes from: computed at once, or
+# found ready (a reload: the table of a service unchanged, or one computed off
+# the packet loop).
+RingSource = Callable[["RingRequest"], maglev.Ring]
+
+
 class Service:
-    def __init__(self, spec: ServiceSpec, overrides: Overrides | None = None) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        overrides: Overrides | None = None,
+        before: Service | None = None,
+        ring_for: RingSource | None = None,
+    ) -> None:
         """``overrides``: where its backends' runtime settings are kept (a store
-        of their own if None)."""
+        of their own if None).  ``before``: the service of the same VIP, port
+        and protocol that a reload replaces (its backends' health goes on);
+        ``ring_for``: where its first Maglev table comes from (computed here
+        if None)."""
         self.spec = spec
         self.name = spec.name
         self.family = spec.family
@@ -159,7 +194,12 @@ class Service:
         self.port = spec.port
         self.lips = spec.local_addresses
         store = Overrides() if overrides is None else overrides
-        self.backends = [Backend(self, i, b, store) for i, b in enumerate(spec.backends)]
+        old = {b.key: b for b in before.backends} if before is not None else {}
+        ident = (spec.family, spec.protocol, spec.vip, spec.port)
+        self.backends: list[Backend] = [
+            Backend(self, i, b, store, old.get((*ident, b.address, b.port)))
+            for i, b in enumerate(spec.backends)
+        ]
         self._rr = 0
         self._current = [0] * len(self.backends)  # smooth weighted round robin
         self._lip = 0
@@ -170,9 +210,13 @@ class Service:
         self._installed = -1  # the generation of the installed table
         self._table: Sequence[int] = ()
         self._members: frozenset[int] = frozenset()
-        if self.uses_maglev:  # built here: before the loop runs, the wait harms no packet
+        self.ring: maglev.Ring | None = None  # the installed table, and what it was built of
+        self.ring_of: tuple[tuple[str, ...], tuple[int, ...], int] | None = None
+        if self.uses_maglev:
+            # Built here: at start the wait harms no packet; at a reload the
+            # table comes ready (``ring_for``).
             request = self.ring_request()
-            self.install(request, request.compute())
+            self.install(request, ring_for(request) if ring_for else request.compute())
 
     # -- health, admin state, weight ----------------------------------------------------
 
@@ -210,6 +254,8 @@ class Service:
         self._installed = request.generation
         self._table = ring.table
         self._members = ring.members
+        self.ring = ring
+        self.ring_of = request.built_of
         came = []
         for b in self.backends:
             if not b.up and b.eligible and request.eligible[b.index]:
@@ -299,6 +345,11 @@ class RingRequest:
     def compute(self) -> maglev.Ring:
         return maglev.ring(self.names, self.weights, self.size)
 
+    @property
+    def built_of(self) -> tuple[tuple[str, ...], tuple[int, ...], int]:
+        """What decides the table: two requests alike in this get the same one."""
+        return self.names, self.weights, self.size
+
 
 class MaglevControl:
     """Where the pipeline hands Maglev tables to the control plane.
@@ -364,11 +415,28 @@ class Services:
     """Every service, found by (family, protocol, VIP, port), or by name with a
     backend's address (``select``)."""
 
-    def __init__(self, specs: Sequence[ServiceSpec], overrides: Overrides | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ServiceSpec],
+        overrides: Overrides | None = None,
+        before: Services | None = None,
+        ring_for: RingSource | None = None,
+    ) -> None:
         """``overrides``: the operator's runtime settings, kept from services built
-        before (a reload); those of backends no longer in ``specs`` are forgotten."""
+        before (a restart, a reload); those of backends no longer in ``specs``
+        are forgotten.  ``before``: the services a reload replaces (a service of
+        the same VIP, port and protocol goes on with its backends' health);
+        ``ring_for``: where the first Maglev tables come from."""
         self.overrides = Overrides() if overrides is None else overrides
-        self.all = [Service(s, self.overrides) for s in specs]
+        self.all = [
+            Service(
+                s,
+                self.overrides,
+                before.find(s.family, s.protocol, s.vip, s.port) if before else None,
+                ring_for,
+            )
+            for s in specs
+        ]
         self.overrides.keep({b.key for s in self.all for b in s.backends})
         self._by_key = {(s.family, s.protocol, s.vip, s.port): s for s in self.all}
         self.vips: dict[int, set[int]] = {A.V4: set(), A.V6: set()}

@@ -454,6 +454,34 @@ class Nat:
         if m is not None:
             self.mappings.unref(m)
 
+    # -- a reload ----------------------------------------------------------------------
+
+    def take_state(self, old: Nat) -> None:
+        """Go on with ``old``'s connections (a reload, pipeline/takeover.py): its
+        table, mappings, local ports and fragments become this engine's, under
+        this configuration's limits, timeouts and published endpoints; its
+        counters go on.  Each connection's own check against the new rules is
+        the sweep's (takeover.py), a slice at a time."""
+        table = old.table
+        mine = self.table
+        table.timeouts = mine.timeouts
+        table.max_connections = mine.max_connections
+        table.max_per_source = mine.max_per_source
+        table.be_liberal = mine.be_liberal
+        table.rebind(self._released)
+        self.table = table
+        self.counters = old.counters
+        self._rng = old._rng
+        mappings = old.mappings
+        mappings.reserve(self.mappings)
+        self.mappings = mappings
+        fnat = old.fnat
+        fnat.services = self.services
+        self.fnat = fnat
+        fragments = Fragments(table, self.addresses, self._answered)
+        fragments.take(old.fragments)
+        self.fragments = fragments
+
     # -- for status ------------------------------------------------------------------------
 
     def state(self) -> NatState:

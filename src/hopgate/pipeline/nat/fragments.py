@@ -54,6 +54,10 @@ class Fragments:
     def __len__(self) -> int:
         return len(self._firsts)
 
+    def take(self, old: Fragments) -> None:
+        """A reload: the first fragments ``old`` translated, for their followers."""
+        self._firsts = old._firsts
+
     def remember_first(self, side: Side, pkt: Packet) -> None:
         """A first fragment was translated on ``side``: its followers go the same way."""
         ident = fragment_ident(pkt.fam.version, pkt.frame, pkt.l3, pkt.end)

@@ -204,7 +204,7 @@ def _restore_one(nat: Nat, r: dict[str, Any], now: float, down: float, exact: bo
         backend = _backend(nat, r["backend"], key, reply)
         if backend is None:
             return "service or backend gone"
-    elif not _translation_stands(nat, key, reply, r["mapping"], bool(r["echo"])):
+    elif not translation_stands(nat, key, reply, r["mapping"], bool(r["echo"])):
         return "rule gone"
     if table.make_room(key[0], key[SRC]) is not None:
         return "table full"
@@ -269,13 +269,13 @@ def _backend(nat: Nat, b: dict[str, Any], key: Tuple, reply: Tuple) -> Backend |
     return None
 
 
-def _translation_stands(
-    nat: Nat, key: Tuple, reply: Tuple, mapping: list[list[int]] | None, echo: bool
-) -> bool:
+def translation_stands(nat: Nat, key: Tuple, reply: Tuple, mapping: object, echo: bool) -> bool:
     """Whether the configuration still makes ``key``'s packets into the
     reverse of ``reply``: its source by an SNAT rule (its outside address in
     the pool of the rule for its inside address), its destination by a DNAT rule
-    or another inside host's mapping (hairpinning)."""
+    or another inside host's mapping (hairpinning).  ``mapping``: its source
+    mapping, or None (as a record or as the object: only whether it has one
+    counts).  A reload's sweep asks it too (pipeline/takeover.py)."""
     fam, proto, src, sport, dst, dport = key
     new_src, new_dst, new_dport = reply[DST], reply[SRC], reply[SPORT]
     if (new_src, reply[DPORT]) != (src, sport):

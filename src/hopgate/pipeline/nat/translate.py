@@ -88,6 +88,12 @@ class Mappings:
     def __len__(self) -> int:
         return len(self.by_inside)
 
+    def reserve(self, other: Mappings) -> None:
+        """A reload: the published endpoints of ``other`` (built from the new
+        configuration) are the ones no new mapping may take."""
+        self._reserved = other._reserved
+        self._reserved_addrs = other._reserved_addrs
+
     def pool_addresses(self, fam: int, addr: int, rule: SnatRule) -> Iterator[int]:
         """The pool's addresses to try for an inside address, in order: the same
         one first for every protocol ("paired", RFC 4787 REQ-2), none taken whole
