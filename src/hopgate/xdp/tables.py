@@ -279,8 +279,9 @@ class Tables:
         it).  From then on the router notes what changes."""
         for port, index in ifindex.items():
             self.set_port(router, port, index)
-        for i, c in enumerate(_crc_table()):
-            self.obj.update("crc_table", ctypes.c_uint32(i), ctypes.c_uint32(c))
+        if self._written is None:  # not a refill: the table is the program's own
+            for i, c in enumerate(_crc_table()):
+                self.obj.update("crc_table", ctypes.c_uint32(i), ctypes.c_uint32(c))
         for fam in router.families:
             t = _FAMILIES[fam.version]
             groups = 0
