@@ -201,6 +201,7 @@ def run(cfg: Config, config_path: str) -> None:
             router,
             {p.index: links[p.name].index for p in router.ports},
             veths=[n for n, link in links.items() if link.kind == "veth"],
+            handover=cfg.dataplane.handover,
         )
         watch = LinkWatch({p.name: (p.index, links[p.name].index) for p in router.ports})
         loop = Loop(
@@ -275,11 +276,12 @@ def run(cfg: Config, config_path: str) -> None:
         )
         checkpoints.start()
         loop.run()
-        log.info("stopped")
+        drained = loop.drain()
+        log.info("stopped (%d frames that had arrived forwarded on the way out)", drained)
         checkpoints.stop()
         nat = loop.router.nat
         if nat is not None:
-            exact = fastpath.hand_back() if fastpath is not None else True
+            exact = fastpath.stop() if fastpath is not None else True
             _save(nat, state_path, exact)
     finally:
         if checkpoints is not None:

@@ -216,11 +216,14 @@ def test_auto_mode_runs_on_af_packet_and_says_why(jumbo: tuple[Lab, Namespace]) 
         proc.stop()
 
 
-def test_the_fast_path_goes_with_the_daemon_however_it_ends(pair: tuple[Lab, Namespace]) -> None:
-    """Attached through BPF links: a stop detaches the program, and so does a
-    kill (nothing is left redirecting frames with tables nobody keeps)."""
+def test_without_a_handover_the_fast_path_goes_with_the_daemon_however_it_ends(
+    pair: tuple[Lab, Namespace],
+) -> None:
+    """``handover = 0``: attached through BPF links, a stop detaches the
+    program, and so does a kill (nothing is left redirecting frames with tables
+    nobody keeps)."""
     lab, gw = pair
-    config = _with(lab, '[dataplane]\nmode = "xdp"\n')
+    config = _with(lab, '[dataplane]\nmode = "xdp"\nhandover = 0\n')
     for how in (signal.SIGTERM, signal.SIGKILL):
         proc = gw.spawn("hopgate", sys.executable, "-m", "hopgate", "run", "-c", config)
         status = _wait_for_admin(lab)
@@ -232,3 +235,30 @@ def test_the_fast_path_goes_with_the_daemon_however_it_ends(pair: tuple[Lab, Nam
         shown = gw.run("ip", "-d", "link", "show", "gw-c").stdout
         assert "prog/xdp" not in shown, f"hopgate's program stayed after {how.name}:\n{shown}"
         (lab.dir / "admin.sock").unlink(missing_ok=True)
+
+
+def test_a_fast_path_left_for_a_handover_is_detached_by_a_hopgate_without_one(
+    pair: tuple[Lab, Namespace],
+) -> None:
+    """With a handover (the default), the program stays attached after a stop,
+    for the next hopgate; one that runs without the fast path detaches it."""
+    lab, gw = pair
+    proc = gw.spawn(
+        "hopgate", sys.executable, "-m", "hopgate", "run", "-c",
+        _with(lab, '[dataplane]\nmode = "xdp"\n'),
+    )  # fmt: skip
+    _wait_for_admin(lab)
+    assert proc.popen is not None
+    proc.popen.send_signal(signal.SIGTERM)
+    proc.popen.wait(10)
+    shown = gw.run("ip", "-d", "link", "show", "gw-c").stdout
+    assert "prog/xdp" in shown, f"hopgate left no program for the next one:\n{shown}"
+    (lab.dir / "admin.sock").unlink(missing_ok=True)
+    again = gw.spawn("hopgate", sys.executable, "-m", "hopgate", "run", "-c", _with(lab, ""))
+    try:
+        _wait_for_admin(lab)
+        shown = gw.run("ip", "-d", "link", "show", "gw-c").stdout
+        assert "prog/xdp" not in shown, f"an AF_PACKET hopgate left the fast path on:\n{shown}"
+        assert "detaching the fast path the hopgate before left" in again.output()
+    finally:
+        again.stop()

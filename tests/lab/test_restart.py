@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
+from hopgate.lab import udpstream
 from hopgate.lab.lblab import LB_ADDR, LbLab
 from hopgate.lab.netns import LabError, Namespace, Process
 from hopgate.lab.topologies import BIG_FILE, HTTP_PORT, NAT_ADDR, NatLab, start_hopgate
@@ -103,6 +105,56 @@ def test_a_download_through_a_service_survives_a_restart(how: str) -> None:
                 f"{lab.gateway}: the download through the service broke across a {how}:"
                 f" {got!r}; {_restored(lab)}"
             )
+
+
+@pytest.mark.parametrize("how", ["stop", "crash"])
+def test_the_fast_path_forwards_while_hopgate_is_down(how: str) -> None:
+    """With the XDP fast path, the program hopgate leaves attached goes on
+    forwarding the established connections while no hopgate runs (``[dataplane]
+    handover``), and the next hopgate takes them over.  Judged by a UDP stream
+    through the NAT, 1,000 datagrams a second, each stamped by the receiving
+    kernel: during the seconds hopgate is down, they keep arriving."""
+    a = NAT_ADDR
+    with NatLab("hopgate", extra_config=CHECKPOINTS, dataplane="xdp") as lab:
+        record = lab.lab.dir / "stream.bin"
+        recv = lab.ns("server").spawn(
+            "recv", sys.executable, "-m", "hopgate.lab.udpstream", "recv", "--port", "9999",
+            "--out", str(record), "--reply",
+        )  # fmt: skip
+        send = lab.ns("inside2").spawn(
+            "send", sys.executable, "-m", "hopgate.lab.udpstream", "send", "--to", a.server4,
+            "--port", "9999", "--rate", "1000",
+        )  # fmt: skip
+        time.sleep(4.0)  # a stream after 2 s of replied traffic: the program's
+        old = lab.hopgate
+        assert old is not None
+        if how == "crash":
+            os.killpg(old.pid, signal.SIGKILL)
+        else:
+            old.stop(timeout=10.0)
+        deadline = time.monotonic() + 5
+        while old.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not old.alive(), f"{lab.gateway} did not end on {how}"
+        down = time.time_ns()
+        time.sleep(2.5)
+        lab.hopgate = start_hopgate(lab.ns("gw"), lab.config_path, lab.admin_socket)
+        up = time.time_ns()
+        time.sleep(1.5)
+        send.stop(timeout=5.0)
+        recv.stop(timeout=5.0)
+        _, received, _ = udpstream.read(record)
+        while_down = sum(1 for t in received if down + 200_000_000 <= t <= up)
+        expected = (up - down - 200_000_000) / 1e6  # 1,000 a second
+        assert while_down > 0.8 * expected, (
+            f"{lab.gateway}'s fast path forwarded {while_down} of the ~{expected:.0f} datagrams"
+            f" sent while hopgate was down after a {how}"
+        )
+        after = sum(1 for t in received if t > up + 500_000_000)
+        assert after > 500, f"{lab.gateway}: the stream did not go on after the restart ({after})"
+        assert "fast path: taken over" in lab.hopgate.output(), (
+            f"{lab.gateway} did not take the fast path over:\n{lab.hopgate.output()[-2000:]}"
+        )
 
 
 def test_sighup_and_sigusr1_do_not_stop_hopgate_and_sigusr1_checkpoints() -> None:

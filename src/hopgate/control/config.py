@@ -336,6 +336,11 @@ class DataplaneConfig(_Strict):
     # program or GRO on to take redirected frames); "generic": on the path every
     # device has, after the kernel has built its packet buffer.
     xdp_attach: Literal["native", "generic"] = "native"
+    # Seconds the XDP program goes on forwarding the established connections
+    # once hopgate has stopped (however it stopped), for the next hopgate to
+    # take them over where they are; 0: the program is detached when hopgate
+    # stops.
+    handover: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
 class StateConfig(_Strict):

@@ -14,9 +14,11 @@ what it has no entry for, so a missing entry costs speed, not a wrong answer.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from hopgate.pipeline.conntrack import FAST_PATH_GRACE
 from hopgate.pipeline.router import Router
 from hopgate.xdp import libbpf
 from hopgate.xdp.libbpf import BpfError, BpfObject
-from hopgate.xdp.tables import OBJECT, PROGRAM, Tables
+from hopgate.xdp.tables import LAYOUT, OBJECT, PROGRAM, TAKEN_OVER, Settings, Tables
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +47,29 @@ class FastPathError(Exception):
 
 
 def start(
-    mode: str, attach: str, router: Router, ifindex: Mapping[int, int], veths: Iterable[str] = ()
+    mode: str,
+    attach: str,
+    router: Router,
+    ifindex: Mapping[int, int],
+    veths: Iterable[str] = (),
+    handover: float = 0.0,
 ) -> FastPath | None:
     """The fast path ``[dataplane]`` asks for, or None for AF_PACKET alone.
     ``mode`` "xdp" raises ``FastPathError`` if it cannot start; "auto" logs why
     and goes on without it.  ``veths``: the ports that are veths (logged: what
-    a native fast path needs of their peers)."""
+    a native fast path needs of their peers).  ``handover``: see ``FastPath``."""
     if mode == "afpacket":
         log.info("data plane: AF_PACKET (the Python pipeline takes every frame)")
+        remove_leftover(router, ifindex)
         return None
     try:
-        fp = FastPath(router, ifindex, attach)
+        fp = FastPath(router, ifindex, attach, handover=handover)
     except OSError as e:  # BpfError is one
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         if mode == "xdp":
             raise FastPathError(f"the XDP fast path cannot start: {why}") from e
         log.warning("data plane: AF_PACKET, the XDP fast path cannot start: %s", why)
+        remove_leftover(router, ifindex)
         return None
     log.info(
         "data plane: XDP (%s) on %s, the Python pipeline behind it",
@@ -77,42 +86,155 @@ def start(
     return fp
 
 
+def _ours(found: libbpf.Attached) -> bool:
+    """Whether a program found attached is hopgate's fast path."""
+    return found.name == PROGRAM[:15]  # the kernel keeps 15 characters of a name
+
+
+def _close(found: libbpf.Attached) -> None:
+    os.close(found.fd)
+    for fd in found.maps.values():
+        os.close(fd)
+
+
+def remove_leftover(router: Router, ifindex: Mapping[int, int]) -> None:
+    """Detach the fast path a hopgate before this one left attached (for the
+    next to take over), where this one will not run it."""
+    for port, index in ifindex.items():
+        try:
+            found = libbpf.attached(index)
+        except BpfError as e:
+            log.warning("%s: cannot look at its XDP program: %s", router.ports[port].name, e)
+            continue
+        if found is None:
+            continue
+        _close(found)
+        if _ours(found):
+            log.info("%s: detaching the fast path the hopgate before left", router.ports[port].name)
+            try:
+                libbpf.detach(index, found.mode)
+            except BpfError as e:
+                log.warning("%s: %s", router.ports[port].name, e)
+
+
+def _previous(ifindex: Mapping[int, int], mode: str) -> libbpf.Attached | None:
+    """The fast path the hopgate before this one left attached to every port,
+    in ``mode``, its tables laid out as this one's (``LAYOUT``): to take over.
+    A fast path of hopgate's that cannot be taken over is detached."""
+    found = {index: libbpf.attached(index) for index in ifindex.values()}
+    ours = {index: f for index, f in found.items() if f is not None and _ours(f)}
+    for f in found.values():
+        if f is not None and not _ours(f):
+            _close(f)  # another program: attaching fails, and says so
+    if not ours:
+        return None
+    first = next(iter(ours.values()))
+    settings = Settings()
+    same = (
+        len(ours) == len(ifindex)
+        and len({f.id for f in ours.values()}) == 1
+        and first.mode == mode
+        and all(name in first.maps for name in TAKEN_OVER)
+        and libbpf.map_lookup(first.maps["settings"], ctypes.c_uint32(0), settings)
+        and settings.layout == LAYOUT
+    )
+    for f in ours.values():
+        if f is not first or not same:
+            _close(f)
+    if same:
+        return first
+    for index, f in ours.items():
+        log.info("interface %d: the fast path left there cannot be taken over; detached", index)
+        libbpf.detach(index, f.mode)
+    return None
+
+
 @dataclass(frozen=True)
 class Attached:
     ifindex: int
-    link: int  # the BPF link's descriptor: closing it detaches the program
+    # The BPF link's descriptor: closing it detaches the program.  None: the
+    # program is attached for good (``handover``), and detached by name.
+    link: int | None
 
 
 class FastPath:
     def __init__(
-        self, router: Router, ifindex: Mapping[int, int], mode: str, path: Path = OBJECT
+        self,
+        router: Router,
+        ifindex: Mapping[int, int],
+        mode: str,
+        path: Path = OBJECT,
+        *,
+        handover: float = 0.0,
+        now: float | None = None,
     ) -> None:
         """Load the program from ``path``, fill its tables from ``router`` and
         attach it in ``mode`` ("native" or "generic") to each port's interface
         (``ifindex``: port -> interface).  Raises ``BpfError`` with the reason
-        if it cannot, having undone what it did."""
+        if it cannot, having undone what it did.
+
+        ``handover`` (seconds; ``[dataplane] handover``): above 0, the program
+        stays attached when hopgate stops, however it stops, and forwards the
+        established connections that long without it, for the next hopgate to
+        take over: this one takes over what the one before left, if its tables
+        are laid out alike.  0: the program goes when hopgate goes."""
         self.router = router
         self.mode = mode
+        self.handover = handover
         self.sync_errors = 0
+        self.taken_over: int | None = None  # connections found in the program at start
         self._next_read = 0.0
         # Reading the flows back: where the next slice starts, None for the first.
         self._reading = False
         self._token: int | None = None
         self._attached: dict[int, Attached] = {}
-        self.obj = BpfObject(path)
+        previous = _previous(ifindex, mode)
+        try:
+            reuse = {n: previous.maps[n] for n in TAKEN_OVER} if previous else None
+            self.obj = BpfObject(path, reuse)
+        except BaseException:
+            if previous is not None:
+                _close(previous)
+            raise
         self.tables = Tables(self.obj)
         try:
-            self.tables.fill(router, ifindex)
+            if previous is not None:
+                self.taken_over = self.tables.adopt(router, ifindex)
+                log.info(
+                    "fast path: taken over from the hopgate before; connections it went on"
+                    " forwarding meanwhile: %d",
+                    self.taken_over,
+                )
+            else:
+                self.tables.fill(router, ifindex)
+            self._renew(time.monotonic() if now is None else now)
             self._prog = self.obj.prog_fd(PROGRAM)
             for port, index in ifindex.items():
-                self._attach(port, index)
+                self._attach(port, index, previous.fd if previous is not None else None)
         except BaseException:
-            self.close()
+            self.close(keep=False)
             raise
+        finally:
+            if previous is not None:
+                _close(previous)
 
-    def _attach(self, port: int, ifindex: int) -> None:
+    def _renew(self, now: float) -> None:
+        """Let the program forward a while longer: ``handover`` past the next
+        renewal, or for good without a handover."""
+        if self.handover > 0:
+            self.tables.forward_until(now + READ_USE_EVERY + self.handover)
+        else:
+            self.tables.forward_until(None)
+
+    def _attach(self, port: int, ifindex: int, replacing: int | None = None) -> None:
         name = self.router.ports[port].name
         try:
+            if self.handover > 0:
+                libbpf.attach_for_good(ifindex, self._prog, self.mode, replacing)
+                self._attached[port] = Attached(ifindex, None)
+                return
+            if replacing is not None:
+                libbpf.detach(ifindex, self.mode)
             fd = libbpf.link(ifindex, self._prog, self.mode)
         except BpfError as e:
             hint = ""
@@ -127,8 +249,15 @@ class FastPath:
 
     def _detach(self, port: int) -> None:
         a = self._attached.pop(port, None)
-        if a is not None:
+        if a is None:
+            return
+        if a.link is not None:
             os.close(a.link)
+            return
+        try:
+            libbpf.detach(a.ifindex, self.mode)
+        except BpfError as e:  # the interface is gone: so is the program
+            log.debug("detaching from %d: %s", a.ifindex, e)
 
     # -- kept in step ----------------------------------------------------------------
 
@@ -149,6 +278,11 @@ class FastPath:
                 self._failed("connection", e)
         if now >= self._next_read:
             self._next_read = now + READ_USE_EVERY
+            if self.handover > 0:
+                try:
+                    self._renew(now)
+                except BpfError as err:
+                    self._failed("renewal", err)
             for e in self.tables.read_use(self.router, now):
                 self._failed("neighbour use", e)
             self._reading = nat is not None
@@ -160,6 +294,42 @@ class FastPath:
                 self._failed("connection use", e)
                 self._token = None
             self._reading = self._token is not None
+
+    def stop(self) -> bool:
+        """At a stop, once the loop has ended, before the connections are
+        written: what the program forwarded is read back.  Without a
+        ``handover``, every TCP connection it holds is then the pipeline's
+        again, its tracker exact (``hand_back``).  With one, the program is to
+        go on forwarding while hopgate is down: what it holds stays there (a
+        segment lost in a handover would cost the connection a retransmission
+        timeout), a TCP connection it has marked taken back is taken back, and
+        every connection it can take and does not hold is handed to it.  True
+        if the trackers written are exact (with a handover, those the program
+        holds are read again by the next hopgate)."""
+        if self.handover <= 0:
+            return self.hand_back()
+        nat = self.router.nat
+        if nat is None:
+            return True
+        table = nat.table
+        try:
+            self.tables.read_flows(table)
+            for conn in list(table.offloaded):
+                if conn.tcp is not None and self.tables.taken_back(conn):
+                    table.offloaded.discard(conn)
+                    self.tables.take_back(conn, table)
+        except BpfError as e:
+            self._failed("handover", e)
+            return False
+        pending = table.to_offload
+        if pending is not None:
+            for conn in table.connections():
+                if conn not in table.offloaded and table.offloadable(conn):
+                    pending.add(conn)
+                    table.offloaded.add(conn)
+        for failed in self.tables.sync_connections(table):
+            self._failed("handover", failed)
+        return False
 
     def hand_back(self) -> bool:
         """Before the connections are written at a stop: everything the
@@ -245,8 +415,21 @@ class FastPath:
             "ports": per_port,
         }
 
-    def close(self) -> None:
-        """Detach from every interface and free the tables."""
+    def close(self, keep: bool = True) -> None:
+        """Free the tables, and detach from every interface unless the program
+        is to go on without hopgate (``handover``, and ``keep``): it then
+        forwards the established connections ``handover`` seconds more."""
+        if keep and self.handover > 0 and self._attached:
+            try:
+                self.tables.forward_until(time.monotonic() + self.handover)
+            except BpfError as e:
+                self._failed("handover", e)
+            log.info(
+                "fast path: left attached, forwarding the established connections"
+                " for %g s for the next hopgate to take over",
+                self.handover,
+            )
+            self._attached.clear()
         for port in list(self._attached):
             self._detach(port)
         self.obj.close()

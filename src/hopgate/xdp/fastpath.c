@@ -101,6 +101,11 @@ struct neigh {
 struct settings {
 	__u32 nat;
 	__u32 liberal; /* [nat] tcp_be_liberal: segments outside the windows pass */
+	/* Past this time (bpf_ktime_get_ns) the program forwards nothing: the
+	 * daemon renews it while it runs, and leaves it [dataplane] handover
+	 * seconds ahead when it stops, for the next one to take over (0: no end). */
+	__u64 until;
+	__u64 layout; /* the tables' layout, for the next daemon to check */
 };
 
 struct {
@@ -566,6 +571,16 @@ static __always_inline int with_nat(void)
 	return cfg && cfg->nat;
 }
 
+/* Whether the time the last hopgate gave the program to forward is over (a
+ * function of its own: its stack is not the forwarding path's). */
+static __noinline int expired(void)
+{
+	__u32 zero = 0;
+	struct settings *cfg = bpf_map_lookup_elem(&settings, &zero);
+
+	return !cfg || (cfg->until && bpf_ktime_get_ns() > cfg->until);
+}
+
 static __always_inline int router_liberal(void)
 {
 	__u32 zero = 0;
@@ -912,6 +927,8 @@ int hopgate_fastpath(struct xdp_md *ctx)
 	struct port *ingress = bpf_map_lookup_elem(&ports, &in);
 	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
 		return pass(in);
+	if (expired())
+		return pass(in); /* no hopgate has renewed it in time */
 	int verdict;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
 		verdict = ipv4(eth, ingress, in, end);

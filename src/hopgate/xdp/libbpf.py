@@ -19,6 +19,7 @@ XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
 ATTACH_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 BPF_PROG_TYPE_XDP = 6
@@ -68,6 +69,43 @@ class _LinkCreateOpts(ctypes.Structure):
     ]
 
 
+class _XdpAttachOpts(ctypes.Structure):
+    # struct bpf_xdp_attach_opts (libbpf 1.0)
+    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int)]
+
+
+class _ProgInfo(ctypes.Structure):
+    # struct bpf_prog_info (linux/bpf.h), as far as its name: the kernel fills
+    # what the caller's size holds
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class _MapInfo(ctypes.Structure):
+    # struct bpf_map_info (linux/bpf.h), as far as its name
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 class _XdpMd(ctypes.Structure):
     # struct xdp_md (linux/bpf.h): the context a test run starts from
     _fields_ = [
@@ -108,6 +146,11 @@ def _lib() -> ctypes.CDLL:
         ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
         ("bpf_prog_test_run_opts", i, [i, ctypes.POINTER(_TestRunOpts)]),
         ("bpf_xdp_attach", i, [i, i, u32, vp]),
+        ("bpf_xdp_detach", i, [i, u32, vp]),
+        ("bpf_prog_get_fd_by_id", i, [u32]),
+        ("bpf_map_get_fd_by_id", i, [u32]),
+        ("bpf_obj_get_info_by_fd", i, [i, vp, ctypes.POINTER(u32)]),
+        ("bpf_map__reuse_fd", i, [vp, i]),
         ("bpf_link_create", i, [i, i, i, ctypes.POINTER(_LinkCreateOpts)]),
         ("bpf_xdp_query_id", i, [i, i, ctypes.POINTER(u32)]),
         ("bpf_prog_load", i, [i, ctypes.c_char_p, ctypes.c_char_p, vp, ctypes.c_size_t, vp]),
@@ -152,6 +195,87 @@ def attach(ifindex: int, prog_fd: int, mode: str) -> None:
     labs' and benchmarks' helper programs; refuses if there is one already."""
     flags = ATTACH_FLAGS[mode] | XDP_FLAGS_UPDATE_IF_NOEXIST
     _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), f"attaching to {ifindex}")
+
+
+def attach_for_good(ifindex: int, prog_fd: int, mode: str, replacing: int | None) -> None:
+    """Attach ``prog_fd`` to ``ifindex`` so that it stays when this process
+    ends (the next hopgate takes it over, dataplane.py), in place of the
+    program ``replacing`` (a descriptor) in one step if given, else only if the
+    interface has none."""
+    flags = ATTACH_FLAGS[mode]
+    opts = None
+    if replacing is None:
+        flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
+    else:
+        flags |= XDP_FLAGS_REPLACE
+        opts = ctypes.byref(_XdpAttachOpts(ctypes.sizeof(_XdpAttachOpts), replacing))
+    _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, opts), f"attaching to {ifindex} ({mode})")
+
+
+def map_lookup(fd: int, key: CValue, value: CValue) -> bool:
+    """Look ``key`` up in the map ``fd`` (one not of a loaded object: a program
+    found attached); False if it is not there."""
+    err = lib().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value))
+    if err == -2:
+        return False
+    _check(err, f"map {fd}")
+    return True
+
+
+def detach(ifindex: int, mode: str) -> None:
+    """Detach whatever XDP program is attached to ``ifindex`` in ``mode``."""
+    _check(lib().bpf_xdp_detach(ifindex, ATTACH_FLAGS[mode], None), f"detaching from {ifindex}")
+
+
+class Attached(NamedTuple):
+    """An XDP program found attached to an interface."""
+
+    id: int
+    mode: str  # "native" or "generic"
+    name: str  # its name, as the kernel keeps it (15 characters at most)
+    fd: int  # a descriptor of it (the caller closes it)
+    maps: dict[str, int]  # descriptors of its maps, by name (the caller closes them)
+
+
+def attached(ifindex: int) -> Attached | None:
+    """The XDP program attached to ``ifindex`` in either mode, with its maps."""
+    for mode in ATTACH_FLAGS:
+        prog_id = attached_id(ifindex, mode)
+        if prog_id:
+            break
+    else:
+        return None
+    fd = _check(lib().bpf_prog_get_fd_by_id(prog_id), f"program {prog_id}")
+    try:
+        info = _ProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "info")
+        ids = (ctypes.c_uint32 * info.nr_map_ids)()
+        again = _ProgInfo(nr_map_ids=info.nr_map_ids, map_ids=ctypes.addressof(ids))
+        _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(again), ctypes.byref(size)), "maps")
+        maps: dict[str, int] = {}
+        try:
+            for map_id in ids:
+                mfd = _check(lib().bpf_map_get_fd_by_id(map_id), f"map {map_id}")
+                minfo = _MapInfo()
+                msize = ctypes.c_uint32(ctypes.sizeof(minfo))
+                err = lib().bpf_obj_get_info_by_fd(mfd, ctypes.byref(minfo), ctypes.byref(msize))
+                if err < 0:
+                    os.close(mfd)
+                    _check(err, f"map {map_id}")
+                name = minfo.name.decode(errors="replace")
+                if name in maps:  # .rodata and the like: not hopgate's tables
+                    os.close(mfd)
+                    continue
+                maps[name] = mfd
+        except BaseException:
+            for mfd in maps.values():
+                os.close(mfd)
+            raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return Attached(prog_id, mode, info.name.decode(errors="replace"), fd, maps)
 
 
 def attached_id(ifindex: int, mode: str) -> int:
@@ -201,7 +325,9 @@ def send_live(prog_fd: int, frame: bytes, ifindex: int, count: int, batch: int =
 class BpfObject:
     """A loaded object file (its maps created, its programs verified)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reuse: dict[str, int] | None = None) -> None:
+        """``reuse``: map descriptors, by name, that the program uses in place of
+        maps of its own (a program attached before: its tables, as they are)."""
         self._lib = lib()
         obj = self._lib.bpf_object__open_file(str(path).encode(), None)
         if not obj:
@@ -209,6 +335,12 @@ class BpfObject:
                 ctypes.get_errno(), f"cannot open {path}: {os.strerror(ctypes.get_errno())}"
             )
         self._obj = obj
+        for name, fd in (reuse or {}).items():
+            m = self._lib.bpf_object__find_map_by_name(obj, name.encode())
+            err = self._lib.bpf_map__reuse_fd(m, fd) if m else -2
+            if err:
+                self.close()
+                raise BpfError(-err, f"cannot take over map {name!r}: {os.strerror(-err)}")
         self._fds: dict[str, int] = {}  # map descriptors by name, found once
         # dump_chunk's buffers, by (map, chunk): made once.
         self._batch: dict[tuple[str, int], tuple[ctypes.Array[ctypes.c_char], ...]] = {}

@@ -12,6 +12,7 @@ MAC.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import socket
 import struct
 from array import array
@@ -152,6 +153,11 @@ class Settings(ctypes.Structure):
     _fields_ = [
         ("nat", ctypes.c_uint32),  # 1: the router has NAT or services
         ("liberal", ctypes.c_uint32),  # 1: [nat] tcp_be_liberal
+        # The program's clock (ns) past which it forwards nothing (0: no end):
+        # renewed while hopgate runs, [dataplane] handover seconds ahead when
+        # it stops (dataplane.py).
+        ("until", ctypes.c_uint64),
+        ("layout", ctypes.c_uint64),  # LAYOUT: what a later hopgate checks before taking over
     ]
 
 
@@ -187,6 +193,27 @@ LAYOUTS: dict[str, tuple[type[CValue], type[CValue]]] = {
     "tcp_conns": (ctypes.c_uint32, TcpConn),
     "settings": (ctypes.c_uint32, Settings),
 }
+
+
+def _shape(t: type[CValue]) -> Any:
+    """A table's key or value type as plain data: size, fields and theirs."""
+    fields = getattr(t, "_fields_", None)
+    if fields is None:
+        return (t.__name__, ctypes.sizeof(t))
+    return (ctypes.sizeof(t), [(f[0], _shape(f[1])) for f in fields])
+
+
+# The tables' layout: a later hopgate takes over the program's tables (a restart,
+# dataplane.py) only if its own are laid out alike.
+LAYOUT = int.from_bytes(
+    hashlib.blake2b(
+        repr(sorted((n, _shape(k), _shape(v)) for n, (k, v) in LAYOUTS.items())).encode(),
+        digest_size=8,
+    ).digest(),
+    "big",
+)
+# The tables a later hopgate takes over: all of them but the constant one.
+TAKEN_OVER = (*(n for n in LAYOUTS if n != "crc_table"), "counters")
 
 
 # The program's counters (fastpath.c's enum), by index, for each ingress port
@@ -266,6 +293,7 @@ class Tables:
         self.failed: list[BpfError] = []
         # While ``refill`` fills: the (table, key) of every entry written.
         self._written: set[tuple[str, bytes]] | None = None
+        self._settings = Settings(layout=LAYOUT)
 
     def _put(self, name: str, key: CValue, value: CValue) -> None:
         self.obj.update(name, key, value)
@@ -313,15 +341,90 @@ class Tables:
         # Link-local addresses, hopgate's included, the program passes up by their prefix.
         for a in {*local.v6, *nat6}:
             self._put("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
-        liberal = nat is not None and nat.table.be_liberal
-        self.obj.update(
-            "settings", ctypes.c_uint32(0), Settings(int(nat is not None), int(liberal))
-        )
+        self._settings.nat = int(nat is not None)
+        self._settings.liberal = int(nat is not None and nat.table.be_liberal)
+        self.obj.update("settings", ctypes.c_uint32(0), self._settings)
         if nat is not None:
             self._guard(nat)
             if offload:
                 table = nat.table
                 table.start_offloading(lambda conn: self._take_back(conn, table))
+
+    def forward_until(self, until: float | None) -> None:
+        """The program forwards until ``until`` (the pipeline's clock), or for
+        good (None), unless this is called again before then."""
+        self._settings.until = 0 if until is None else max(1, int(until * 1e9) + self.offset_ns)
+        self.obj.update("settings", ctypes.c_uint32(0), self._settings)
+
+    def layout_of(self) -> int:
+        """The layout the program's tables were filled in (``LAYOUT`` if by
+        this hopgate's; another if a hopgate of another version filled them)."""
+        got = Settings()
+        self.obj.lookup("settings", ctypes.c_uint32(0), got)
+        return int(got.layout)
+
+    def adopt(self, router: Router, ifindex: Mapping[int, int]) -> int:
+        """A restart: the tables, kept by the program the last hopgate left
+        attached, are made ``router``'s (as ``refill``), and the connections it
+        restored from the state file go on in the program where its flows are
+        still there: their flows' numbers taken back, a TCP one's tracker read
+        (the program kept it up to date while hopgate was down).  Flows of no
+        connection restored are removed.  Returns how many connections were
+        taken over."""
+        self._ifindex = dict(ifindex)
+        self.refill(router, adopting=True)
+        nat = router.nat
+        wanted: dict[bytes, tuple[Conn, int]] = {}
+        if nat is not None:
+            for conn in nat.table.connections():
+                for direction in (0, 1):
+                    wanted[bytes(self._flow_key(conn, direction))] = (conn, direction)
+        keys, values = self.obj.dump("flows")
+        key_size = ctypes.sizeof(FlowKey)
+        found: dict[Conn, dict[int, tuple[int, int, int]]] = {}
+        for i, (_, n, _, packets, size) in enumerate(_COUNTS.iter_unpack(values)):
+            key = keys[i * key_size : (i + 1) * key_size]
+            held = wanted.get(key)
+            if held is None:
+                self.obj.delete("flows", FlowKey.from_buffer_copy(key))
+                continue
+            found.setdefault(held[0], {})[held[1]] = (n, packets, size)
+        trackers = {}
+        taken = 0
+        top = max((n for d in found.values() for n, _, _ in d.values()), default=-1)
+        self._flows = [None] * (top + 1)
+        self._last = [(0, 0, 0, 0)] * (top + 1)
+        for conn, flows in found.items():
+            if len(flows) != 2:  # half of it: the pipeline hands it over again
+                for direction in flows:
+                    self.obj.delete("flows", self._flow_key(conn, direction))
+                continue
+            ids = (flows[0][0], flows[1][0])
+            self._ids[conn] = ids
+            for direction, (n, packets, size) in flows.items():
+                self._flows[n] = (conn, direction)
+                # What it forwarded while hopgate was down is not counted again
+                # later (nor now: the state file's counters stand).
+                self._last[n] = (packets, size, 0, 0)
+            if conn.tcp is not None:
+                tc = TcpConn()
+                if self.obj.lookup("tcp_conns", ctypes.c_uint32(ids[0]), tc, lock=True):
+                    raw = ctypes.string_at(ctypes.addressof(tc) + TRACKER_AT, _TRACKER_SIZE)
+                    conn.tcp[:] = array("I", raw)
+                trackers[ids[0]] = conn
+            assert nat is not None
+            nat.table.offloaded.add(conn)
+            taken += 1
+        self._free = [n for n in range(top + 1) if self._flows[n] is None]
+        for number in self.obj.keys("tcp_conns", ctypes.c_uint32):
+            if number.value not in trackers:
+                self.obj.delete("tcp_conns", number)
+        if nat is not None:
+            table = nat.table
+            table.start_offloading(lambda conn: self._take_back(conn, table))
+            assert table.to_offload is not None
+            table.to_offload -= set(self._ids)
+        return taken
 
     # What a reload fills again: the tables whose entries the new router may no
     # longer have (an array's entries cannot go: the ports' and the hops' are
@@ -337,7 +440,7 @@ class Tables:
         "neigh6",
     )
 
-    def refill(self, router: Router) -> None:
+    def refill(self, router: Router, *, adopting: bool = False) -> None:
         """A reload: the tables made ``router``'s, on the ports as they are.
         The flows stay when the new router goes on with the connection table
         the program's flows are of (pipeline/takeover.py: the sweep withdraws
@@ -347,7 +450,7 @@ class Tables:
         route just removed, never by one not yet there, and it passes up a
         packet to an address the router has just taken."""
         table = router.nat.table if router.nat is not None else None
-        kept = table is not None and table.take_back is not None
+        kept = adopting or (table is not None and table.take_back is not None)
         if not kept:
             for conn in list(self._ids):
                 self.withdraw(conn)
@@ -503,6 +606,15 @@ class Tables:
             conn.tcp[:] = array("I", raw)
         self.obj.delete("tcp_conns", key)
 
+    def taken_back(self, conn: Conn) -> bool:
+        """Whether the program has marked ``conn``, a TCP connection it holds,
+        taken back (it passes up its segments until the pipeline takes it)."""
+        ids = self._ids.get(conn)
+        tc = TcpConn()
+        if ids is None or not self.obj.lookup("tcp_conns", ctypes.c_uint32(ids[0]), tc, lock=True):
+            return True
+        return bool(tc.taken)
+
     def read_flows(self, table: ConnTable) -> None:
         """Tell ``table`` what the program forwarded on each connection it holds
         since the last read: the whole table read in a few system calls, each
@@ -556,7 +668,7 @@ class Tables:
         p = router.ports[port]
         index = ctypes.c_uint32(port)
         self.obj.update("ports", index, Port(ifindex, p.mtu, _mac(p.mac)))
-        self.obj.update("port_of", ctypes.c_uint32(ifindex), ctypes.c_uint32(port + 1))
+        self._put("port_of", ctypes.c_uint32(ifindex), ctypes.c_uint32(port + 1))
         self.obj.update("tx", index, ctypes.c_uint32(ifindex))
         self._ifindex[port] = ifindex
 
