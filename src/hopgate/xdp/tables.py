@@ -282,6 +282,7 @@ class Tables:
         self.obj = obj
         self.offset_ns = offset_ns
         self._ifindex: dict[int, int] = {}  # port -> its interface, as installed
+        self._ports: dict[int, bytes] = {}  # port -> its entry, as written
         # Each connection handed over: its flows' numbers.  Each flow by its
         # number: (connection, direction), and what was last read of it.
         self._ids: dict[Conn, tuple[int, int]] = {}
@@ -291,14 +292,23 @@ class Tables:
         # Map operations that failed where nothing may raise (taking a
         # connection back, in the pipeline's per-packet path): for the loop.
         self.failed: list[BpfError] = []
-        # While ``refill`` fills: the (table, key) of every entry written.
-        self._written: set[tuple[str, bytes]] | None = None
+        # What the tables a reload fills again (``_REFILLED``) hold, as written
+        # here: (table, key) -> value.  While ``refill`` fills, what it would
+        # write is collected instead, to write only what differs.
+        self._mirror: dict[tuple[str, bytes], bytes] = {}
+        self._collect: dict[tuple[str, bytes], tuple[CValue, CValue]] | None = None
         self._settings = Settings(layout=LAYOUT)
 
     def _put(self, name: str, key: CValue, value: CValue) -> None:
+        if self._collect is not None:
+            self._collect[(name, bytes(key))] = (key, value)
+            return
         self.obj.update(name, key, value)
-        if self._written is not None:
-            self._written.add((name, bytes(key)))
+        self._mirror[(name, bytes(key))] = bytes(value)
+
+    def _delete(self, name: str, key: CValue) -> None:
+        self.obj.delete(name, key)
+        self._mirror.pop((name, bytes(key)), None)
 
     def fill(self, router: Router, ifindex: Mapping[int, int], *, offload: bool = True) -> None:
         """Mirror ``router``'s ports, routes, neighbours, special addresses
@@ -307,7 +317,7 @@ class Tables:
         it).  From then on the router notes what changes."""
         for port, index in ifindex.items():
             self.set_port(router, port, index)
-        if self._written is None:  # not a refill: the table is the program's own
+        if self._collect is None:  # not a refill: the table is the program's own
             for i, c in enumerate(_crc_table()):
                 self.obj.update("crc_table", ctypes.c_uint32(i), ctypes.c_uint32(c))
         for fam in router.families:
@@ -445,7 +455,8 @@ class Tables:
         The flows stay when the new router goes on with the connection table
         the program's flows are of (pipeline/takeover.py: the sweep withdraws
         those the new configuration ends); else they all go.  What the new
-        router has is written over the old entries; only then are the entries
+        router has and the tables do not (as this hopgate wrote them) is
+        written over the old entries, nothing else; only then are the entries
         it no longer has removed: meanwhile the program may still forward by a
         route just removed, never by one not yet there, and it passes up a
         packet to an address the router has just taken."""
@@ -454,16 +465,23 @@ class Tables:
         if not kept:
             for conn in list(self._ids):
                 self.withdraw(conn)
-        self._written = set()
+        collect: dict[tuple[str, bytes], tuple[CValue, CValue]] = {}
+        self._collect = collect
         try:
             self.fill(router, dict(self._ifindex), offload=not kept)
-            written = self._written
         finally:
-            self._written = None
-        for name in self._REFILLED:
-            for key in self.obj.keys(name, LAYOUTS[name][0]):
-                if (name, bytes(key)) not in written:
-                    self.obj.delete(name, key)
+            self._collect = None
+        if adopting:  # what the program holds, as the hopgate before left it
+            held = {(n, bytes(k)) for n in self._REFILLED for k in self.obj.keys(n, LAYOUTS[n][0])}
+        else:
+            held = set(self._mirror)
+        mirror = self._mirror
+        for (name, raw), (key, value) in collect.items():
+            if mirror.get((name, raw)) != bytes(value):
+                self.obj.update(name, key, value)
+                mirror[(name, raw)] = bytes(value)
+        for name, raw in held - collect.keys():
+            self._delete(name, LAYOUTS[name][0].from_buffer_copy(raw))
 
     def _guard(self, nat: Nat) -> None:
         """NAT's inside prefixes and DNAT's inside addresses: a packet from or
@@ -664,23 +682,30 @@ class Tables:
 
     def set_port(self, router: Router, port: int, ifindex: int) -> None:
         """``port`` is up on interface ``ifindex`` with the router's MAC and MTU for it."""
-        self.drop_port(port)
         p = router.ports[port]
+        value = Port(ifindex, p.mtu, _mac(p.mac))
+        if self._collect is not None and self._ports.get(port) == bytes(value):
+            # A refill, and the port as it is: only its entry is kept.
+            self._put("port_of", ctypes.c_uint32(ifindex), ctypes.c_uint32(port + 1))
+            return
+        self.drop_port(port)
         index = ctypes.c_uint32(port)
-        self.obj.update("ports", index, Port(ifindex, p.mtu, _mac(p.mac)))
+        self.obj.update("ports", index, value)
         self._put("port_of", ctypes.c_uint32(ifindex), ctypes.c_uint32(port + 1))
         self.obj.update("tx", index, ctypes.c_uint32(ifindex))
         self._ifindex[port] = ifindex
+        self._ports[port] = bytes(value)
 
     def drop_port(self, port: int) -> None:
         """``port`` is down or gone: nothing arrives through it or leaves by it
         in the fast path (its neighbours go with the router's, by ``neighbour``)."""
         ifindex = self._ifindex.pop(port, None)
+        self._ports.pop(port, None)
         if ifindex is None:
             return
         # An array's entry cannot be deleted: a zero port has no MAC to match.
         self.obj.update("ports", ctypes.c_uint32(port), Port())
-        self.obj.delete("port_of", ctypes.c_uint32(ifindex))
+        self._delete("port_of", ctypes.c_uint32(ifindex))
         self.obj.delete("tx", ctypes.c_uint32(port))
 
     def neighbour(self, version: int, e: Entry | None, key: tuple[int, int] | None = None) -> None:
@@ -693,7 +718,7 @@ class Tables:
             used = int(e.used * 1e9) + self.offset_ns
             self._put(t.neighs, nkey, Neigh(_mac(e.mac), 0, used))
         else:
-            self.obj.delete(t.neighs, nkey)
+            self._delete(t.neighs, nkey)
 
     def read_use(self, router: Router, now: float) -> list[BpfError]:
         """Tell the router when the program last sent through each neighbour
