@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,6 +415,25 @@ class NatLab(Topology):
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.admin_socket)
+
+
+def edit_config(path: Path, edit: Callable[[Table], object]) -> str:
+    """Rewrite the hopgate config at ``path`` (a lab's ``config_path``) as
+    ``edit`` changes its document in place, for a reload to read; returns the
+    text it had, for ``write_config`` to put back."""
+    old = path.read_text()
+    doc = tomllib.loads(old)
+    edit(doc)
+    write_config(path, dumps(doc))
+    return old
+
+
+def write_config(path: Path, text: str) -> None:
+    """Replace the config at ``path`` whole (a temporary file renamed), so that a
+    reload never reads half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def start_hopgate(gw: Namespace, config: Path, admin_socket: str, timeout: float = 20.0) -> Process:
