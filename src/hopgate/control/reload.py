@@ -60,7 +60,7 @@ RESTART_ONLY = ("admin", "dataplane", "state")
 SWAP_TIMEOUT = 30.0
 # How much of its work the thread building a reload does before it gives the
 # CPU up (seconds).
-YIELD_EVERY = 0.0002
+YIELD_EVERY = 0.00005
 
 JSON = dict[str, Any]
 
@@ -211,9 +211,20 @@ class Reloader:
         taken = take_over(new, old, time.monotonic())
         loop.router = new
         for port in new.ports:
-            filters = ctlpath.filters_for(new.ports, port.index)
+            i = port.index
+            sock = loop.sockets[i]
+            if (
+                ctlpath.own_addresses(new.ports, i) == ctlpath.own_addresses(old.ports, i)
+                and port.max_frame == old.ports[i].max_frame
+            ):
+                # The sockets' programs stand; what builds them again (a link
+                # coming back) reads the new router's ports from now on.
+                if sock.filters is not None:
+                    sock.filters = ctlpath.filters_for(new.ports, i, check=False)
+                continue
+            filters = ctlpath.filters_for(new.ports, i)
             try:
-                loop.refilter(port.index, filters, port.max_frame)
+                loop.refilter(i, filters, port.max_frame)
             except OSError as e:  # its frames still arrive, by the one socket left open
                 log.error("reload: %s: cannot change its control path: %s", port.name, e)
         if self.fastpath is not None:

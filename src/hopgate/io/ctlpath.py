@@ -128,13 +128,18 @@ def own_addresses(ports: list[Port], port: int) -> tuple[list[int], list[int]]:
     return v4, v6
 
 
-def filters_for(ports: list[Port], port: int) -> Callable[[], tuple[list[Insn], list[Insn]]] | None:
+def filters_for(
+    ports: list[Port], port: int, *, check: bool = True
+) -> Callable[[], tuple[list[Insn], list[Insn]]] | None:
     """What PacketSocket takes for ``port``: the programs, built from the
     addresses as they are when the socket is opened (a re-created interface's
     new link-local included).  None, with a warning, if there are too many
-    addresses for one program: that interface then has one socket."""
+    addresses for one program: that interface then has one socket.
+    ``check``: build the programs once to see (not when the addresses are
+    known to fit: a reload that left them as they were)."""
     try:
-        programs(*own_addresses(ports, port))
+        if check:
+            programs(*own_addresses(ports, port))
     except ProgramTooLongError as e:
         log.warning("%s: no control path: %s", ports[port].name, e)
         return None

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-JOB_BUDGET = 0.002  # seconds of job slices the loop runs a turn, between batches of frames
+JOB_BUDGET = 0.0005  # seconds of job slices the loop runs a turn, between batches of frames
 JOB_BACKLOG = 32  # chunks a job may have waiting for its reader before it is paused
 
 
