@@ -7,7 +7,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -33,7 +33,7 @@ def _console() -> Console:
     return Console(emoji=False, width=200)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"hopgate: {message}", err=True)
     sys.exit(1)
 
@@ -301,6 +301,19 @@ def _socket_for(socket_path: str | None, config_path: str | None) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _ask(request: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """A request to the daemon's admin socket; its refusal (the reason it gave)
+    or its absence ends the command with the reason."""
+    from hopgate.control.admin import AdminError, AdminRefusedError
+
+    try:
+        return request(*args)
+    except AdminRefusedError as e:
+        _fail(e.reason)
+    except AdminError as e:
+        _fail(str(e))
+
+
 def _daemon_options(command: F) -> F:
     """``-s``/``--socket`` and ``-c``/``--config``: which daemon a command talks to."""
     command = click.option(
@@ -458,7 +471,7 @@ def backend(
     Health and admin state are apart: a drained backend whose checks pass stays
     drained.  The change lasts until hopgate stops or the backend leaves the
     config: a reload of the file does not undo it."""
-    from hopgate.control.admin import AdminError, AdminRefusedError, change_backend
+    from hopgate.control.admin import change_backend
 
     if action == "weight" and weight is None:
         _fail("weight needs a number: hopgate backend SERVICE ADDRESS weight N")
@@ -467,13 +480,7 @@ def backend(
     query = {"service": service, "address": address, "action": action}
     if weight is not None:
         query["weight"] = str(weight)
-    path = _socket_for(socket_path, config_path)
-    try:
-        result = change_backend(path, query)
-    except AdminRefusedError as e:
-        _fail(e.reason)
-    except AdminError as e:
-        _fail(str(e))
+    result = _ask(change_backend, _socket_for(socket_path, config_path), query)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -494,16 +501,9 @@ def reload(socket_path: str | None, config_path: str | None, as_json: bool) -> N
     Only a restart changes the interfaces (their names and order), [admin],
     [dataplane] and [state].  What the operator set with hopgate backend stays
     (it wins over the file's weight) for every backend the file still has."""
-    from hopgate.control.admin import AdminError, AdminRefusedError
     from hopgate.control.admin import reload as ask_reload
 
-    path = _socket_for(socket_path, config_path)
-    try:
-        result = ask_reload(path)
-    except AdminRefusedError as e:
-        _fail(e.reason)
-    except AdminError as e:
-        _fail(str(e))
+    result = _ask(ask_reload, _socket_for(socket_path, config_path))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -311,16 +311,9 @@ class FastPath:
         nat = self.router.nat
         if nat is None:
             return True
-        table = nat.table
-        try:
-            self.tables.read_flows(table)
-            for conn in list(table.offloaded):
-                if conn.tcp is not None and self.tables.taken_back(conn):
-                    table.offloaded.discard(conn)
-                    self.tables.take_back(conn, table)
-        except BpfError as e:
-            self._failed("handover", e)
+        if not self.hand_back(marked_only=True):
             return False
+        table = nat.table
         pending = table.to_offload
         if pending is not None:
             for conn in table.connections():
@@ -331,21 +324,26 @@ class FastPath:
             self._failed("handover", failed)
         return False
 
-    def hand_back(self) -> bool:
+    def hand_back(self, *, marked_only: bool = False) -> bool:
         """Before the connections are written at a stop: everything the
         program forwarded is read back, and every TCP connection it holds is
-        the pipeline's again with its tracker (so what is written is exact).
-        False if a read failed (the trackers written may then lag behind)."""
+        the pipeline's again with its tracker (so what is written is exact);
+        ``marked_only``: only those the program has marked taken back (the
+        others stay the program's).  False if a read failed (the trackers
+        written may then lag behind)."""
         nat = self.router.nat
         if nat is None:
             return True
         table = nat.table
+        tables = self.tables
         try:
-            self.tables.read_flows(table)
+            tables.read_flows(table)
             for conn in list(table.offloaded):
+                if marked_only and (conn.tcp is None or not tables.taken_back(conn)):
+                    continue
                 table.offloaded.discard(conn)
                 if conn.tcp is not None:
-                    self.tables.take_back(conn, table)
+                    tables.take_back(conn, table)
         except BpfError as e:
             self._failed("hand back", e)
             return False
