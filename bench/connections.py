@@ -118,7 +118,7 @@ from bench.forwarding import (
     fnat_service,
 )
 from bench.quiet import measure_quietly
-from bench.report import replace_section
+from bench.report import publish
 from hopgate.lab.netns import LabError, Namespace, Process
 from hopgate.lab.topologies import NAT_ADDR, NatLab, wait_for_listen
 
@@ -736,11 +736,7 @@ def main() -> None:
                 rnd.append(r)
         rounds.append(rnd)
     text = _report(rounds, args.seconds, args.warmup, args.concurrency, args.ports)
-    if args.no_write:
-        print(text)
-        return
-    replace_section(args.out, "connections", text)
-    print(f"wrote {args.out}")
+    publish(args.out, "connections", text, no_write=args.no_write)
 
 
 if __name__ == "__main__":

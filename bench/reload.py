@@ -70,7 +70,7 @@ from bench.forwarding import (
     _helper_env,
 )
 from bench.quiet import measure_quietly
-from bench.report import replace_section
+from bench.report import publish
 from hopgate.control.admin import fetch
 from hopgate.lab.configs import Table, dumps, merge
 from hopgate.lab.netns import LabError, Namespace, Process
@@ -549,11 +549,7 @@ def main() -> None:
                 print(f"round {n}  {_line(r)}", flush=True)
                 results.append(r)
     text = _report(results, args.rounds, args.reloads, args.rate)
-    if args.no_write:
-        print(text)
-        return
-    replace_section(args.out, "reload", text)
-    print(f"wrote {args.out}")
+    publish(args.out, "reload", text, no_write=args.no_write)
 
 
 if __name__ == "__main__":

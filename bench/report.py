@@ -8,6 +8,16 @@ from pathlib import Path
 HEADER = "# Benchmarks\n"
 
 
+def publish(path: Path, name: str, text: str, *, no_write: bool) -> None:
+    """A report: printed (``no_write``), or written as section ``name`` of
+    ``path`` (``replace_section``)."""
+    if no_write:
+        print(text)
+        return
+    replace_section(path, name, text)
+    print(f"wrote {path}")
+
+
 def replace_section(path: Path, name: str, text: str) -> None:
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
