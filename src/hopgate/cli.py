@@ -516,6 +516,45 @@ def reload(socket_path: str | None, config_path: str | None, as_json: bool) -> N
     click.echo(f"forwarding held for {result['stall_ms']:.3f} ms")
 
 
+@main.command()
+@_daemon_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    help="End the connections still there after this many seconds (default: never).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the BGP state after as JSON.")
+def drain(
+    socket_path: str | None, config_path: str | None, timeout: float | None, as_json: bool
+) -> None:
+    """Withdraw every prefix this node announces over BGP ([bgp]): the routers
+    send it no new connection, and it keeps forwarding the ones it has until
+    they end (or --timeout).  It stays drained across reloads and restarts,
+    until hopgate undrain."""
+    from hopgate.control.admin import drain as ask_drain
+
+    result = _ask(ask_drain, _socket_for(socket_path, config_path), timeout)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    end = f"; connections left are ended after {timeout:g} s" if timeout else ""
+    click.echo(f"drained: every prefix withdrawn{end}")
+
+
+@main.command()
+@_daemon_options
+@click.option("--json", "as_json", is_flag=True, help="Print the BGP state after as JSON.")
+def undrain(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """Announce this node's healthy VIPs over BGP again, after hopgate drain."""
+    from hopgate.control.admin import undrain as ask_undrain
+
+    result = _ask(ask_undrain, _socket_for(socket_path, config_path))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo("undrained: healthy VIPs are announced again")
+
+
 def _need_root() -> None:
     import os
 
@@ -546,17 +585,19 @@ def lab() -> None:
 @click.option("--name", help="Lab name (default: a random hgXXXXXX).")
 @click.option(
     "--topology",
-    type=click.Choice(["router", "nat", "lb", "ecmp", "ecmp-lb"]),
+    type=click.Choice(["router", "nat", "lb", "ecmp", "ecmp-lb", "bgp"]),
     default="router",
     show_default=True,
     help="router: client — gw — r1 — server.  nat: two inside hosts — gw (NAT) — r1 — server."
     "  lb: a client behind uplink routers A and B — gw (load balancer) — three backends."
     "  ecmp: client — r1 (MTU 1400) — ECMP router — three servers with hopgate relay."
-    "  ecmp-lb: the same with three hopgate load balancers sharing a VIP.",
+    "  ecmp-lb: the same with three hopgate load balancers sharing a VIP."
+    "  bgp: ecmp-lb with the router learning the VIP from the nodes over BGP (BIRD).",
 )
 @click.option("--kernel", is_flag=True, help="Linux (with nftables for nat) as gw, not hopgate.")
 def lab_up(name: str | None, topology: str, kernel: bool) -> None:
     """Build a lab and leave it running."""
+    from hopgate.lab.bgplab import BgpLab
     from hopgate.lab.ecmplab import ECMP_ADDR, EcmpLab
     from hopgate.lab.lblab import LB_ADDR, LbLab
     from hopgate.lab.netns import LabError
@@ -574,6 +615,8 @@ def lab_up(name: str | None, topology: str, kernel: bool) -> None:
             built = NatLab(mode, name)
         elif topology == "lb":
             built = LbLab(name)
+        elif topology == "bgp":
+            built = BgpLab(name)
         else:
             built = EcmpLab("servers" if topology == "ecmp" else "hopgate", name)
             if topology == "ecmp":
@@ -614,16 +657,24 @@ def lab_up(name: str | None, topology: str, kernel: bool) -> None:
 
 
 def _ecmp_lab_up(built: EcmpLab, shared: str) -> None:
+    from hopgate.lab.bgplab import BgpLab
     from hopgate.lab.ecmplab import FILE, NODES
 
     what = "servers with hopgate relay" if built.kind == "servers" else "hopgate nodes, [relay]"
-    click.echo(f"lab {built.name} is up: ecmp, {what}")
+    if isinstance(built, BgpLab):
+        what = "hopgate nodes announcing the VIP over BGP, [relay]"
+    click.echo(f"lab {built.name} is up: {what}")
     for ns in built.lab.namespaces.values():
         click.echo(f"  {ns.role:8} ip netns exec {ns.name} ...")
     client = f"ip netns exec {built.name}-client"
     click.echo(f"  try:    {client} curl -o /dev/null http://{shared}/{FILE}")
     for node in NODES:
         click.echo(f"  {node}:     hopgate status -s {built.socket_of(node)}")
+    if isinstance(built, BgpLab):
+        ecmp = f"ip netns exec {built.name}-ecmp"
+        click.echo(f"  router: {ecmp} ip route show {shared}")
+        click.echo(f"          {ecmp} birdc -s {built.lab.dir / 'router-bird.ctl'} show protocols")
+        click.echo(f"  drain:  hopgate drain -s {built.socket_of(NODES[0])}   (then undrain)")
     click.echo(f"  remove: hopgate lab down {built.name}")
 
 

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
 from hopgate import __version__
-from hopgate.control import backends, conns, statefile, views
-from hopgate.control.admin import AdminServer
+from hopgate.control import backends, bgp, conns, statefile, views
+from hopgate.control.admin import DRAIN, UNDRAIN, Action, AdminServer
 from hopgate.control.config import Config, parse_listen
 from hopgate.control.lbcontrol import RingWorker
 from hopgate.control.reload import Outcome, Reloader, ReloadError
 from hopgate.io import ctlpath
 from hopgate.io.afpacket import PacketSocket
+from hopgate.io.hostport import HostPort
 from hopgate.io.links import LinkMonitor, LinkWatch
 from hopgate.io.loop import Loop
 from hopgate.io.netprep import Interfaces
@@ -40,6 +42,7 @@ def snapshot(
     started: float,
     config_path: str,
     fastpath: FastPath | None = None,
+    announcer: bgp.Announcer | None = None,
 ) -> dict[str, Any]:
     """The daemon's whole visible state, as plain data (runs in the loop thread)."""
     state = views.router(router.state())
@@ -54,6 +57,9 @@ def snapshot(
         merged.update(ports)
         merged["io"] = asdict(sock.update_stats())
         merged["link"] = loop.link_status(router.port_by_name[iface["name"]])
+        host = loop.host_status(router.port_by_name[iface["name"]])
+        if host is not None:
+            merged["host"] = host
         if fp is not None:
             # What the XDP program did with the frames it received there.
             merged["fastpath"] = fp
@@ -72,6 +78,7 @@ def snapshot(
         "relay": state["relay"],
         "internal_errors": loop.internal_errors,
         "dataplane": dataplane,
+        "bgp": announcer.snapshot() if announcer is not None else None,
     }
     out.update(counters)
     return out
@@ -118,6 +125,70 @@ def _reload_in_background(reloader: Reloader) -> None:
             log.exception("reload (SIGHUP) failed")
 
     threading.Thread(target=run, name="reload", daemon=True).start()
+
+
+def _end_connections(loop: Loop) -> int:
+    """Every connection ended (a drain's timeout), as ``hopgate conns flush``
+    does: a slice at a time in the loop; how many."""
+    steps = conns.job("flush", loop.router.nat, time.monotonic, {})
+    text = b"".join(loop.mailbox.start(steps).chunks(CHECKPOINT_STALL))
+    return int(json.loads(text).get("deleted", 0))
+
+
+def _drain_request(announcer: bgp.Announcer, query: dict[str, str]) -> dict[str, Any]:
+    """POST /drain?timeout=S: raises ValueError for a timeout that is not one."""
+    raw = query.get("timeout")
+    unknown = set(query) - {"timeout"}
+    if unknown:
+        raise ValueError(f"unknown parameter {', '.join(sorted(unknown))}: drain takes timeout")
+    timeout = None
+    if raw not in (None, ""):
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ValueError(f"timeout: {raw!r} is not a number of seconds") from None
+        if not 0 < timeout <= 86400:
+            raise ValueError(f"timeout: {raw} is not between 0 and 86400 seconds")
+    return announcer.drain(timeout)
+
+
+def _withdraw_then_stop(announcer: bgp.Announcer, loop: Loop) -> Callable[[], None]:
+    """SIGTERM and SIGINT with [bgp]: BIRD is stopped first, while the loop
+    still carries its last words (the notifications that close its sessions,
+    so the routers withdraw this node at once), then the loop.  A second
+    signal stops the loop at once."""
+    started = threading.Event()
+
+    def withdraw() -> None:
+        try:
+            announcer.stop()
+        except Exception:
+            log.exception("bgp: stopping BIRD failed")
+        loop.mailbox.stop()
+
+    def on_signal() -> None:
+        if started.is_set():
+            loop.mailbox.stop()
+            return
+        started.set()
+        log.info("stopping: BGP sessions closed first")
+        threading.Thread(target=withdraw, name="bgp-stop", daemon=True).start()
+
+    return on_signal
+
+
+def _bgp_actions(announcer: bgp.Announcer | None) -> dict[str, Action]:
+    """``hopgate drain`` and ``undrain``: with ``[bgp]`` only."""
+    if announcer is None:
+
+        def no_bgp(query: dict[str, str]) -> dict[str, Any]:
+            raise LookupError("this hopgate has no [bgp]: it announces nothing to withdraw")
+
+        return {DRAIN: no_bgp, UNDRAIN: no_bgp}
+    return {
+        DRAIN: lambda query: _drain_request(announcer, query),
+        UNDRAIN: lambda query: announcer.undrain(),
+    }
 
 
 def _overrides(path: str) -> Overrides:
@@ -184,6 +255,9 @@ def run(cfg: Config, config_path: str) -> None:
     loop: Loop | None = None
     fastpath: FastPath | None = None
     checkpoints: statefile.Checkpoints | None = None
+    hosts: dict[int, HostPort] = {}
+    announcer: bgp.Announcer | None = None
+    bgp_spec = cfg.bgp_spec()
     interfaces.take(links)
     try:
         for port in router.ports:
@@ -195,6 +269,20 @@ def run(cfg: Config, config_path: str) -> None:
                     ctlpath.filters_for(router.ports, port.index),
                 )
             )
+        # The host ports (io/hostport.py): the kernel's interfaces for host_addresses.
+        for iface in cfg.interface:
+            host_name = iface.host_port()
+            if host_name is not None:
+                p = router.ports[router.port_by_name[iface.name]]
+                hosts[p.index] = HostPort.create(
+                    host_name, p.name, p.mac, p.mtu, tuple(iface.host_interfaces())
+                )
+                log.info(
+                    "%s: host port %s with %s",
+                    p.name,
+                    host_name,
+                    ", ".join(iface.host_addresses),
+                )
         fastpath = dataplane.start(
             cfg.dataplane.mode,
             cfg.dataplane.xdp_attach,
@@ -210,6 +298,7 @@ def run(cfg: Config, config_path: str) -> None:
             links=LinkMonitor(watch),
             prepare=interfaces.retake,
             fastpath=fastpath,
+            hosts=hosts,
         )
         the_loop, the_fastpath = loop, fastpath
         # The router running: a reload replaces it (control/reload.py).
@@ -221,20 +310,42 @@ def run(cfg: Config, config_path: str) -> None:
             # its batches of frames; this thread writes what it yields.
             lambda: _checkpoint(the_loop),
         )
-        reloader = Reloader(config_path, cfg, loop, rings, fastpath)
-        loop.install_signal_handlers(
-            {
-                signal.SIGHUP: lambda: _reload_in_background(reloader),
-                signal.SIGUSR1: checkpoints.now,
-            }
-        )
+        if bgp_spec is not None:
+            announcer = bgp.Announcer(
+                bgp.Bird(bgp_spec, bgp.Paths.beside(cfg.admin.socket)),
+                current,
+                loop.call,
+                end_connections=lambda: _end_connections(the_loop),
+            )
+        the_announcer = announcer
+
+        def applied(new: Config) -> None:
+            spec = new.bgp_spec()
+            if the_announcer is not None and spec is not None:
+                the_announcer.reconfigure(spec)
+
+        reloader = Reloader(config_path, cfg, loop, rings, fastpath, applied)
+        handlers = {
+            signal.SIGHUP: lambda: _reload_in_background(reloader),
+            signal.SIGUSR1: checkpoints.now,
+        }
+        if announcer is not None:
+            stop = _withdraw_then_stop(announcer, loop)
+            handlers |= {signal.SIGTERM: stop, signal.SIGINT: stop}
+        loop.install_signal_handlers(handlers)
         if router.nat is not None and any(s.uses_maglev for s in router.nat.services.all):
             rings.start(router.maglev, loop.call)
         admin = AdminServer(
             cfg.admin.socket,
             lambda: the_loop.call(
                 lambda: snapshot(
-                    the_loop.router, the_loop, sockets, started, config_path, the_fastpath
+                    the_loop.router,
+                    the_loop,
+                    sockets,
+                    started,
+                    config_path,
+                    the_fastpath,
+                    the_announcer,
                 )
             ),
             parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
@@ -245,6 +356,7 @@ def run(cfg: Config, config_path: str) -> None:
             # hopgate backend: a change made in the loop, logged before it is answered
             backends=backends.requests(current, the_loop.call, the_loop.log_events),
             reload=lambda: _reload(reloader, "hopgate reload").to_json(),
+            actions=_bgp_actions(announcer),
         )
         admin.start()
         for iface in views.router(router.state())["interfaces"]:
@@ -274,8 +386,14 @@ def run(cfg: Config, config_path: str) -> None:
             ", ".join(names),
             cfg.admin.socket,
         )
+        if announcer is not None:
+            # After the admin socket: `hopgate drain` works from the first moment.
+            announcer.start()
         checkpoints.start()
         loop.run()
+        if announcer is not None:
+            # Withdrawn first: the routers send this node nothing new from now on.
+            announcer.stop()
         drained = loop.drain()
         log.info("stopped (%d frames that had arrived forwarded on the way out)", drained)
         checkpoints.stop()
@@ -284,6 +402,8 @@ def run(cfg: Config, config_path: str) -> None:
             exact = fastpath.stop() if fastpath is not None else True
             _save(nat, state_path, exact)
     finally:
+        if announcer is not None:
+            announcer.stop()
         if checkpoints is not None:
             checkpoints.stop()
         if admin is not None:
@@ -293,6 +413,8 @@ def run(cfg: Config, config_path: str) -> None:
             fastpath.close()
         for s in sockets:
             s.close()
+        for h in hosts.values():
+            h.close()
         if loop is not None:
             loop.close()
         with contextlib.suppress(Exception):

@@ -62,6 +62,9 @@ class _Loop:
     def link_status(self, port: int) -> dict[str, Any]:
         return {"state": "up", "link_downs": 0, "link_ups": 0, "recreated": 0}
 
+    def host_status(self, port: int) -> dict[str, Any] | None:
+        return None
+
 
 class _Socket:
     def update_stats(self) -> IoCounters:

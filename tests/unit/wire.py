@@ -25,7 +25,7 @@ from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, I
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from hopgate.pipeline.actions import Drop, DropReason, Transmit
+from hopgate.pipeline.actions import Action, Drop, DropReason, Transmit
 from hopgate.pipeline.model import RouterSpec
 from hopgate.pipeline.router import Router
 
@@ -174,12 +174,14 @@ class Wire:
         return [(name, port, reason) for name, ds in self.drops.items() for port, reason in ds]
 
     def _actions(
-        self, name: str, actions: list[Transmit | Drop], pending: deque[tuple[Segment, str, bytes]]
+        self, name: str, actions: list[Action], pending: deque[tuple[Segment, str, bytes]]
     ) -> None:
         for a in actions:
             if isinstance(a, Drop):
                 self.drops[name].append((a.port, a.reason))
                 continue
+            if not isinstance(a, Transmit):
+                continue  # to a host port (io/hostport.py): none on these wires
             frame = bytes(a.frame)
             seg = self._where.get((name, a.port))
             if seg is None:

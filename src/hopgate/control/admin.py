@@ -1,9 +1,9 @@
 """The admin API: the daemon's state as JSON and Prometheus text, over HTTP.
 
 Served on a Unix socket, for root only (``hopgate status``, ``hopgate conns``
-``hopgate backend`` and ``hopgate reload`` use it: ``/status``, ``/metrics``,
-``/conns``, and ``POST /conns/delete``, ``/conns/flush``, ``/backend`` and
-``/reload``) and, if configured,
+``hopgate backend``, ``reload``, ``drain`` and ``undrain`` use it: ``/status``,
+``/metrics``, ``/conns``, and ``POST /conns/delete``, ``/conns/flush``,
+``/backend``, ``/reload``, ``/drain`` and ``/undrain``) and, if configured,
 on a TCP address for Prometheus, which serves ``/metrics`` and nothing else.
 Requests are answered from a snapshot the loop thread takes between two batches
 of frames, so the pipeline is never read while it changes; work over the
@@ -46,11 +46,16 @@ Backends = Callable[[dict[str, str]], "Future[dict[str, Any]]"]
 # Reloads the config file (control/reload.py): what it did; raises ValueError
 # (a ReloadError) with every problem when the file cannot be applied.
 Reload = Callable[[], dict[str, Any]]
+# Another POST (``hopgate drain``, ``undrain``): its query in, what it did out;
+# raises ValueError for a query that does not parse.
+Action = Callable[[dict[str, str]], dict[str, Any]]
 SNAPSHOT_TIMEOUT = 5.0  # for a snapshot; for a job, the longest it may go without a slice
 CLIENT_TIMEOUT = 30.0  # how long a client waits for the next bytes of an answer
 CONNS_ACTIONS = {"/conns/delete": "delete", "/conns/flush": "flush"}  # POST only
 BACKEND = "/backend"  # POST only
 RELOAD = "/reload"  # POST only
+DRAIN = "/drain"  # POST only, with [bgp]
+UNDRAIN = "/undrain"  # POST only, with [bgp]
 
 
 class AdminError(Exception):
@@ -71,11 +76,14 @@ def _handler(
     conns: Conns | None,
     backends: Backends | None = None,
     reload: Reload | None = None,
+    actions: dict[str, Action] | None = None,
     *,
     metrics_only: bool = False,
 ) -> type[BaseHTTPRequestHandler]:
     """The request handler: all of the API, or (``metrics_only``, for the TCP
     listener anyone on the host can reach) ``GET /metrics`` alone."""
+
+    posts = {} if metrics_only or actions is None else actions
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "hopgate"
@@ -95,6 +103,7 @@ def _handler(
                 (url.path in CONNS_ACTIONS and conns is not None)
                 or (url.path == BACKEND and backends is not None)
                 or (url.path == RELOAD and reload is not None)
+                or url.path in posts
             ):
                 self._reply(405, "text/plain", f"{url.path} takes a POST\n".encode())
                 return
@@ -119,6 +128,9 @@ def _handler(
                 return
             if url.path == RELOAD and reload is not None and not metrics_only:
                 self._reload(reload)
+                return
+            if url.path in posts and not metrics_only:
+                self._action(posts[url.path], query)
                 return
             action = CONNS_ACTIONS.get(url.path)
             if metrics_only or action is None or conns is None:
@@ -145,6 +157,17 @@ def _handler(
             except Exception as e:
                 log.exception("reload failed")
                 self._reply(500, "text/plain", f"reload failed: {e}\n".encode())
+                return
+            self._reply(200, "application/json", json.dumps(result).encode())
+
+        def _action(self, action: Action, query: dict[str, str]) -> None:
+            try:
+                result = action(query)
+            except ValueError as e:  # a query that does not parse
+                self._reply(400, "text/plain", f"{e}\n".encode())
+                return
+            except LookupError as e:  # nothing there to act on
+                self._reply(404, "text/plain", f"{e.args[0] if e.args else e}\n".encode())
                 return
             self._reply(200, "application/json", json.dumps(result).encode())
 
@@ -234,8 +257,10 @@ class AdminServer:
         conns: Conns | None = None,
         backends: Backends | None = None,
         reload: Reload | None = None,
+        actions: dict[str, Action] | None = None,
     ) -> None:
         self.socket_path = socket_path
+        self._actions = actions
         self._snapshot = snapshot
         self._conns = conns
         self._backends = backends
@@ -252,7 +277,7 @@ class AdminServer:
                     f"another hopgate answers on {path}; give this one its own [admin] socket"
                 )
             path.unlink()
-        handler = _handler(self._snapshot, self._conns, self._backends, self._reload)
+        handler = _handler(self._snapshot, self._conns, self._backends, self._reload, self._actions)
         old_umask = os.umask(0o077)  # the state is for root and the operator only
         try:
             unix = _UnixHTTPServer(str(path), handler)
@@ -389,4 +414,18 @@ def change_backend(socket_path: str, query: dict[str, str]) -> dict[str, Any]:
     what changed.  Raises AdminRefusedError with the daemon's reason when it refuses."""
     path = f"{BACKEND}?{urllib.parse.urlencode(query)}"
     data: dict[str, Any] = json.loads(fetch(socket_path, path, "POST", CLIENT_TIMEOUT))
+    return data
+
+
+def drain(socket_path: str, timeout: float | None = None) -> dict[str, Any]:
+    """Withdraw every prefix this node announces (``[bgp]``); its connections go
+    on (ended after ``timeout`` seconds if given).  The BGP state after."""
+    path = DRAIN + (f"?{urllib.parse.urlencode({'timeout': timeout})}" if timeout else "")
+    data: dict[str, Any] = json.loads(fetch(socket_path, path, "POST", CLIENT_TIMEOUT))
+    return data
+
+
+def undrain(socket_path: str) -> dict[str, Any]:
+    """Announce the healthy VIPs again; the BGP state after."""
+    data: dict[str, Any] = json.loads(fetch(socket_path, UNDRAIN, "POST", CLIENT_TIMEOUT))
     return data

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
 )
 
+from hopgate.control.bgp import BgpSpec, Neighbour
 from hopgate.control.specs import Setting, setting, settings
 from hopgate.packet.proto import PROTO_TCP, PROTO_UDP
 from hopgate.pipeline.lb import maglev
@@ -58,6 +59,7 @@ from hopgate.pipeline.model import (
 )
 
 DEFAULT_ADMIN_SOCKET = "/run/hopgate/hopgate.sock"
+HOST_NAME_PREFIX = "h-"  # of a host port's default name: "h-" and the interface's
 _IFNAME = re.compile(r"^[^/\s:%]{1,15}$")
 
 
@@ -157,16 +159,31 @@ class InterfaceConfig(_Strict):
     addresses: list[InterfaceAddress] = Field(default_factory=list)
     # The IP MTU hopgate uses on this link; defaults to the link's own MTU.
     mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+    # The host port (io/hostport.py): addresses of the host's kernel on this
+    # link (a routing daemon, SSH), on a kernel interface hopgate creates and
+    # passes their frames to; ``host_name`` names it (default: HOST_NAME_PREFIX
+    # and the interface's name, cut to 15 characters).
+    host_addresses: list[InterfaceAddress] = Field(default_factory=list)
+    host_name: str | None = None
 
-    @field_validator("name")
+    @field_validator("name", "host_name")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not _IFNAME.match(v):
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _IFNAME.match(v):
             raise ValueError("not a Linux interface name (1 to 15 characters, no '/', ':', '%')")
         return v
 
     def interfaces(self) -> list[IPInterface]:
         return [_parse_interface_address(t) for t in self.addresses]
+
+    def host_interfaces(self) -> list[IPInterface]:
+        return [_parse_interface_address(t) for t in self.host_addresses]
+
+    def host_port(self) -> str | None:
+        """The name of the host port's interface; None without host addresses."""
+        if not self.host_addresses:
+            return None
+        return self.host_name or (HOST_NAME_PREFIX + self.name)[:15]
 
 
 class RouteConfig(_Strict):
@@ -298,7 +315,8 @@ class ServiceConfig(_Strict):
 
 class RelayConfig(_Strict):
     """PMTU errors about flows another node holds, relayed to the peers (the
-    same settings as ``hopgate relay``)."""
+    same settings as ``hopgate relay``); with peers, TCP segments of
+    connections another node holds too (second chance, pipeline/lb/cluster.py)."""
 
     interfaces: Annotated[list[str], Field(min_length=1)]  # where errors arrive, copies go
     peers: list[Address] = Field(default_factory=list)  # unicast to these; none: broadcast
@@ -310,6 +328,9 @@ class RelayConfig(_Strict):
     max_mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
     mark: Annotated[int, Field(ge=0, le=63)] = RelaySettings.mark
+    # TCP segments of connections another node holds, sent to the peers (second
+    # chance); default (None): on when there are peers.
+    second_chance: bool | None = RelaySpec.second_chance
 
     def settings(self) -> RelaySettings:
         return RelaySettings(
@@ -354,6 +375,33 @@ class StateConfig(_Strict):
     checkpoint_interval: Annotated[float, Field(ge=0)] = 10.0
 
 
+ASN = Annotated[int, Field(ge=1, le=4294967295)]
+
+
+class BgpNeighborConfig(_Strict):
+    address: Address  # on the subnet of one of an interface's host_addresses
+    asn: ASN
+
+
+class BgpConfig(_Strict):
+    """The VIPs announced by BIRD (control/bgp.py, docs/bgp.md)."""
+
+    asn: ASN  # this node's AS; the nodes of one cluster may share it
+    router_id: Address | None = None  # an IPv4 address; default: the first IPv4 host address
+    neighbor: Annotated[list[BgpNeighborConfig], Field(min_length=1)]
+    hold_time: Annotated[int, Field(ge=3, le=65535)] = 9  # seconds
+    keepalive_time: Annotated[int, Field(ge=1, le=65535)] | None = None  # default: hold_time / 3
+    # Seconds between attempts to open a session, and the least wait after one fails.
+    connect_retry: Annotated[int, Field(ge=1, le=65535)] = 5
+    bfd: bool = False  # failure detection in a fraction of a second, if the neighbour runs BFD
+    bfd_interval_ms: Annotated[int, Field(ge=10, le=60000)] = 100
+    bfd_multiplier: Annotated[int, Field(ge=1, le=255)] = 3
+    # A VIP is announced while one of its services has this many backends up.
+    min_backends_up: Annotated[int, Field(ge=1)] = 1
+    announce: list[Network] = Field(default_factory=list)  # announced too, unless drained
+    bird: str = "bird"  # BIRD 2's binary: a name on PATH or a path
+
+
 class Config(_Strict):
     interface: Annotated[list[InterfaceConfig], Field(min_length=1)]
     route: list[RouteConfig] = Field(default_factory=list)
@@ -365,6 +413,35 @@ class Config(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     dataplane: DataplaneConfig = Field(default_factory=DataplaneConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    bgp: BgpConfig | None = None
+
+    def bgp_spec(self) -> BgpSpec | None:
+        """What BIRD runs (None without ``[bgp]``); the file is valid (checked)."""
+        b = self.bgp
+        if b is None:
+            return None
+        neighbours = []
+        for n in b.neighbor:
+            found = _bgp_session(self, ipaddress.ip_address(n.address))
+            assert found is not None, "checked by _check_bgp"
+            iface, local, next_hop = found
+            neighbours.append(
+                Neighbour(ipaddress.ip_address(n.address), n.asn, local, next_hop, iface)
+            )
+        return BgpSpec(
+            asn=b.asn,
+            router_id=b.router_id or str(_first_host_v4(self)),
+            neighbours=tuple(neighbours),
+            hold_time=b.hold_time,
+            keepalive_time=b.keepalive_time or max(1, b.hold_time // 3),
+            connect_retry=b.connect_retry,
+            bfd=b.bfd,
+            bfd_interval_ms=b.bfd_interval_ms,
+            bfd_multiplier=b.bfd_multiplier,
+            min_backends_up=b.min_backends_up,
+            announce=tuple(ipaddress.ip_network(p) for p in b.announce),
+            bird=b.bird,
+        )
 
     def router_spec(self, links: dict[str, tuple[bytes, int]]) -> RouterSpec:
         """The pipeline's spec, given each interface's (MAC, link MTU) from the kernel."""
@@ -378,6 +455,7 @@ class Config(_Strict):
                     mtu=iface.mtu or link_mtu,
                     addresses=tuple(iface.interfaces()),
                     link_mtu=link_mtu,
+                    host_addresses=tuple(iface.host_interfaces()),
                 )
             )
         routes = tuple(
@@ -403,7 +481,10 @@ class Config(_Strict):
         if r is None:
             return None
         return RelaySpec(
-            tuple(r.interfaces), tuple(ipaddress.ip_address(p) for p in r.peers), r.settings()
+            tuple(r.interfaces),
+            tuple(ipaddress.ip_address(p) for p in r.peers),
+            r.settings(),
+            r.second_chance,
         )
 
     def _nat_spec(self) -> NatSpec | None:
@@ -637,11 +718,82 @@ def _check_relations(cfg: Config) -> list[ConfigIssue]:
                     )
                 )
     roles = _Roles(cfg)
+    issues += _check_hosts(cfg, names, roles)
     if cfg.nat is not None:
         issues += _check_nat(cfg, cfg.nat, names, roles)
     issues += _check_services(cfg, subnets, owners, roles)
     if cfg.relay is not None:
         issues += _check_relay(cfg, cfg.relay, names, owners, roles)
+    if cfg.bgp is not None:
+        issues += _check_bgp(cfg, cfg.bgp)
+    return issues
+
+
+def _bgp_session(cfg: Config, neighbor: IPAddress) -> tuple[str, IPAddress, IPAddress] | None:
+    """Where a BGP session with ``neighbor`` runs: (the interface, the host
+    address it runs from, hopgate's own address there, the routes' next hop);
+    None if no interface has a host address on the neighbour's subnet, or no
+    address of its own of that family."""
+    for iface in cfg.interface:
+        hosts = iface.host_interfaces()
+        local = next((h for h in hosts if neighbor in h.network and h.ip != neighbor), None)
+        if local is None:
+            continue
+        own = [a for a in iface.interfaces() if a.version == neighbor.version]
+        best = next((a for a in own if neighbor in a.network), own[0] if own else None)
+        if best is None:
+            return None
+        return iface.name, local.ip, best.ip
+    return None
+
+
+def _first_host_v4(cfg: Config) -> ipaddress.IPv4Address | None:
+    for iface in cfg.interface:
+        for a in iface.host_interfaces():
+            if isinstance(a, ipaddress.IPv4Interface):
+                return a.ip
+    return None
+
+
+def _check_bgp(cfg: Config, bgp: BgpConfig) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    seen: dict[str, int] = {}
+    for i, n in enumerate(bgp.neighbor):
+        where = f"bgp.neighbor[{i}].address"
+        addr = ipaddress.ip_address(n.address)
+        if str(addr) in seen:
+            issues.append(ConfigIssue(where, f"{addr} is already bgp.neighbor[{seen[str(addr)]}]"))
+        seen.setdefault(str(addr), i)
+        if _bgp_session(cfg, addr) is None:
+            on = _on_link(cfg, addr)
+            if on is None:
+                why = "no interface has a host address on its subnet"
+            else:
+                why = f"interface {on!r} has no host address on its subnet"
+            issues.append(
+                ConfigIssue(
+                    where,
+                    f"{why}: BIRD's session runs from one (add it to that interface's"
+                    f" host_addresses), and its routes point to hopgate's own IPv{addr.version}"
+                    " address there",
+                )
+            )
+    if bgp.router_id is not None:
+        if ipaddress.ip_address(bgp.router_id).version != 4:
+            issues.append(ConfigIssue("bgp.router_id", "a router ID is an IPv4 address"))
+    elif _first_host_v4(cfg) is None:
+        issues.append(
+            ConfigIssue(
+                "bgp.router_id", "needed: no interface has an IPv4 host address to take it from"
+            )
+        )
+    keepalive = bgp.keepalive_time
+    if keepalive is not None and keepalive >= bgp.hold_time:
+        issues.append(
+            ConfigIssue(
+                "bgp.keepalive_time", f"{keepalive} is not below hold_time ({bgp.hold_time})"
+            )
+        )
     return issues
 
 
@@ -657,7 +809,7 @@ _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class _Role:
-    kind: Literal["own", "via", "backend", "vip", "lip", "pool", "published"]
+    kind: Literal["own", "via", "backend", "vip", "lip", "pool", "published", "host"]
     what: str  # how a message names it: "198.18.2.2 is <what>"
 
 
@@ -669,6 +821,10 @@ class _Roles:
         for iface in cfg.interface:
             for a in iface.interfaces():
                 self._add(a.ip, _Role("own", f"{iface.name}'s own address"))
+        for i, iface in enumerate(cfg.interface):
+            for j, a in enumerate(iface.host_interfaces()):
+                what = f"a host address (interface[{i}].host_addresses[{j}])"
+                self._add(a.ip, _Role("host", what))
         for i, route in enumerate(cfg.route):
             for j, text in enumerate(route.via):
                 hop = _parse_next_hop(text).address
@@ -711,9 +867,10 @@ _CLASHES: dict[str, tuple[str, ...]] = {
     "lip": ("own", "via", "backend", "vip", "pool", "published"),
     "pool": ("via", "backend"),
     "published": ("via", "backend"),
-    "backend": ("own",),
-    "dnat-inside": ("own", "vip", "lip", "pool", "published"),
-    "peer": ("vip", "lip", "pool", "published"),
+    "backend": ("own", "host"),
+    "dnat-inside": ("own", "vip", "lip", "pool", "published", "host"),
+    "peer": ("vip", "lip", "pool", "published", "host"),
+    "host": ("own", "via", "vip", "lip", "pool", "published"),
 }
 _TRANSLATED = ("vip", "lip", "pool", "published")
 _CLASH_REASON: dict[tuple[str, str], str] = {
@@ -731,7 +888,72 @@ _CLASH_REASON: dict[tuple[str, str], str] = {
         for k in ("own", "vip", "lip", "pool", "published")
     },
     **{("peer", k): "; peers are the other nodes" for k in ("vip", "lip", "pool", "published")},
+    ("backend", "host"): "; hopgate passes the host's packets up from its link, never routes to it",
+    ("dnat-inside", "host"): (
+        "; hopgate passes the host's packets up from its link, never routes to it"
+    ),
+    ("peer", "host"): "; peers are the other nodes",
+    ("host", "own"): "; a host address is the host's, not hopgate's",
+    ("host", "via"): ": the host is not a next hop (hopgate never routes to it)",
+    **{
+        ("host", k): ": hopgate answers for it itself, the host would never hear of it"
+        for k in ("vip", "lip", "pool", "published")
+    },
 }
+
+
+def _check_hosts(cfg: Config, names: dict[str, int], roles: _Roles) -> list[ConfigIssue]:
+    """The host ports: each a name no other interface has, each address the
+    host's alone and on a subnet of its interface (the host is reached on that
+    link: hopgate passes up only what arrives there)."""
+    issues: list[ConfigIssue] = []
+    ports: dict[str, int] = {}  # host port name: its interface's index
+    seen: dict[IPAddress, str] = {}
+    for i, iface in enumerate(cfg.interface):
+        where = f"interface[{i}]"
+        name = iface.host_port()
+        if name is None:
+            if iface.host_name is not None:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.host_name",
+                        "names the host port, which host_addresses makes: give them too",
+                    )
+                )
+            continue
+        hint = "" if iface.host_name else f" (the default for {iface.name}: set host_name)"
+        if name in names:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.host_name", f"{name!r} is interface[{names[name]}]'s name{hint}"
+                )
+            )
+        elif name in ports:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.host_name",
+                    f"{name!r} is already interface[{ports[name]}]'s host port{hint}",
+                )
+            )
+        ports.setdefault(name, i)
+        own = iface.interfaces()
+        for j, a in enumerate(iface.host_interfaces()):
+            path = f"{where}.host_addresses[{j}]"
+            if a.ip in seen:
+                issues.append(ConfigIssue(path, f"{a.ip} is already {seen[a.ip]}"))
+                continue
+            seen[a.ip] = path
+            if clash := roles.clash(a.ip, "host"):
+                issues.append(ConfigIssue(path, clash))
+            elif not any(a.ip in x.network for x in own if x.version == a.version):
+                issues.append(
+                    ConfigIssue(
+                        path,
+                        f"{a.ip} is not on a subnet of {iface.name}'s addresses (the host is"
+                        f" reached on that link: hopgate passes up what arrives there for it)",
+                    )
+                )
+    return issues
 
 
 def _within(inner: _Net, outer: _Net) -> bool:
@@ -814,6 +1036,17 @@ def _check_relay(
             )
     if relay.min_mtu is not None and relay.max_mtu is not None and relay.min_mtu > relay.max_mtu:
         issues.append(ConfigIssue("relay.min_mtu", "must not be above max_mtu"))
+    if relay.second_chance and not relay.peers:
+        issues.append(
+            ConfigIssue("relay.second_chance", "needs peers: the copies go to each peer by unicast")
+        )
+    if relay.second_chance and not cfg.service:
+        issues.append(
+            ConfigIssue(
+                "relay.second_chance",
+                "needs a [[service]]: it hands on segments of load-balanced connections",
+            )
+        )
     return issues
 
 

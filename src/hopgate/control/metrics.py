@@ -56,6 +56,7 @@ class _SnapshotCollector(Collector):
                 io.add_metric([p["name"], event], n)
         yield io
         yield from _links(s["interfaces"])
+        yield from _host_ports(s["interfaces"])
         yield from _fastpath(s)
         sent = CounterMetricFamily(
             "hopgate_icmp_sent", "ICMP messages sent", labels=["family", "type", "code"]
@@ -121,6 +122,10 @@ class _SnapshotCollector(Collector):
             yield from _services(nat["services"])
         if s.get("relay"):
             yield from relay_metrics(s["relay"]["interfaces"])
+            if s["relay"].get("second_chance"):
+                yield from second_chance_metrics(s["relay"]["second_chance"])
+        if s.get("bgp"):
+            yield from _bgp(s["bgp"])
         yield CounterMetricFamily(
             "hopgate_internal_errors",
             "Frames that met a bug (each also dropped)",
@@ -129,6 +134,33 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "hopgate_uptime_seconds", "Seconds since start", value=s["uptime_seconds"]
         )
+
+
+def second_chance_metrics(c: dict[str, int]) -> Iterator[Metric]:
+    """Second chance (``[relay]``): TCP segments of connections another node holds."""
+    yield CounterMetricFamily(
+        "hopgate_second_chance_segments_sent",
+        "TCP segments of no connection here sent to the peers (not scheduled)",
+        value=c["segments_sent"],
+    )
+    yield CounterMetricFamily(
+        "hopgate_second_chance_copies_sent", "Their copies, one per peer", value=c["copies_sent"]
+    )
+    yield CounterMetricFamily(
+        "hopgate_second_chance_copies_received",
+        "Peers' copies received",
+        value=c["copies_received"],
+    )
+    yield CounterMetricFamily(
+        "hopgate_second_chance_copies_forwarded",
+        "Peers' copies of a connection held here, forwarded as its packets",
+        value=c["copies_forwarded"],
+    )
+    yield CounterMetricFamily(
+        "hopgate_second_chance_copies_missed",
+        "Peers' copies of no connection here, dropped",
+        value=c["copies_missed"],
+    )
 
 
 def relay_metrics(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -183,6 +215,35 @@ def _fastpath(state: dict[str, Any]) -> Iterator[Metric]:
         "Table updates of the fast path that failed (its frames went to the pipeline)",
         value=dataplane["sync_errors"],
     )
+
+
+def _host_ports(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The host ports (io/hostport.py), on the interfaces that have one."""
+    frames = CounterMetricFamily(
+        "hopgate_host_frames",
+        "Frames passed up to the host port, and taken from it to send, by interface",
+        labels=["interface", "direction"],
+    )
+    up = GaugeMetricFamily(
+        "hopgate_host_port_up",
+        "1 if the host port is there with its carrier on (its interface's link is up)",
+        labels=["interface"],
+    )
+    io = CounterMetricFamily(
+        "hopgate_host_port_events",
+        "Events at the host port's device",
+        labels=["interface", "event"],
+    )
+    for p in interfaces:
+        if "to_host" in p:
+            frames.add_metric([p["name"], "to_host"], p["to_host"])
+            frames.add_metric([p["name"], "from_host"], p["from_host"])
+        host = p.get("host")
+        if host:
+            up.add_metric([p["name"]], 1 if host["carrier"] and not host["gone"] else 0)
+            for event, n in host["io"].items():
+                io.add_metric([p["name"], event], n)
+    yield from (frames, up, io)
 
 
 def _links(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -243,6 +304,39 @@ def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:
             checks.add_metric([*key, "ok"], b["checks_ok"])
             checks.add_metric([*key, "failed"], b["checks_failed"])
     yield from (up, healthy, admin, weight, active, total, checks)
+
+
+def _bgp(bgp: dict[str, Any]) -> Iterator[Metric]:
+    session = GaugeMetricFamily(
+        "hopgate_bgp_session_up", "1 if the BGP session is established", labels=["neighbor"]
+    )
+    exported = GaugeMetricFamily(
+        "hopgate_bgp_prefixes_exported", "Prefixes announced on the session", labels=["neighbor"]
+    )
+    for x in bgp["sessions"]:
+        session.add_metric([x["neighbor"]], 1 if x["established"] else 0)
+        exported.add_metric([x["neighbor"]], x["exported"])
+    yield from (session, exported)
+    announced = GaugeMetricFamily(
+        "hopgate_bgp_announced", "1 if the prefix is announced", labels=["prefix"]
+    )
+    for v in bgp["vips"]:
+        announced.add_metric([v["prefix"]], 1 if v["announced"] else 0)
+    yield announced
+    yield GaugeMetricFamily(
+        "hopgate_bgp_prefixes_announced",
+        "Prefixes hopgate has BIRD announce",
+        value=len(bgp["announced"]),
+    )
+    yield GaugeMetricFamily(
+        "hopgate_bgp_drained", "1 while the node is drained", value=1 if bgp["drained"] else 0
+    )
+    yield GaugeMetricFamily(
+        "hopgate_bgp_speaker_up", "1 while BIRD runs", value=1 if bgp["running"] else 0
+    )
+    yield CounterMetricFamily(
+        "hopgate_bgp_speaker_restarts", "Times BIRD was started again", value=bgp["restarts"]
+    )
 
 
 def render(state: dict[str, Any]) -> bytes:

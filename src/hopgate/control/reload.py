@@ -5,7 +5,8 @@ The work is split so that forwarding waits only for the swap:
 
 1. In the caller's thread (the admin server's, or a thread of its own for
    SIGHUP): the file is read and checked as at start; what only a restart can
-   change (the interfaces, in order; ``[admin]``, ``[dataplane]``, ``[state]``)
+   change (the interfaces, in order, and their host ports; ``[admin]``,
+   ``[dataplane]``, ``[state]``)
    is refused with its key path; the interfaces are inspected again (their
    MACs, and whether a new ``mtu`` fits the link); the new router is built
    beside the running one (``Router(before=...)``: counters, backends' health and
@@ -295,6 +296,20 @@ def restart_only(old: Config, new: Config) -> list[ConfigIssue]:
     for section in RESTART_ONLY:
         if getattr(old, section) != getattr(new, section):
             issues.append(ConfigIssue(section, "changes only by a restart"))
+    if was == now:
+        # The host ports are kernel interfaces made at start (io/hostport.py).
+        for i, (o, n) in enumerate(zip(old.interface, new.interface, strict=True)):
+            if [str(a) for a in o.host_interfaces()] != [str(a) for a in n.host_interfaces()]:
+                issues.append(
+                    ConfigIssue(f"interface[{i}].host_addresses", "changes only by a restart")
+                )
+            if o.host_port() != n.host_port():
+                issues.append(ConfigIssue(f"interface[{i}].host_name", "changes only by a restart"))
+    if (old.bgp is None) != (new.bgp is None):
+        # A reload changes what BIRD does; starting or stopping it is a restart's.
+        issues.append(
+            ConfigIssue("bgp", f"is {'added' if old.bgp is None else 'removed'} only by a restart")
+        )
     return issues
 
 
@@ -310,6 +325,7 @@ _IDENTITY: dict[str, Callable[[dict[str, Any]], str]] = {
     "backend": lambda t: str(t["address"]) + (f" port {t['port']}" if t.get("port") else ""),
     "snat": lambda t: f"{', '.join(t['inside'])} by {t['interface']}",
     "dnat": lambda t: f"{t['protocol']} {t['published']}",
+    "neighbor": lambda t: str(t["address"]),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -75,6 +76,9 @@ def render(state: dict[str, Any], console: Console) -> None:
     console.print(t)
     if fast:
         console.print("rx, tx, forwarded: the pipeline's; fast path: forwarded by XDP, by ingress")
+    hosts = [p for p in state["interfaces"] if p.get("host")]
+    if hosts:
+        console.print(host_table(hosts))
 
     if state["drops"]:
         t = Table(title="Drops by reason", title_justify="left")
@@ -135,6 +139,8 @@ def render(state: dict[str, Any], console: Console) -> None:
     if relay:
         to = f" to {', '.join(relay['peers'])}" if relay["peers"] else ""
         console.print(relay_table(relay["interfaces"], f"PMTU relay ({relay['mode']}{to})"))
+        if relay.get("second_chance"):
+            console.print(second_chance_line(relay["second_chance"]))
 
     services = nat["services"] if nat else []
     if services:
@@ -172,6 +178,9 @@ def render(state: dict[str, Any], console: Console) -> None:
                 )
         console.print(t)
 
+    if state.get("bgp"):
+        render_bgp(state["bgp"], console)
+
     if state["neighbours"]:
         t = Table(title="Neighbours", title_justify="left")
         for col in ("interface", "address", "mac", "state", "queued"):
@@ -192,6 +201,85 @@ def render(state: dict[str, Any], console: Console) -> None:
         )
         t.add_row(r["prefix"], hops)
     console.print(t)
+
+
+def render_bgp(bgp: dict[str, Any], console: Console) -> None:
+    """The BGP sessions BIRD holds, and what is announced and why."""
+    speaker = "BIRD running" if bgp["running"] else "[red]BIRD not running[/red]"
+    drained = ""
+    if bgp["drained"]:
+        d = bgp["drain"] or {}
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.get("since", 0)))
+        drained = f", [yellow]drained[/yellow] since {since}"
+        if d.get("ended"):
+            drained += " (timeout passed: connections ended)"
+        elif d.get("timeout"):
+            drained += f" (connections ended after {d['timeout']:g} s)"
+    error = f"; [red]{bgp['error']}[/red]" if bgp["error"] else ""
+    console.print(
+        f"[bold]BGP[/bold]: AS{bgp['asn']}, router ID {bgp['router_id']}; {speaker}"
+        f"{drained}; announcing {', '.join(bgp['announced']) or 'nothing'}{error}"
+    )
+    t = Table(title="BGP sessions", title_justify="left")
+    for col in ("neighbor", "AS", "on", "from", "next hop", "state", "since", "exported"):
+        t.add_column(col, justify="right" if col == "exported" else "left")
+    for x in bgp["sessions"]:
+        state = x["state"] if x["established"] else f"[red]{x['state']}[/red]"
+        if x["last_error"] and not x["established"]:
+            state += f" ({x['last_error']})"
+        t.add_row(
+            x["neighbor"],
+            str(x["asn"]),
+            x["interface"],
+            x["local"],
+            x["next_hop"],
+            state,
+            x["since"],
+            str(x["exported"]),
+        )
+    console.print(t)
+    if bgp["vips"]:
+        t = Table(title="VIPs", title_justify="left")
+        for col in ("prefix", "announced", "why", "services (backends up)"):
+            t.add_column(col)
+        for v in bgp["vips"]:
+            services = ", ".join(
+                f"{x['name']} ({x['backends_up']}/{x['backends']})" for x in v["services"]
+            )
+            t.add_row(v["prefix"], "yes" if v["announced"] else "[red]no[/red]", v["why"], services)
+        console.print(t)
+
+
+def host_table(interfaces: list[dict[str, Any]]) -> Table:
+    """The host ports (io/hostport.py): frames passed up to the host and taken
+    from it, and those its device did not take."""
+    t = Table(title="Host ports", title_justify="left")
+    numbers = ("to host", "from host", "not taken")
+    for col in ("interface", "host port", "addresses", *numbers):
+        t.add_column(col, justify="right" if col in numbers else "left")
+    for p in interfaces:
+        h = p["host"]
+        state = "gone" if h["gone"] else ("" if h["carrier"] else "no carrier")
+        io = h["io"]
+        t.add_row(
+            p["name"],
+            f"{h['name']} ({state})" if state else h["name"],
+            "\n".join(h["addresses"]),
+            f"{p.get('to_host', 0):,}",
+            f"{p.get('from_host', 0):,}",
+            f"{io['tx_dropped_busy'] + io['tx_errors']:,}",
+        )
+    return t
+
+
+def second_chance_line(c: dict[str, int]) -> str:
+    """What second chance did (``[relay]``, pipeline/lb/cluster.py)."""
+    return (
+        "[bold]Second chance[/bold]: segments of no connection here sent to the peers"
+        f" {c['segments_sent']:,} ({c['copies_sent']:,} copies); the peers' copies received"
+        f" {c['copies_received']:,}, forwarded {c['copies_forwarded']:,} (held here),"
+        f" missed {c['copies_missed']:,}"
+    )
 
 
 def relay_table(interfaces: list[dict[str, Any]], title: str) -> Table:

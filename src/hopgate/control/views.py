@@ -20,6 +20,7 @@ from hopgate.pipeline.state import (
     RelayState,
     RouterState,
     RouteState,
+    SecondChanceState,
     ServiceState,
 )
 
@@ -117,6 +118,17 @@ def relay(s: RelayState) -> JSON:
             }
             for i in s.interfaces
         ],
+        "second_chance": second_chance(s.second_chance) if s.second_chance else None,
+    }
+
+
+def second_chance(s: SecondChanceState) -> JSON:
+    return {
+        "segments_sent": s.segments_sent,
+        "copies_sent": s.copies_sent,
+        "copies_received": s.copies_received,
+        "copies_forwarded": s.copies_forwarded,
+        "copies_missed": s.copies_missed,
     }
 
 

@@ -8,6 +8,8 @@ program accepts only
   addresses: traffic to those is data),
 - IPv6 addressed to one of hopgate's interface addresses (the interface's own
   link-local included) or to a multicast group (Neighbor Discovery);
+- IPv4 and IPv6 addressed to the interface's host addresses (io/hostport.py:
+  a routing daemon's keepalives are control traffic too);
 the data socket's program is the same with the answers swapped, so every frame
 is read by exactly one of them.  The loop reads the control sockets first, each
 round: answers to hopgate's health checks and ARP/ND do not wait behind (or
@@ -120,11 +122,14 @@ def programs(v4: Iterable[int], v6: Iterable[int]) -> tuple[list[Insn], list[Ins
 def own_addresses(ports: list[Port], port: int) -> tuple[list[int], list[int]]:
     """hopgate's interface addresses, as the control path of ``port`` takes them:
     every interface's IPv4 and global IPv6 addresses, and the link-local
-    addresses of ``port`` itself."""
+    addresses and the host addresses of ``port`` itself (another port's host
+    addresses are not served here)."""
     v4 = [a.addr for p in ports for a in p.v4]
     v6 = [a.addr for p in ports for a in p.v6 if not A.v6_is_link_local(a.addr)]
     here = ports[port]
     v6 += [a.addr for a in here.v6 if A.v6_is_link_local(a.addr)] + [here.link_local]
+    v4 += sorted(here.v4_host)
+    v6 += sorted(here.v6_host)
     return v4, v6
 
 

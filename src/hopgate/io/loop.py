@@ -8,6 +8,11 @@ Link events (io/links.py) arrive on an rtnetlink socket in the same epoll set:
 a link that goes down or away has its packet socket closed (no wake-ups from a
 dead socket) and the router told; one that comes back, or is re-created under
 its name, is taken again (io/netprep.py) and its socket opened again.
+
+A port with host addresses has a host port (io/hostport.py): what the router
+passes up (``ToHost``) is written to it, what the host sends there is read
+as the control sockets are and goes through ``Router.from_host``; its carrier
+follows the port's link.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 from hopgate.io.afpacket import Filters, PacketSocket
 from hopgate.io.links import Change, LinkMonitor
 from hopgate.io.reactor import Reactor
-from hopgate.pipeline.actions import DropReason, Transmit
+from hopgate.pipeline.actions import DropReason, ToHost, Transmit
 from hopgate.pipeline.router import Router
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,26 @@ class FastPath(Protocol):
     def link_up(self, port: int, ifindex: int) -> None: ...
 
 
+class HostSide(Protocol):
+    """A port's host port (io/hostport.py): the kernel's interface for the
+    host's addresses on that link."""
+
+    name: str
+    gone: bool  # deleted under hopgate: read no more
+
+    def fileno(self) -> int: ...
+
+    def read(self) -> bytes | None: ...
+
+    def write(self, frame: bytes | bytearray | memoryview) -> bool: ...
+
+    def set_carrier(self, on: bool) -> None: ...
+
+    def set_mac(self, mac: bytes) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class Loop:
     def __init__(
         self,
@@ -58,13 +83,17 @@ class Loop:
         links: LinkMonitor | None = None,
         prepare: Callable[[str], object] | None = None,
         fastpath: FastPath | None = None,
+        hosts: Mapping[int, HostSide] | None = None,
     ) -> None:
         """``links``: the link events to follow; ``prepare(name)``: take a
         re-created interface as at start (raises if it cannot); ``fastpath``:
         the XDP program's tables, brought in step with the router at the end of
-        every turn."""
+        every turn; ``hosts``: the host ports, by port (frames the router
+        passes up are written there, what the host sends is read like the
+        control sockets, first in a turn)."""
         self.router = router
         self.fastpath = fastpath
+        self.hosts: dict[int, HostSide] = dict(hosts or {})
         self.sockets = sockets
         self.clock = clock
         self.links = links
@@ -98,6 +127,10 @@ class Loop:
         try:
             for port in range(len(self.sockets)):
                 self._register(port)
+            for port, host in self.hosts.items():
+                self.reactor.add_reader(
+                    host.fileno(), functools.partial(self._from_host, port, host), order=_CONTROL
+                )
             links = self.links
             if links is not None:
                 self.reactor.add_reader(
@@ -178,6 +211,9 @@ class Loop:
                 self._execute(self.router.link_down(port))
                 if self.fastpath is not None:
                     self._fast(f"{name} down", self.fastpath.link_down, port)
+                host = self.hosts.get(port)
+                if host is not None:
+                    host.set_carrier(False)
                 log.warning("%s: %s, not forwarding there", name, change.why)
             elif change.kind == "prepare":
                 log.info("%s: re-created (index %d), taking it", name, info.index)
@@ -207,6 +243,11 @@ class Loop:
                 self._register(port)
                 if self.fastpath is not None:
                     self._fast(f"{name} up", self.fastpath.link_up, port, info.index)
+                host = self.hosts.get(port)
+                if host is not None:
+                    if note is not None:  # a new MAC: the host's frames leave with it
+                        host.set_mac(self.router.ports[port].mac)
+                    host.set_carrier(True)
                 if note is not None:
                     log.warning("%s: %s; adopted", name, note)
                 log.info("%s: %s, forwarding resumed", name, change.why)
@@ -230,6 +271,11 @@ class Loop:
             self.internal_errors += 1
             if self.internal_errors <= 10 or self.internal_errors % 1000 == 0:
                 log.exception("internal error in the fast path's upkeep (%s)", what)
+
+    def host_status(self, port: int) -> dict[str, Any] | None:
+        """The port's host port, for status (None if it has none)."""
+        host = self.hosts.get(port)
+        return host.snapshot() if host is not None else None
 
     def link_status(self, port: int) -> dict[str, Any] | None:
         """The port's link as the events left it, for status (None without events)."""
@@ -255,6 +301,36 @@ class Loop:
             for a in actions:  # _execute's loop, written out: it runs for every frame
                 if a.__class__ is Transmit:
                     sockets[a.port].send(a.frame)
+                elif a.__class__ is ToHost:
+                    self._to_host(a.port, a.frame)
+
+    def _to_host(self, port: int, frame: bytes | bytearray | memoryview) -> None:
+        host = self.hosts.get(port)
+        if host is not None:
+            host.write(frame)
+
+    def _from_host(self, port: int, host: HostSide) -> None:
+        """What the host sent on its port's host interface: out of the port."""
+        now = self.clock()
+        for _ in range(CONTROL_BATCH):
+            frame = host.read()
+            if frame is None:
+                break
+            try:
+                self._execute(self.router.from_host(frame, port, now))
+            except Exception:  # noqa: BLE001 - no frame may stop the router
+                self._internal_error(port)
+        if host.gone:  # deleted under hopgate: its descriptor would wake every turn
+            try:
+                self.reactor.remove_reader(host.fileno())
+            except OSError as e:
+                log.debug("%s: %s", host.name, e)
+            log.error(
+                "%s: the host port of %s was deleted; the host is cut off there until"
+                " hopgate restarts",
+                host.name,
+                self.sockets[port].ifname,
+            )
 
     def drain(self, budget: float = 0.05) -> int:
         """At a stop, once the loop has ended: the frames already waiting in
@@ -264,6 +340,17 @@ class Loop:
         timeout."""
         done = 0
         until = self.clock() + budget
+        # What the host had sent (a routing daemon's last words, stopping).
+        for port, host in self.hosts.items():
+            while self.clock() < until:
+                sent = host.read()
+                if sent is None:
+                    break
+                done += 1
+                try:
+                    self._execute(self.router.from_host(sent, port, self.clock()))
+                except Exception:  # noqa: BLE001 - no frame may stop the router
+                    self._internal_error(port)
         for port, sock in enumerate(self.sockets):
             for control in (True, False):
                 while self.clock() < until:
@@ -282,6 +369,8 @@ class Loop:
         for a in actions:
             if a.__class__ is Transmit:
                 sockets[a.port].send(a.frame)
+            elif a.__class__ is ToHost:
+                self._to_host(a.port, a.frame)
 
     def _internal_error(self, port: int) -> None:
         """A bug met a packet.  Count it, log it (not every time), keep forwarding."""

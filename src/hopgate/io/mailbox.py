@@ -136,6 +136,11 @@ class Mailbox:
         self._wake()
         return job
 
+    def stop(self) -> None:
+        """Stop the loop, as SIGTERM does (from any thread)."""
+        self.stopping = True
+        self._wake()
+
     def _wake(self) -> None:
         # A full pipe means the loop is awake already.
         with contextlib.suppress(BlockingIOError):

@@ -80,8 +80,32 @@ ECMP_ROUTER = {
 }
 
 
-def node_config(i: int, admin_socket: str, relay: bool) -> str:
-    """hopgate on ECMP node ``i`` (from 0), with or without its ``[relay]``."""
+def node_config(
+    i: int,
+    admin_socket: str,
+    relay: bool,
+    *,
+    peers: bool = False,
+    second_chance: bool | None = None,
+) -> str:
+    """hopgate on ECMP node ``i`` (from 0), with or without its ``[relay]``;
+    ``peers``: the other nodes named as its peers (unicast, and second chance
+    unless ``second_chance`` says otherwise)."""
+    return dumps(
+        node_doc(i, admin_socket, relay, peers=peers, second_chance=second_chance),
+        f"hopgate node {i + 1} of {len(NODES)}: front gw-f toward the ECMP router, back gw-b.",
+    )
+
+
+def node_doc(
+    i: int,
+    admin_socket: str,
+    relay: bool,
+    *,
+    peers: bool = False,
+    second_chance: bool | None = None,
+) -> Table:
+    """node_config's tables."""
     a = ECMP_ADDR
 
     def web(name: str, vip: str, lip: str, backends: tuple[str, ...]) -> Table:
@@ -110,10 +134,11 @@ def node_config(i: int, admin_socket: str, relay: bool) -> str:
     }
     if relay:
         doc["relay"] = {"interfaces": ["gw-f"]}
-    return dumps(
-        doc,
-        f"hopgate node {i + 1} of {len(NODES)}: front gw-f toward the ECMP router, back gw-b.",
-    )
+        if peers:
+            doc["relay"]["peers"] = [p for j, p in enumerate(a.nodes4) if j != i]
+        if second_chance is not None:
+            doc["relay"]["second_chance"] = second_chance
+    return doc
 
 
 class EcmpLab(Topology):
@@ -121,6 +146,10 @@ class EcmpLab(Topology):
         if kind not in ("servers", "hopgate"):
             raise ValueError(f"kind is servers or hopgate, not {kind!r}")
         self.kind = kind
+        # The nodes' [relay] as start_hopgates writes it (kind="hopgate"): the
+        # other nodes as peers (second chance with them), second_chance as given.
+        self.peers = False
+        self.second_chance: bool | None = None
         self.relays: dict[str, Process] = {}
         self.hopgates: dict[str, Process] = {}
         self._create(name, self._build)
@@ -157,17 +186,35 @@ class EcmpLab(Topology):
         ecmp.address("ecmp-d", f"{a.ecmp_d4}/24", f"{a.ecmp_d6}/64")
         ecmp.route("198.18.50.0/24", a.r1_e4)
         ecmp.route("2001:2:0:50::/64", a.r1_e6)
-        for family, shared, hops in ((4, a.shared4, a.nodes4), (6, a.shared6, a.nodes6)):
-            argv = ["ip", f"-{family}", "route", "add", shared]
-            for hop in hops:
-                argv += ["nexthop", "via", hop, "dev", "ecmp-d"]
-            ecmp.run(*argv)
+        self._route_shared(ecmp)
 
         if self.kind == "servers":
             self._servers(nodes)
         else:
             self._hopgates(nodes)
         lab.note(topology="ecmp", mode=self.kind)
+
+    def _route_shared(self, ecmp: Namespace) -> None:
+        """The shared address routed over the three nodes: static routes here."""
+        a = ECMP_ADDR
+        for family, shared, hops in ((4, a.shared4, a.nodes4), (6, a.shared6, a.nodes6)):
+            argv = ["ip", f"-{family}", "route", "add", shared]
+            for hop in hops:
+                argv += ["nexthop", "via", hop, "dev", "ecmp-d"]
+            ecmp.run(*argv)
+
+    def route_shared_via(self, *nodes: str) -> None:
+        """Route the shared address over ``nodes`` only (the ECMP router's next
+        hops changed: a node drained, stopped or added), in place of the route
+        there is; the router rehashes every flow over what is left."""
+        a = ECMP_ADDR
+        ecmp = self.ns("ecmp")
+        for family, shared, hops in ((4, a.shared4, a.nodes4), (6, a.shared6, a.nodes6)):
+            ecmp.run("ip", f"-{family}", "route", "del", shared, check=False)
+            argv = ["ip", f"-{family}", "route", "add", shared]
+            for node in nodes:
+                argv += ["nexthop", "via", hops[NODES.index(node)], "dev", "ecmp-d"]
+            ecmp.run(*argv)
 
     def _servers(self, nodes: list[Namespace]) -> None:
         a = ECMP_ADDR
@@ -199,12 +246,16 @@ class EcmpLab(Topology):
         self.start_hopgates(relay=True)
 
     def start_hopgates(self, *, relay: bool) -> None:
-        """(Re)start hopgate on every node, with or without its ``[relay]``."""
+        """(Re)start hopgate on every node, with or without its ``[relay]``
+        (with ``peers`` and ``second_chance`` as the lab's: ``node_config``)."""
         for name in list(self.hopgates):
             self.hopgates.pop(name).stop()
         for i, node in enumerate(NODES):
             config = self.lab.dir / f"{node}.toml"
-            config.write_text(node_config(i, self.socket_of(node), relay))
+            text = node_config(
+                i, self.socket_of(node), relay, peers=self.peers, second_chance=self.second_chance
+            )
+            config.write_text(text)
             self.hopgates[node] = start_hopgate(self.ns(node), config, self.socket_of(node))
 
     def _serve(self, ns: Namespace) -> None:

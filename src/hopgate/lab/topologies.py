@@ -436,8 +436,14 @@ def write_config(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def start_hopgate(gw: Namespace, config: Path, admin_socket: str, timeout: float = 20.0) -> Process:
-    proc = gw.spawn("hopgate", sys.executable, "-m", "hopgate", "run", "-c", str(config))
+def start_hopgate(
+    gw: Namespace,
+    config: Path,
+    admin_socket: str,
+    timeout: float = 20.0,
+    process: str = "hopgate",
+) -> Process:
+    proc = gw.spawn(process, sys.executable, "-m", "hopgate", "run", "-c", str(config))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():

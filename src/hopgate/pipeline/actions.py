@@ -73,6 +73,13 @@ class DropReason(StrEnum):
     NAT_BAD_MTU = "nat-bad-mtu"  # a PMTU error whose MTU cannot be right
     # Load balancer
     LB_NO_BACKEND = "lb-no-backend"
+    # A segment of no connection here, sent to the cluster's peers instead (second chance)
+    SECOND_CHANCE_SENT = "second-chance-sent"
+    SECOND_CHANCE_MISS = "second-chance-miss"  # a peer's copy of no connection here
+    # The host port (host_addresses; io/hostport.py)
+    HOST_ADDRESS_NOT_ROUTED = "host-address-not-routed"  # to another interface's host address
+    HOST_FRAME_MALFORMED = "host-frame-malformed"  # from the kernel: not an Ethernet frame
+    HOST_FRAME_EXCEEDS_MTU = "host-frame-exceeds-mtu"  # from the kernel: too long for the link
     # The last resort: a bug, caught so that one packet cannot stop the router.
     INTERNAL_ERROR = "internal-error"
 
@@ -91,4 +98,12 @@ class Drop(NamedTuple):
     reason: DropReason
 
 
-Action = Transmit | Drop
+class ToHost(NamedTuple):
+    """Pass ``frame``, as it arrived on ``port``, to the kernel's interface for
+    that port's host addresses (io/hostport.py)."""
+
+    port: int
+    frame: Buffer
+
+
+Action = Transmit | Drop | ToHost

@@ -22,14 +22,20 @@ class NotSent(StrEnum):
 
 
 class Counters:
-    def __init__(self, port_names: list[str]) -> None:
+    def __init__(self, port_names: list[str], host_ports: frozenset[int] = frozenset()) -> None:
+        """``host_ports``: the ports with a host port (``host_addresses``),
+        whose frames to and from the host the snapshot shows."""
         n = len(port_names)
         self.port_names = port_names
+        self.host_ports = host_ports
         self.rx_packets = [0] * n
         self.rx_bytes = [0] * n
         self.tx_packets = [0] * n
         self.tx_bytes = [0] * n
         self.forwarded = [0] * n  # by ingress port
+        # Frames passed up to the host's interface, and taken from it (to send).
+        self.to_host = [0] * n
+        self.from_host = [0] * n
         self.drops: Counter[tuple[int, DropReason]] = Counter()
         # (family, type, code) -> count
         self.icmp_sent: Counter[tuple[int, int, int]] = Counter()
@@ -52,17 +58,19 @@ class Counters:
         """Plain data for the admin API and ``hopgate status``."""
         ports = []
         for i, name in enumerate(self.port_names):
-            ports.append(
-                {
-                    "name": name,
-                    "rx_packets": self.rx_packets[i],
-                    "rx_bytes": self.rx_bytes[i],
-                    "tx_packets": self.tx_packets[i],
-                    "tx_bytes": self.tx_bytes[i],
-                    "forwarded": self.forwarded[i],
-                    "drops": {r.value: n for (p, r), n in sorted(self.drops.items()) if p == i},
-                }
-            )
+            port = {
+                "name": name,
+                "rx_packets": self.rx_packets[i],
+                "rx_bytes": self.rx_bytes[i],
+                "tx_packets": self.tx_packets[i],
+                "tx_bytes": self.tx_bytes[i],
+                "forwarded": self.forwarded[i],
+                "drops": {r.value: n for (p, r), n in sorted(self.drops.items()) if p == i},
+            }
+            if i in self.host_ports:
+                port["to_host"] = self.to_host[i]
+                port["from_host"] = self.from_host[i]
+            ports.append(port)
         return {
             "ports": ports,
             "drops": dict(sorted(self.drops_by_reason().items())),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hopgate.packet.types import Buffer
-from hopgate.pipeline.actions import Action, Drop, DropReason, Transmit
+from hopgate.pipeline.actions import Action, Drop, DropReason, ToHost, Transmit
 from hopgate.pipeline.counters import Counters
 
 # A NamedTuple's own constructor is a Python function; building the tuple
@@ -22,6 +22,11 @@ class Emitter:
         c.tx_packets[port] += 1
         c.tx_bytes[port] += len(frame)
         out.append(_new(Transmit, (port, frame)))
+
+    def to_host(self, port: int, frame: Buffer, out: list[Action]) -> None:
+        """``frame``, as it came in on ``port``, goes up to that port's host."""
+        self.counters.to_host[port] += 1
+        out.append(_new(ToHost, (port, frame)))
 
     def drop(self, port: int, reason: DropReason, out: list[Action]) -> None:
         self.counters.drops[(port, reason)] += 1

@@ -103,6 +103,9 @@ class Family(ABC):
         self.local = local
         self.routes = routes
         self.neighbours = neighbours
+        # The host addresses of this family, each with the port whose host has
+        # it (``LocalAddresses.hosts``); empty when no interface has any.
+        self.hosts: dict[int, int] = local.hosts[self.version]
 
     # -- reading a packet ------------------------------------------------------------
 
@@ -512,7 +515,7 @@ class Inet6(Family):
         src, dst = pkt.src, pkt.dst
         if not planned and self.local.is_v6_local(pkt.port, dst):
             return LOCAL
-        if src == 0 or src in self.local.v6:
+        if src == 0 or src in self.local.v6_not_source:
             return DropReason.MARTIAN_SOURCE
         if A.v6_is_link_local(dst):
             return DropReason.LINK_LOCAL_NOT_FORWARDED

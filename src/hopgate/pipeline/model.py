@@ -115,6 +115,9 @@ class PortSpec:
     # The largest IP packet accepted from the link: the link's own MTU, which may
     # be above the configured ``mtu`` (hopgate may send less than the link takes).
     link_mtu: int | None = None
+    # Addresses of the host's kernel on this link (``host_addresses``): not
+    # hopgate's; what is for them is passed to the kernel's interface (io/hostport.py).
+    host_addresses: tuple[IPInterface, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,19 @@ class RelaySpec:
     interfaces: tuple[str, ...]
     peers: tuple[IPAddress, ...] = ()  # none: link-layer broadcast
     settings: RelaySettings = field(default_factory=RelaySettings)
+    # Second chance (pipeline/lb/cluster.py): a TCP segment without SYN to a
+    # service that matches no connection here, arriving on one of
+    # ``interfaces``, is sent to the peers (one of which may hold it) instead
+    # of being scheduled.  None: on when there are peers (it needs them).
+    second_chance: bool | None = None
+
+    @property
+    def second_chance_on(self) -> bool:
+        return (
+            bool(self.peers)
+            if self.second_chance is None
+            else self.second_chance and bool(self.peers)
+        )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ class Port:
     # extra host addresses on its subnets (NAT pools, published addresses).
     v4_owned: frozenset[int] = field(default_factory=frozenset)
     v6_owned: frozenset[int] = field(default_factory=frozenset)
+    # The host's addresses on this link (``host_addresses``): not hopgate's;
+    # what is for them goes to the kernel's interface (ARP, ND, IP).
+    v4_host: frozenset[int] = field(default_factory=frozenset)
+    v6_host: frozenset[int] = field(default_factory=frozenset)
 
 
 def _ifaddr(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> IfAddr:
@@ -55,15 +59,23 @@ def _ifaddr(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> IfAddr:
     return IfAddr(a, plen, net, m, bcast)
 
 
+def v6_groups(link_local: int, owned: frozenset[int], host: frozenset[int]) -> frozenset[int]:
+    """The IPv6 groups a port listens to: all-nodes, all-routers, and the
+    solicited-node group of each address it answers for, its host's included
+    (a solicitation for a host address comes there, and goes up to the host)."""
+    groups = {A.V6_ALL_NODES, A.V6_ALL_ROUTERS, A.v6_solicited_node(link_local)}
+    groups.update(A.v6_solicited_node(x) for x in owned | host)
+    return frozenset(groups)
+
+
 def build_port(
     index: int, spec: PortSpec, extra: tuple[int, ...] = (), extra6: tuple[int, ...] = ()
 ) -> Port:
     v4 = tuple(_ifaddr(i) for i in spec.addresses if i.version == A.V4)
     v6 = tuple(_ifaddr(i) for i in spec.addresses if i.version == A.V6)
     link_local = A.v6_link_local_from_mac(spec.mac)
-    groups = {A.V6_ALL_NODES, A.V6_ALL_ROUTERS, A.v6_solicited_node(link_local)}
-    groups.update(A.v6_solicited_node(x.addr) for x in v6)
-    groups.update(A.v6_solicited_node(x) for x in extra6)
+    v6_owned = frozenset(a.addr for a in v6) | frozenset(extra6)
+    v6_host = frozenset(int(i.ip) for i in spec.host_addresses if i.version == A.V6)
     link_mtu = max(spec.link_mtu or spec.mtu, spec.mtu)
     return Port(
         index=index,
@@ -74,9 +86,11 @@ def build_port(
         v4=v4,
         v6=v6,
         link_local=link_local,
-        v6_groups=frozenset(groups),
+        v6_groups=v6_groups(link_local, v6_owned, v6_host),
         v4_owned=frozenset(a.addr for a in v4) | frozenset(extra),
-        v6_owned=frozenset(a.addr for a in v6) | frozenset(extra6),
+        v6_owned=v6_owned,
+        v4_host=frozenset(int(i.ip) for i in spec.host_addresses if i.version == A.V4),
+        v6_host=v6_host,
     )
 
 
@@ -94,7 +108,15 @@ class LocalAddresses:
         self.v6: dict[int, int] = {}
         # Link-local addresses are only ours on their own link.
         self.v6_link_local: set[tuple[int, int]] = set()
+        # By family: the host addresses (pipeline/ports.py ``Port.v4_host``)
+        # and the port whose host has each.  Not the router's: a packet to one
+        # goes up to the host if it came in by that port, nowhere otherwise.
+        self.hosts: dict[int, dict[int, int]] = {A.V4: {}, A.V6: {}}
         for p in ports:
+            for x in sorted(p.v4_host):
+                self.hosts[A.V4].setdefault(x, p.index)
+            for x in sorted(p.v6_host):
+                self.hosts[A.V6].setdefault(x, p.index)
             for a in p.v4:
                 if a.broadcast:
                     self.v4_broadcast.add(a.broadcast)
@@ -110,7 +132,12 @@ class LocalAddresses:
             self.v4.setdefault(x, 0)
         for x in (virtual or {}).get(A.V6, ()):
             self.v6.setdefault(x, 0)
-        self.v4_not_source = frozenset(self.v4) | frozenset(self.v4_broadcast)
+        # The host's addresses are not a source from the wire either: the host
+        # sends through hopgate (``Router.from_host``), never into it.
+        self.v4_not_source = (
+            frozenset(self.v4) | frozenset(self.v4_broadcast) | frozenset(self.hosts[A.V4])
+        )
+        self.v6_not_source: frozenset[int] = frozenset(self.v6) | frozenset(self.hosts[A.V6])
 
     def is_v6_local(self, port: int, dst: int) -> bool:
         if A.v6_is_link_local(dst):

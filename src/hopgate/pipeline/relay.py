@@ -18,7 +18,10 @@ What keeps this safe:
   the sources' buckets bounded in number.
 
 Pure: a frame, an interface index and the time in; a verdict out.  Used by the
-standalone ``hopgate relay`` and by hopgate's load balancer nodes.
+standalone ``hopgate relay`` and by hopgate's load balancer nodes.  Here too
+is how a load balancer node marks its second-chance copies (lb/cluster.py):
+not in the IP header, which must reach the backend as the client sent it, but
+by an EtherType of their own (``second_chance_copy``, ``second_chance_family``).
 
 This module is also the specification of ``hopgate relay``'s eBPF socket
 filter (xdp/relayfilter.c), which does all of the above in the kernel: given
@@ -44,6 +47,7 @@ from hopgate.pipeline.ratelimit import TokenBucket
 # RelaySettings is defined with the other specs (model.py), and importable from here.
 __all__ = [
     "MAX_MTU",
+    "SECOND_CHANCE_ETHERTYPE",
     "PmtuMessage",
     "Relay",
     "RelayCounters",
@@ -52,12 +56,24 @@ __all__ = [
     "is_marked",
     "read",
     "relayed_copy",
+    "second_chance_copy",
+    "second_chance_family",
 ]
 
 _U16 = Struct("!H")
 _U32 = Struct("!I")
 
 MAX_MTU = 65535
+
+# The EtherType of a second-chance copy (pipeline/lb/cluster.py): IEEE Std 802's
+# Local Experimental EtherType 1, which no router, host or switch sends of
+# itself.  The copy is the IP packet as it arrived, unchanged, under it.
+SECOND_CHANCE_ETHERTYPE = 0x88B5
+_SECOND_CHANCE = SECOND_CHANCE_ETHERTYPE.to_bytes(2, "big")
+_IP_ETHERTYPES = {
+    4: ethernet.ETH_P_IP.to_bytes(2, "big"),
+    6: ethernet.ETH_P_IPV6.to_bytes(2, "big"),
+}
 
 
 class RelayDrop(StrEnum):
@@ -277,3 +293,29 @@ def relayed_copy(frame: Buffer, l3: int, dst_mac: bytes, src_mac: bytes, mark: i
         copy[l3] = 0x60 | (mark >> 2)
         copy[l3 + 1] = ((mark & 0x03) << 6) | (copy[l3 + 1] & 0x3F)
     return copy
+
+
+def second_chance_copy(frame: Buffer, l3: int, end: int) -> bytearray:
+    """A second-chance copy of the IP packet in ``frame`` (at ``l3``, ending at
+    ``end``: Ethernet padding left out) for a peer: its EtherType (the last
+    before ``l3``, after any VLAN tags) is ``SECOND_CHANCE_ETHERTYPE``, its MACs
+    are zero (the neighbour resolution fills them in), the IP packet is
+    untouched: no mark in it, no hop spent."""
+    copy = bytearray(frame[:end])
+    copy[0:12] = bytes(12)
+    copy[l3 - 2 : l3] = _SECOND_CHANCE
+    return copy
+
+
+def second_chance_family(frame: bytearray | memoryview, l3: int) -> int:
+    """A frame that came with ``SECOND_CHANCE_ETHERTYPE`` (the last before
+    ``l3``) made a plain IP frame again, in place: the EtherType of its IP
+    packet's version put back, and returned (0, the frame untouched, if what
+    follows is no IPv4 or IPv6 header)."""
+    if len(frame) <= l3:
+        return 0
+    ethertype = _IP_ETHERTYPES.get(frame[l3] >> 4)
+    if ethertype is None:
+        return 0
+    frame[l3 - 2 : l3] = ethertype
+    return ethernet.ETH_P_IP if frame[l3] >> 4 == 4 else ethernet.ETH_P_IPV6

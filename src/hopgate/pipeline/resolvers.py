@@ -90,6 +90,9 @@ class ArpResolver(_Resolver):
             self._emit.drop(port, DropReason.ARP_MALFORMED, out)
             return
         p = self._ports[port]
+        if msg.tpa in p.v4_host:  # the host's: its request, or a question for it
+            self._emit.to_host(port, frame, out)
+            return
         target_is_ours = msg.tpa in p.v4_owned
         # Learn only senders on this link's subnets: an ARP packet must not
         # install a next hop for an address that is not a neighbour.
@@ -155,6 +158,9 @@ class NdResolver(_Resolver):
             self._emit.drop(port, DropReason.ND_MALFORMED, out)
             return
         p = self._ports[port]
+        if nd.target in p.v6_host:  # a question for the host (its group is the port's)
+            self._emit.to_host(port, frame, out)
+            return
         if not self._owns(p, nd.target):
             self._emit.drop(port, DropReason.ND_NOT_FOR_US, out)
             return

@@ -33,9 +33,10 @@ from hopgate.pipeline.local import Listener, LocalDelivery
 from hopgate.pipeline.model import IPAddress, NatSpec, RouterSpec
 from hopgate.pipeline.nat import Nat, Plan
 from hopgate.pipeline.neighbours import Pending
-from hopgate.pipeline.ports import LocalAddresses, Port, build_port
+from hopgate.pipeline.ports import LocalAddresses, Port, build_port, v6_groups
 from hopgate.pipeline.ratelimit import IcmpRateLimiter
 from hopgate.pipeline.reassembly import Head, Reassembler
+from hopgate.pipeline.relay import SECOND_CHANCE_ETHERTYPE
 from hopgate.pipeline.resolvers import ArpResolver, NdResolver
 from hopgate.pipeline.routes import NextHop, Route, RouteTable
 from hopgate.pipeline.state import (
@@ -100,7 +101,8 @@ class Router:
         names = [p.name for p in self.ports]
         if before is not None and before.counters.port_names != names:
             raise ValueError("a reload cannot change the interfaces")
-        self.counters: Counters = before.counters if before is not None else Counters(names)
+        hosts = frozenset(p.index for p in self.ports if p.v4_host or p.v6_host)
+        self.counters: Counters = before.counters if before is not None else Counters(names, hosts)
         # Ports whose link is down or gone (the I/O layer says so): nothing is
         # forwarded to them.
         self.down_ports: set[int] = set()
@@ -121,10 +123,29 @@ class Router:
         self._families: dict[int, Family] = {f.ethertype: f for f in self.families}
         self._by_version: dict[int, Family] = {f.version: f for f in self.families}
         self.reassembler = Reassembler(spec.reassembly, self.timers, self._reassembly_expired)
+        # Several nodes behind one ECMP router (lb/cluster.py): PMTU errors and,
+        # with second chance, segments of connections another node holds.
+        self.cluster: ClusterRelay | None = None
+        if spec.relay is not None:
+            self.cluster = ClusterRelay(
+                spec.relay,
+                self.ports,
+                self.port_by_name,
+                self.emit,
+                self._to_peer,
+                now,
+                balancing=services is not None,
+            )
         self.nat: Nat | None = None
         if spec.nat is not None or services is not None:
             self.nat = Nat(
-                spec.nat or NatSpec(), self.ports, self.port_by_name, self.timers, now, services
+                spec.nat or NatSpec(),
+                self.ports,
+                self.port_by_name,
+                self.timers,
+                now,
+                services,
+                self.cluster.second_chance if self.cluster is not None else frozenset(),
             )
         # A backend's health verdicts: what they do to its service (lb/verdicts.py).
         self.verdicts = BackendVerdicts(self.events, self.nat, on_ring)
@@ -140,11 +161,6 @@ class Router:
         self.delivery = LocalDelivery(
             self.ports, self.emit, self.icmp, self.nd, self.reassembler, listeners
         )
-        self.cluster: ClusterRelay | None = None
-        if spec.relay is not None:
-            self.cluster = ClusterRelay(
-                spec.relay, self.ports, self.port_by_name, self.emit, self._to_peer, now
-            )
         if self.health is not None:
             self.health.start(now)
 
@@ -202,6 +218,7 @@ class Router:
             self.emit.drop(port, DropReason.FRAME_EXCEEDS_MTU, out)
             return out
         fam: Family | None
+        copy = False  # a peer's second-chance copy (lb/cluster.py)
         if size >= 34 and frame[12] == 0x08 and frame[13] == 0x00:
             fam, l3, ethertype = self.inet4, 14, _ETH_P_IP  # untagged IPv4: most of the traffic
         else:
@@ -218,9 +235,15 @@ class Router:
         if fam is None:
             if ethertype == _ETH_P_ARP:
                 self.arp.input(frame, port, l3, now, out)
-            else:
+                return out
+            if (
+                ethertype != SECOND_CHANCE_ETHERTYPE
+                or self.cluster is None
+                or not (ethertype := self.cluster.copy_in(frame, port, l3))
+            ):
                 self.emit.drop(port, DropReason.UNKNOWN_ETHERTYPE, out)
-            return out
+                return out
+            fam, copy = self._families[ethertype], True  # an IP frame again
         # The steps, in Linux's order (ip_rcv_finish, ip6_rcv_finish): the IP
         # header and the source; NAT's connections (conntrack's PREROUTING); the
         # router's own addresses and what may not be forwarded; forwarding.
@@ -232,10 +255,21 @@ class Router:
             else:
                 self.emit.drop(port, way, out)  # type: ignore[arg-type]  # a DropReason
             return out
+        hosts = fam.hosts
+        if hosts and pkt.dst in hosts:
+            # The host's, not the router's: before NAT, the hop limit and the
+            # route, whatever the protocol.
+            if hosts[pkt.dst] == port:
+                self.emit.to_host(port, frame, out)
+            else:  # never routed out of the link the host is on
+                self.emit.drop(port, DropReason.HOST_ADDRESS_NOT_ROUTED, out)
+            return out
         plan = None
         nat = self.nat
         if nat is not None:
             got = nat.inbound(pkt)
+            if copy:
+                got = self._copy_held(got)
             if isinstance(got, DropReason):
                 self._nat_refused(got, pkt)
                 return out
@@ -255,6 +289,22 @@ class Router:
             self.delivery.deliver(pkt)
         else:
             self.emit.drop(port, way, out)  # type: ignore[arg-type]  # a DropReason
+        return out
+
+    def from_host(self, frame: Frame | bytes, port: int, now: float) -> list[Action]:
+        """A frame the host's kernel sent on ``port``'s host interface
+        (io/hostport.py): sent out of ``port`` as it is, unless it is not a
+        frame of that link."""
+        out: list[Action] = []
+        self.counters.from_host[port] += 1
+        if len(frame) > self.ports[port].max_frame:
+            self.emit.drop(port, DropReason.HOST_FRAME_EXCEEDS_MTU, out)
+        elif len(frame) < ethernet.HEADER_LEN or frame[6] & 1:  # a group source MAC
+            self.emit.drop(port, DropReason.HOST_FRAME_MALFORMED, out)
+        elif port in self.down_ports:
+            self.emit.drop(port, DropReason.LINK_DOWN, out)
+        else:
+            self.emit.transmit(port, frame, out)
         return out
 
     def poll(self, now: float) -> list[Action]:
@@ -290,9 +340,7 @@ class Router:
         old_ll = p.link_local
         p.mac = mac
         p.link_local = A.v6_link_local_from_mac(mac)
-        groups = {A.V6_ALL_NODES, A.V6_ALL_ROUTERS, A.v6_solicited_node(p.link_local)}
-        groups.update(A.v6_solicited_node(x) for x in p.v6_owned)
-        p.v6_groups = frozenset(groups)
+        p.v6_groups = v6_groups(p.link_local, p.v6_owned, p.v6_host)
         if not any(a.addr == old_ll for a in p.v6):  # a configured one stays
             self.local.v6_link_local.discard((port, old_ll))
         self.local.v6_link_local.add((port, p.link_local))
@@ -303,9 +351,21 @@ class Router:
 
     # -- a packet received: for the router, or to forward -----------------------------
 
+    def _copy_held(self, got: Side | Plan | DropReason | None) -> Side | DropReason:
+        """What NAT said of a peer's second-chance copy: a packet of a connection
+        held here goes on as its own; any other is dropped, never scheduled,
+        never sent on again."""
+        assert self.cluster is not None
+        held = isinstance(got, Side)
+        self.cluster.copy_held(held)
+        return got if isinstance(got, Side) else DropReason.SECOND_CHANCE_MISS
+
     def _nat_refused(self, reason: DropReason, pkt: Packet) -> None:
         """NAT or the load balancer will not take the packet."""
-        if (
+        if reason is DropReason.SECOND_CHANCE_SENT:
+            assert self.cluster is not None
+            self.cluster.send_second_chance(pkt)  # one of the peers may hold it
+        elif (
             reason is DropReason.NAT_ICMP_UNMATCHED
             and self.cluster is not None
             and self.cluster.offer(pkt.frame, pkt.port, pkt.now, pkt.out)

@@ -94,10 +94,22 @@ class RelayInterfaceState:
 
 
 @dataclass(frozen=True, slots=True)
+class SecondChanceState:
+    """Second chance's counts (pipeline/lb/cluster.py)."""
+
+    segments_sent: int
+    copies_sent: int
+    copies_received: int
+    copies_forwarded: int
+    copies_missed: int
+
+
+@dataclass(frozen=True, slots=True)
 class RelayState:
     peers: tuple[IPAddress, ...]  # none: broadcast
     sent_to_peers: int
     interfaces: tuple[RelayInterfaceState, ...]
+    second_chance: SecondChanceState | None = None  # None: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -346,10 +346,13 @@ class Tables:
         nat = router.nat
         nat4 = nat.addresses[4] if nat is not None else set()
         nat6 = nat.addresses[6] if nat is not None else set()
-        for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source, *nat4}:
+        # The host addresses too: what is to (or from) one goes up, to the host
+        # (io/hostport.py), or is dropped there.
+        hosts4, hosts6 = local.hosts[4], local.hosts[6]
+        for a in {*local.v4, *local.v4_broadcast, *local.v4_not_source, *nat4, *hosts4}:
             self._put("special4", ctypes.c_uint32(_be(a)), ctypes.c_uint8(1))
         # Link-local addresses, hopgate's included, the program passes up by their prefix.
-        for a in {*local.v6, *nat6}:
+        for a in {*local.v6, *nat6, *hosts6}:
             self._put("special6", Addr6(_a16(a)), ctypes.c_uint8(1))
         self._settings.nat = int(nat is not None)
         self._settings.liberal = int(nat is not None and nat.table.be_liberal)

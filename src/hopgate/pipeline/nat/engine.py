@@ -53,7 +53,7 @@ from hopgate.pipeline.conntrack import (
     Tuple,
     Verdict,
 )
-from hopgate.pipeline.context import Packet
+from hopgate.pipeline.context import WHOLE, Packet
 from hopgate.pipeline.lb.fnat import Fnat, Hop, backend_failed
 from hopgate.pipeline.lb.service import Backend, Services
 from hopgate.pipeline.model import NatSpec
@@ -82,8 +82,13 @@ class Nat:
         timers: Timers,
         now: float = 0.0,
         services: Services | None = None,
+        second_chance: frozenset[int] = frozenset(),
     ) -> None:
+        """``second_chance``: the ports on which a TCP segment without SYN to a
+        service that matches no connection is not scheduled but left to the
+        cluster's peers (pipeline/lb/cluster.py): ``second-chance-sent``."""
         self.port_names = [p.name for p in ports]
+        self.second_chance = second_chance
         self.services = services or Services(())
         self.counters: Counter[str] = Counter()
         self.table = ConnTable(
@@ -197,7 +202,11 @@ class Nat:
         """A packet of no connection: to a load-balanced service, a DNAT rule, or
         another inside host's outside mapping (hairpinning); or none of these."""
         version, dst = pkt.fam.version, pkt.dst
-        if dst not in self.addresses[version] or not self._may_start(pkt):
+        if dst not in self.addresses[version]:
+            return None
+        if pkt.port in self.second_chance and self._second_chance(pkt):
+            return DropReason.SECOND_CHANCE_SENT
+        if not self._may_start(pkt):
             return None
         kind = pkt.kind
         if dst in self.services.vips[version]:
@@ -357,6 +366,21 @@ class Nat:
         self.table.remove(conn)
         self.counters["connections-rescheduled" if balanced else "connections-reopened"] += 1
         return True
+
+    def _second_chance(self, pkt: Packet) -> bool:
+        """Whether a packet of no connection, to one of NAT's addresses, is one
+        for the cluster's peers: a whole TCP segment without SYN (an ACK, FIN
+        or RST of a connection another node may hold) to a service's VIP and
+        port.  A SYN opens a connection here; a fragment, UDP, ICMP: as ever."""
+        at, version = pkt.at, pkt.fam.version
+        return (
+            pkt.proto == PROTO_TCP
+            and pkt.kind == flows.PORTS
+            and pkt.fragment == WHOLE
+            and at + 14 <= pkt.end
+            and not l4.tcp_flags(pkt.frame, at) & l4.TCP_SYN
+            and self.services.find(version, PROTO_TCP, pkt.dst, pkt.dport) is not None
+        )
 
     @staticmethod
     def _may_start(pkt: Packet) -> bool:
