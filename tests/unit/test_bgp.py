@@ -420,3 +420,29 @@ def test_a_leftover_bird_on_the_same_files_is_stopped(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_state_is_read_while_bird_is_busy(tmp_path: Path) -> None:
+    """The loop's snapshot takes the announcer's state: it never waits for BIRD."""
+    r = lb_router(service())
+    release = threading.Event()
+
+    class SlowBird(FakeBird):
+        def configure(self) -> None:
+            release.wait(30)  # BIRD takes its time to answer
+
+    slow = SlowBird(_spec(), Paths(tmp_path / "slow.bird"))
+    a = Announcer(slow, lambda: r, _now)
+    stepping = threading.Thread(target=a.step)
+    stepping.start()
+    try:
+        read: list[dict[str, Any]] = []
+        reader = threading.Thread(target=lambda: read.append(a.snapshot()))
+        reader.start()
+        reader.join(10)
+        assert read, "the snapshot waited for BIRD"
+        assert stepping.is_alive(), "BIRD was not busy while the state was read"
+    finally:
+        release.set()
+        stepping.join(10)
+    assert a.snapshot()["configures"] == 1

@@ -555,7 +555,10 @@ class Announcer:
         self._call = call
         self._end_connections = end_connections
         self._clock = clock
+        # The state shown (taken by the loop's snapshot: never held across I/O),
+        # and BIRD's files and process (one operation at a time).
         self._lock = threading.Lock()
+        self._bird_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -625,21 +628,23 @@ class Announcer:
 
     def reconfigure(self, spec: BgpSpec) -> None:
         """A reload with a new ``[bgp]``."""
-        with self._lock:
+        with self._bird_lock:
             if spec == self.bird.spec:
                 return
             try:
                 self.bird.reconfigure(spec)
             except (BirdError, OSError) as e:
                 log.error("bgp: BIRD's new configuration was not applied: %s", e)
-                self._status.error = str(e)
+                with self._lock:
+                    self._status.error = str(e)
         self._wake.set()
 
     # -- the thread ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start BIRD (raises BirdError if it cannot start) and the thread."""
-        self.bird.start()
+        with self._bird_lock:
+            self.bird.start()
         with self._lock:
             self._status.running = True
         self._thread = threading.Thread(target=self._run, name="bgp", daemon=True)
@@ -651,8 +656,9 @@ class Announcer:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(STOP_WAIT + CONTROL_TIMEOUT)
-        with self._lock:
+        with self._bird_lock:
             self.bird.stop()
+        with self._lock:
             self._status.running = False
 
     def _run(self) -> None:
@@ -685,13 +691,15 @@ class Announcer:
         log.error("bgp: %s; starting it again in %.0f s", self._status.error, wait)
         if self._stopping.wait(wait):
             return
-        with self._lock:
+        with self._bird_lock:
             try:
                 self.bird.start()
             except (BirdError, OSError) as e:
-                self._status.error = str(e)
+                with self._lock:
+                    self._status.error = str(e)
                 log.error("bgp: BIRD did not start again: %s", e)
                 return
+        with self._lock:
             self._status.running = True
             self._status.error = ""
             self._status.restarts += 1
@@ -727,12 +735,15 @@ class Announcer:
                 )
             if not drained:
                 prefixes.update(self.bird.spec.announce)
-            if self.bird.announce(frozenset(prefixes)):
-                self._status.configures += 1
-                log.info(
-                    "bgp: announcing %s",
-                    ", ".join(str(p) for p in sorted(prefixes, key=_order)) or "nothing",
-                )
+        with self._bird_lock:
+            changed = self.bird.announce(frozenset(prefixes))
+        if changed:
+            log.info(
+                "bgp: announcing %s",
+                ", ".join(str(p) for p in sorted(prefixes, key=_order)) or "nothing",
+            )
+        with self._lock:
+            self._status.configures += changed
             self._status.announced = [str(p) for p in sorted(prefixes, key=_order)]
             self._status.vips = views
             deadline = self._drain_deadline
@@ -755,7 +766,8 @@ class Announcer:
 
     def read_sessions(self) -> None:
         try:
-            found = self.bird.sessions()
+            with self._bird_lock:
+                found = self.bird.sessions()
         except BirdError as e:
             with self._lock:
                 self._status.error = str(e)
