@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from hopgate.lab import tools
 from hopgate.lab.bgplab import BGP_ADDR, BgpLab, all_nodes
 from hopgate.lab.ecmplab import ECMP_ADDR, FILE, FILE_SIZE, NODES
 from hopgate.lab.netns import Process
+from hopgate.lab.topologies import edit_config, write_config
 
 A = ECMP_ADDR
 DOWNLOADS = 30
@@ -235,6 +237,23 @@ def test_a_node_cut_from_its_backends_withdraws_the_vip(bgp: BgpLab) -> None:
     finally:
         bgp.ns("back").run("ip", "link", "set", "n1", "up")
     bgp.wait_for_next_hops(all_nodes(4), 4, timeout=15)
+
+
+def test_a_reload_changes_what_is_announced(bgp: BgpLab) -> None:
+    """min_backends_up raised above the two backends there are: n1 withdraws
+    the VIP; the file put back: it announces again.  The sessions stay up."""
+    path = Path(bgp.config_path("n1"))
+    old = edit_config(path, lambda doc: doc["bgp"].update(min_backends_up=3))
+    try:
+        out = _hopgate(bgp, "n1", "reload")
+        assert "bgp.min_backends_up: 1 -> 3" in out, out
+        bgp.wait_for_next_hops(_others("n1"), 4, timeout=10)
+    finally:
+        write_config(path, old)
+    _hopgate(bgp, "n1", "reload")
+    bgp.wait_for_next_hops(all_nodes(4), 4, timeout=10)
+    shown = bgp.router_birdc("show protocols")
+    assert shown.count("Established") == 6, f"sessions dropped by hopgate n1's reloads:\n{shown}"
 
 
 def test_host_addresses_answer_and_bgp_runs_there(bgp: BgpLab) -> None:

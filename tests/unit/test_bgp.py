@@ -446,3 +446,29 @@ def test_the_state_is_read_while_bird_is_busy(tmp_path: Path) -> None:
         release.set()
         stepping.join(10)
     assert a.snapshot()["configures"] == 1
+
+
+def test_adding_or_removing_bgp_takes_a_restart_and_a_change_does_not() -> None:
+    from hopgate.control.reload import describe, restart_only
+
+    with_bgp = parse(CONFIG)
+    without = parse(CONFIG[: CONFIG.index("[bgp]")])
+    for old, new, word in ((without, with_bgp, "added"), (with_bgp, without, "removed")):
+        issues = restart_only(old, new)
+        assert [i.path for i in issues] == ["bgp"], issues
+        assert word in issues[0].message and "restart" in issues[0].message
+    changed = parse(CONFIG.replace("hold_time = 6", "hold_time = 12"))
+    assert restart_only(with_bgp, changed) == []
+    assert describe(with_bgp, changed) == ["bgp.hold_time: 6 -> 12"]
+
+
+def test_a_reload_gives_bird_its_new_configuration(tmp_path: Path) -> None:
+    r = lb_router(service())
+    a, fake = _announcer(tmp_path, r)
+    seen: list[BgpSpec] = []
+    fake.reconfigure = seen.append  # type: ignore[method-assign,assignment]
+    a.reconfigure(_spec())
+    assert seen == [], "the same [bgp]: BIRD is left alone"
+    new = BgpSpec(**{**_spec().__dict__, "hold_time": 30})
+    a.reconfigure(new)
+    assert seen == [new]
