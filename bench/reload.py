@@ -175,6 +175,9 @@ class Result:
     lost_quiet: int
     fast_share: float | None  # of the datagrams received then, forwarded by the XDP program
     foreign_cpu: float = 0.0
+    # hopgate's garbage collector during the reloads: full collections, the longest (ms)
+    gc_full: int = 0
+    gc_longest_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -252,16 +255,20 @@ def measure(dataplane: str, flows: int, rate: float, count: int) -> Result:
         try:
             _wait_output(recv, "first", 10.0)
             time.sleep(WARMUP)
-            table = lab.status()["nat"]["connections"]
+            before = lab.status()
+            table = before["nat"]["connections"]
             ours = {os.getpid(), lab.hopgate.pid, send.pid, recv.pid, echo.pid}
             foreign0 = _foreign_ticks(ours)
             fast0 = _fast_forwarded(lab) if dataplane == "xdp" else 0
             fast_from = time.time()
             t0 = time.monotonic()
             due = time.monotonic() + PERIOD / 2
+            # Each file is written half a period before its reload: the write
+            # (a synced file renamed) runs on the stream's CPU, outside the
+            # reload's window.
+            write_config(lab.config_path, texts[1])
             for i in range(count):
                 time.sleep(max(0.0, due - time.monotonic()))
-                write_config(lab.config_path, texts[(i + 1) % 2])
                 start = time.time()
                 reply: dict[str, Any] = json.loads(fetch(lab.admin_socket, "/reload", "POST", 30))
                 end = time.time()
@@ -273,11 +280,14 @@ def measure(dataplane: str, flows: int, rate: float, count: int) -> Result:
                            conns["kept"])
                 )  # fmt: skip
                 due += PERIOD
+                time.sleep(max(0.0, due - PERIOD / 2 - time.monotonic()))
+                write_config(lab.config_path, texts[i % 2])  # the next reload's
             time.sleep(max(0.0, due - time.monotonic()))
             elapsed = time.monotonic() - t0
             foreign1 = _foreign_ticks(ours)
             fast1 = _fast_forwarded(lab) if dataplane == "xdp" else 0
             fast_to = time.time()
+            collector = (before.get("gc"), lab.status().get("gc"))
         finally:
             send.stop()
             time.sleep(0.5)  # what is in flight arrives
@@ -293,6 +303,10 @@ def measure(dataplane: str, flows: int, rate: float, count: int) -> Result:
     foreign = sum(foreign1[p] - foreign0[p] for p in foreign1.keys() & foreign0.keys())
     r = analyse(dataplane, flows, table, stream, reloads)
     r.foreign_cpu = foreign / os.sysconf("SC_CLK_TCK") / elapsed
+    gc0, gc1 = collector
+    if gc0 and gc1:
+        r.gc_full = gc1["collections"][2] - gc0["collections"][2]
+        r.gc_longest_ms = gc1["longest_ms"]
     if dataplane == "xdp":
         received = _received_between(stream.rxs, fast_from, fast_to)
         r.fast_share = (fast1 - fast0) / received if received else 0.0
@@ -437,6 +451,7 @@ def _line(r: Result) -> str:
         f" lost (reload/quiet/all) {s['lost']} of {r.sent:,}"
         + (f"; by XDP {s['fast']}" if r.fast_share is not None else "")
         + f"; others {r.foreign_cpu:.1%}"
+        + f"; gc: {r.gc_full} full collections, the longest {r.gc_longest_ms:.1f} ms"
     )
 
 
@@ -507,6 +522,9 @@ datagrams received meanwhile, from half a second before the first reload to
 a second after the last (with the XDP data plane).
 
 {chr(10).join(began)}
+- hopgate's garbage collector: {sum(r.gc_full for r in results)} full collections during the
+  reloads of all the runs; its longest collection in a run, at most
+  {max((r.gc_longest_ms for r in results), default=0.0):.1f} ms.
 - hopgate pinned to CPU 1; the bench, the stream's sender and receiver and the
   lab's kernel forwarding on CPU 0.
 - Machine: {model}, {os.cpu_count()} CPUs, Linux {platform.release()},

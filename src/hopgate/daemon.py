@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -21,6 +21,7 @@ from hopgate.control.lbcontrol import RingWorker
 from hopgate.control.reload import Outcome, Reloader, ReloadError
 from hopgate.io import ctlpath
 from hopgate.io.afpacket import PacketSocket
+from hopgate.io.gcwatch import GcWatch
 from hopgate.io.hostport import HostPort
 from hopgate.io.links import LinkMonitor, LinkWatch
 from hopgate.io.loop import Loop
@@ -42,9 +43,10 @@ def snapshot(
     started: float,
     config_path: str,
     fastpath: FastPath | None = None,
-    announcer: bgp.Announcer | None = None,
+    sections: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
-    """The daemon's whole visible state, as plain data (runs in the loop thread)."""
+    """The daemon's whole visible state, as plain data (runs in the loop thread);
+    ``sections``: more of it, each from its own part (BGP, the collector)."""
     state = views.router(router.state())
     counters = router.counters.snapshot()
     dataplane = fastpath.snapshot() if fastpath is not None else {"mode": "afpacket"}
@@ -78,8 +80,9 @@ def snapshot(
         "relay": state["relay"],
         "internal_errors": loop.internal_errors,
         "dataplane": dataplane,
-        "bgp": announcer.snapshot() if announcer is not None else None,
     }
+    for key, part in (sections or {}).items():
+        out[key] = part()
     out.update(counters)
     return out
 
@@ -258,6 +261,8 @@ def run(cfg: Config, config_path: str) -> None:
     hosts: dict[int, HostPort] = {}
     announcer: bgp.Announcer | None = None
     bgp_spec = cfg.bgp_spec()
+    gcwatch = GcWatch()
+    gcwatch.start()
     interfaces.take(links)
     try:
         for port in router.ports:
@@ -345,7 +350,10 @@ def run(cfg: Config, config_path: str) -> None:
                     started,
                     config_path,
                     the_fastpath,
-                    the_announcer,
+                    {
+                        "bgp": lambda: the_announcer.snapshot() if the_announcer else None,
+                        "gc": gcwatch.snapshot,
+                    },
                 )
             ),
             parse_listen(cfg.admin.metrics) if cfg.admin.metrics else None,
@@ -402,6 +410,7 @@ def run(cfg: Config, config_path: str) -> None:
             exact = fastpath.stop() if fastpath is not None else True
             _save(nat, state_path, exact)
     finally:
+        gcwatch.stop()
         if announcer is not None:
             announcer.stop()
         if checkpoints is not None:

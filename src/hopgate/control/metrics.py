@@ -126,6 +126,8 @@ class _SnapshotCollector(Collector):
                 yield from second_chance_metrics(s["relay"]["second_chance"])
         if s.get("bgp"):
             yield from _bgp(s["bgp"])
+        if s.get("gc"):
+            yield from _gc(s["gc"])
         yield CounterMetricFamily(
             "hopgate_internal_errors",
             "Frames that met a bug (each also dropped)",
@@ -304,6 +306,27 @@ def _services(services: list[dict[str, Any]]) -> Iterator[Metric]:
             checks.add_metric([*key, "ok"], b["checks_ok"])
             checks.add_metric([*key, "failed"], b["checks_failed"])
     yield from (up, healthy, admin, weight, active, total, checks)
+
+
+def _gc(state: dict[str, Any]) -> Iterator[Metric]:
+    """Python's collector: each collection holds the loop while it runs."""
+    runs = CounterMetricFamily(
+        "hopgate_gc_collections", "Garbage collections, by generation", labels=["generation"]
+    )
+    took = CounterMetricFamily(
+        "hopgate_gc_seconds", "Time in garbage collections, by generation", labels=["generation"]
+    )
+    for generation, (n, seconds) in enumerate(
+        zip(state["collections"], state["seconds"], strict=True)
+    ):
+        runs.add_metric([str(generation)], n)
+        took.add_metric([str(generation)], seconds)
+    yield from (runs, took)
+    yield GaugeMetricFamily(
+        "hopgate_gc_longest_seconds",
+        "The longest garbage collection so far",
+        value=state["longest_ms"] / 1000,
+    )
 
 
 def _bgp(bgp: dict[str, Any]) -> Iterator[Metric]:
