@@ -46,9 +46,9 @@ from hopgate.pipeline.nat.engine import Nat
 
 VERSION = 1
 # Connections a slice of ``lines`` turns into text: some 0.5 ms of the loop's
-# time (a slice runs whole, between two batches of frames).  At 500, a slice
-# took 5 to 7 ms, and a checkpoint of 10,000 connections held a stream of
-# 20,000 datagrams a second back by 50 to 70 ms (bench/reload.py).
+# time (10 µs a connection; a slice runs whole, between two batches of
+# frames).  At 500 (5 ms a slice), a checkpoint of 10,000 connections held a
+# stream of 20,000 datagrams a second back by 50 to 70 ms (bench/reload.py).
 PER_SLICE = 50
 
 
