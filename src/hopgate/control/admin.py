@@ -83,7 +83,12 @@ def _handler(
     """The request handler: all of the API, or (``metrics_only``, for the TCP
     listener anyone on the host can reach) ``GET /metrics`` alone."""
 
-    posts = {} if metrics_only or actions is None else actions
+    # The POSTs that take a query and answer JSON; a reload is one of them.
+    posts: dict[str, Action] = {}
+    if not metrics_only:
+        posts.update(actions or {})
+        if reload is not None:
+            posts[RELOAD] = lambda query: reload()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "hopgate"
@@ -102,7 +107,6 @@ def _handler(
             if (
                 (url.path in CONNS_ACTIONS and conns is not None)
                 or (url.path == BACKEND and backends is not None)
-                or (url.path == RELOAD and reload is not None)
                 or url.path in posts
             ):
                 self._reply(405, "text/plain", f"{url.path} takes a POST\n".encode())
@@ -126,9 +130,6 @@ def _handler(
             if url.path == BACKEND and backends is not None and not metrics_only:
                 self._backend(backends, query)
                 return
-            if url.path == RELOAD and reload is not None and not metrics_only:
-                self._reload(reload)
-                return
             if url.path in posts and not metrics_only:
                 self._action(posts[url.path], query)
                 return
@@ -148,26 +149,22 @@ def _handler(
             if result is not None:
                 self._reply(200, "application/json", json.dumps(result).encode())
 
-        def _reload(self, reload: Reload) -> None:
+        def _action(self, action: Action, query: dict[str, str]) -> None:
+            """400 for a query that does not parse (a reload: a file that cannot
+            be applied, with every reason), 404 for nothing there to act on, 500
+            for a failure (logged)."""
+            name = urllib.parse.urlsplit(self.path).path.lstrip("/")
             try:
-                result = reload()
-            except ValueError as e:  # the file cannot be applied: every reason
+                result = action(query)
+            except ValueError as e:
                 self._reply(400, "text/plain", f"{e}\n".encode())
                 return
             except Exception as e:
-                log.exception("reload failed")
-                self._reply(500, "text/plain", f"reload failed: {e}\n".encode())
-                return
-            self._reply(200, "application/json", json.dumps(result).encode())
-
-        def _action(self, action: Action, query: dict[str, str]) -> None:
-            try:
-                result = action(query)
-            except ValueError as e:  # a query that does not parse
-                self._reply(400, "text/plain", f"{e}\n".encode())
-                return
-            except LookupError as e:  # nothing there to act on
-                self._reply(404, "text/plain", f"{e.args[0] if e.args else e}\n".encode())
+                if isinstance(e, LookupError) and not isinstance(e, KeyError | IndexError):
+                    self._reply(404, "text/plain", f"{e.args[0] if e.args else e}\n".encode())
+                    return
+                log.exception("%s failed", name)  # a KeyError or IndexError is a bug
+                self._reply(500, "text/plain", f"{name} failed: {e}\n".encode())
                 return
             self._reply(200, "application/json", json.dumps(result).encode())
 
