@@ -1,7 +1,8 @@
 """Path MTU discovery behind ECMP (issue 5's acceptance checks), with a Linux router
 hashing on addresses and ports in front of three nodes and a 1400-byte hop on the
 client's path.  Lab A: plain Linux servers running ``hopgate relay``.  Lab B: three
-hopgate load balancers sharing a VIP, with ``[relay]``."""
+hopgate load balancers sharing a VIP, with ``[relay]``, on each data plane (the
+Python pipeline alone, and behind the XDP fast path)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def servers() -> Iterator[EcmpLab]:
         yield lab
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[EcmpLab]:
-    with EcmpLab("hopgate") as lab:
+@pytest.fixture(scope="module", params=["afpacket", "xdp"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[EcmpLab]:
+    """Lab B on each data plane: the PMTU errors, the relay's copies and the
+    peers' copies must reach the pipeline through the XDP program too."""
+    with EcmpLab("hopgate", dataplane=request.param) as lab:
         yield lab
 
 
@@ -285,28 +288,49 @@ def test_the_relays_state_in_status_and_metrics(servers: EcmpLab) -> None:
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_cluster_every_download_through_the_vip_completes(cluster: EcmpLab, family: int) -> None:
+    gw = cluster.gateway()
     before = {n: counters(cluster, n) for n in NODES}
+    fast_before = {n: cluster.status(n)["dataplane"] for n in NODES}
     results = downloads(cluster, family, 23000 + family * 100, BOUND)
-    assert complete(results) == DOWNLOADS, [d.run.output for d in results if not d.ok][:3]
+    failed = [d.run.output for d in results if not (d.ok and d.size == FILE_SIZE)]
+    assert not failed, f"downloads through {gw}: {len(failed)} of {DOWNLOADS} failed: {failed[:3]}"
     after = {n: counters(cluster, n) for n in NODES}
     relayed = sum(after[n]["relayed"] - before[n]["relayed"] for n in NODES)
     copies = sum(after[n].get("relayed-copy", 0) - before[n].get("relayed-copy", 0) for n in NODES)
     # Each broadcast copy reaches the two other nodes; one that does not hold
     # the flow counts it and drops it; none is relayed again: no storm.
-    assert relayed > 0 and copies <= 2 * relayed, (relayed, copies, after)
+    assert relayed > 0 and copies <= 2 * relayed, (gw, relayed, copies, after)
     for n in NODES:
-        assert cluster.status(n)["internal_errors"] == 0
+        assert cluster.status(n)["internal_errors"] == 0, cluster.gateway(n)
+    if cluster.dataplane == "xdp":
+        # The downloads' established flows were the programs' to forward (the
+        # errors and the copies above came up to the pipelines through them).
+        fast = {n: cluster.status(n)["dataplane"] for n in NODES}
+        for n in NODES:
+            assert fast[n]["mode"] == "xdp", f"{cluster.gateway(n)} runs without it: {fast[n]}"
+            assert fast[n]["sync_errors"] == 0, f"{cluster.gateway(n)}: {fast[n]}"
+        forwarded = sum(fast[n]["forwarded"] - fast_before[n]["forwarded"] for n in NODES)
+        assert forwarded > 0, f"{gw}: the XDP programs forwarded nothing: {fast}"
     cmd = [sys.executable, "-m", "hopgate", "status", "-s", cluster.socket_of("n1")]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert "PMTU relay (broadcast)" in text and "gw-f" in text
+    assert "PMTU relay (broadcast)" in text and "gw-f" in text, f"{cluster.gateway('n1')}: {text}"
     metrics = fetch(cluster.socket_of("n1"), "/metrics").decode()
-    assert 'hopgate_relay_seen_total{interface="gw-f"}' in metrics
+    assert 'hopgate_relay_seen_total{interface="gw-f"}' in metrics, cluster.gateway("n1")
 
 
 def test_cluster_without_the_relay_some_downloads_stall(cluster: EcmpLab) -> None:
+    if cluster.dataplane == "xdp":
+        # The control shows the lab's problem (the ECMP router's hashing),
+        # which no data plane changes: once, on AF_PACKET, is enough.
+        pytest.skip("the control runs on the AF_PACKET data plane only")
     cluster.start_hopgates(relay=False)
     try:
         results = downloads(cluster, 4, 24000, STALL_TIMEOUT)
-        assert 0 < complete(results) < DOWNLOADS
+        done = complete(results)
+        # The errors all reach one node: its flows complete, the others' stall.
+        assert 0 < done < DOWNLOADS, (
+            f"{done} of {DOWNLOADS} downloads through {cluster.gateway()} without [relay]"
+            " completed: the lab does not show the problem"
+        )
     finally:
         cluster.start_hopgates(relay=True)

@@ -80,12 +80,11 @@ def router_bird_config(bfd: bool) -> str:
 def bgp_node_config(i: int, admin_socket: str, relay: bool, bfd: bool, dataplane: str) -> str:
     a, b = ECMP_ADDR, BGP_ADDR
     # The other nodes as peers: second chance for the flows ECMP moves between them.
-    doc = node_doc(i, admin_socket, relay, peers=True)
+    doc = node_doc(i, admin_socket, relay, peers=True, dataplane=dataplane)
     front = doc["interface"][0]
     front["host_addresses"] = [f"{b.hosts4[i]}/24", f"{b.hosts6[i]}/64"]
     for svc in doc["service"]:
         svc["health"] = dict(LAB_HEALTH)
-    doc["dataplane"] = {"mode": dataplane}
     doc["bgp"] = {
         "asn": b.node_asn,
         "hold_time": HOLD_TIME,
@@ -109,14 +108,12 @@ class BgpLab(EcmpLab):
         self, name: str | None = None, *, bfd: bool = True, dataplane: str = "afpacket"
     ) -> None:
         self.bfd = bfd
-        self.dataplane = dataplane
         self.router_bird: Process | None = None
-        self._xdp_peers = False
-        super().__init__("hopgate", name)
+        super().__init__("hopgate", name, dataplane=dataplane)
 
     def _build(self) -> None:
         super()._build()
-        self.lab.note(topology="bgp", mode=f"hopgate ({self.dataplane})")
+        self.lab.note(topology="bgp")
 
     def _route_shared(self, ecmp: Namespace) -> None:
         """BIRD on the router, in place of static routes."""
@@ -136,12 +133,6 @@ class BgpLab(EcmpLab):
     def start_hopgates(self, *, relay: bool) -> None:
         for name in list(self.hopgates):
             self.hopgates.pop(name).stop()
-        if self.dataplane == "xdp" and not self._xdp_peers:
-            # The far ends of the nodes' veths, on the two bridges.
-            ports = range(1, len(NODES) + 1)
-            self.lab.pass_xdp(self.ns("front"), *(f"p{i}" for i in ports))
-            self.lab.pass_xdp(self.ns("back"), *(f"n{i}" for i in ports))
-            self._xdp_peers = True
         for node in NODES:
             self.start_node(node, relay=relay)
 

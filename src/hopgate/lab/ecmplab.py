@@ -15,7 +15,9 @@ outer addresses (r1 and the shared address), so every error lands on one node.
 address on their loopback, each serving HTTP, each able to run ``hopgate relay``.
 ``kind="hopgate"``: the nodes are hopgate load balancers sharing a VIP (Maglev),
 with their own local addresses on a back LAN of two HTTP backends, and a
-``[relay]`` on their front interface.
+``[relay]`` on their front interface; ``dataplane`` is theirs: ``"afpacket"``
+(the Python pipeline alone) or ``"xdp"`` (behind the XDP fast path, with a
+pass-through program on the bridges' ends of their veths, ``pass_node_peers``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hopgate.lab.topologies import (
     KERNEL_ROUTER,
     LAB_ICMP_SETTINGS,
     admin,
+    dataplane_section,
     interface,
     route,
     start_hopgate,
@@ -87,12 +90,16 @@ def node_config(
     *,
     peers: bool = False,
     second_chance: bool | None = None,
+    dataplane: str = "afpacket",
 ) -> str:
     """hopgate on ECMP node ``i`` (from 0), with or without its ``[relay]``;
     ``peers``: the other nodes named as its peers (unicast, and second chance
-    unless ``second_chance`` says otherwise)."""
+    unless ``second_chance`` says otherwise); ``dataplane``: its ``[dataplane]``
+    mode (none written for ``"afpacket"``, the default)."""
     return dumps(
-        node_doc(i, admin_socket, relay, peers=peers, second_chance=second_chance),
+        node_doc(
+            i, admin_socket, relay, peers=peers, second_chance=second_chance, dataplane=dataplane
+        ),
         f"hopgate node {i + 1} of {len(NODES)}: front gw-f toward the ECMP router, back gw-b.",
     )
 
@@ -104,6 +111,7 @@ def node_doc(
     *,
     peers: bool = False,
     second_chance: bool | None = None,
+    dataplane: str = "afpacket",
 ) -> Table:
     """node_config's tables."""
     a = ECMP_ADDR
@@ -131,6 +139,7 @@ def node_doc(
         ],
         "admin": admin(admin_socket),
         **LAB_ICMP_SETTINGS,
+        **dataplane_section(dataplane),
     }
     if relay:
         doc["relay"] = {"interfaces": ["gw-f"]}
@@ -142,10 +151,18 @@ def node_doc(
 
 
 class EcmpLab(Topology):
-    def __init__(self, kind: str = "servers", name: str | None = None) -> None:
+    def __init__(
+        self, kind: str = "servers", name: str | None = None, *, dataplane: str = "afpacket"
+    ) -> None:
         if kind not in ("servers", "hopgate"):
             raise ValueError(f"kind is servers or hopgate, not {kind!r}")
+        if dataplane not in ("afpacket", "xdp"):
+            raise ValueError(f"dataplane is afpacket or xdp, not {dataplane!r}")
+        if kind == "servers" and dataplane != "afpacket":
+            raise ValueError("the servers run no hopgate data plane: dataplane is for kind=hopgate")
         self.kind = kind
+        # The hopgate nodes' data plane (kind="hopgate").
+        self.dataplane = dataplane
         # The nodes' [relay] as start_hopgates writes it (kind="hopgate"): the
         # other nodes as peers (second chance with them), second_chance as given.
         self.peers = False
@@ -192,7 +209,21 @@ class EcmpLab(Topology):
             self._servers(nodes)
         else:
             self._hopgates(nodes)
-        lab.note(topology="ecmp", mode=self.kind)
+        lab.note(topology="ecmp", mode=self.mode)
+
+    @property
+    def mode(self) -> str:
+        """What the nodes are, for the lab's record: ``servers``, or
+        ``hopgate (afpacket)`` / ``hopgate (xdp)``."""
+        return self.kind if self.kind == "servers" else f"{self.kind} ({self.dataplane})"
+
+    def gateway(self, node: str | None = None) -> str:
+        """The node under test (all of them: None), as failure messages name
+        it, with its data plane: ``hopgate on n2 (xdp)``."""
+        where = f"on {node}" if node is not None else f"on {', '.join(NODES)}"
+        if self.kind == "servers":
+            return f"the server{'s' if node is None else ''} {where.removeprefix('on ')}"
+        return f"hopgate {where} ({self.dataplane})"
 
     def _route_shared(self, ecmp: Namespace) -> None:
         """The shared address routed over the three nodes: static routes here."""
@@ -243,7 +274,20 @@ class EcmpLab(Topology):
             be.address("eth0", f"{v4}/24", f"{v6}/64")
             be.set_sysctls({"net.ipv4.tcp_mtu_probing": 0})
             self._serve(be)
+        self.pass_node_peers()
         self.start_hopgates(relay=True)
+
+    def pass_node_peers(self) -> None:
+        """With the XDP data plane, a pass-through XDP program on the bridges'
+        ends of the nodes' veths (front ``p1``..``p3``, back ``n1``..``n3``): a
+        veth takes what the nodes' programs redirect to it only if its peer has
+        one (``Lab.pass_xdp``); without, the redirected frames are dropped and
+        downloads stall.  Nothing for AF_PACKET."""
+        if self.dataplane != "xdp":
+            return
+        ports = range(1, len(NODES) + 1)
+        self.lab.pass_xdp(self.ns("front"), *(f"p{i}" for i in ports))
+        self.lab.pass_xdp(self.ns("back"), *(f"n{i}" for i in ports))
 
     def start_hopgates(self, *, relay: bool) -> None:
         """(Re)start hopgate on every node, with or without its ``[relay]``
@@ -253,7 +297,12 @@ class EcmpLab(Topology):
         for i, node in enumerate(NODES):
             config = self.lab.dir / f"{node}.toml"
             text = node_config(
-                i, self.socket_of(node), relay, peers=self.peers, second_chance=self.second_chance
+                i,
+                self.socket_of(node),
+                relay,
+                peers=self.peers,
+                second_chance=self.second_chance,
+                dataplane=self.dataplane,
             )
             config.write_text(text)
             self.hopgates[node] = start_hopgate(self.ns(node), config, self.socket_of(node))
