@@ -17,7 +17,8 @@ from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 
 from hopgate.io.afpacket import Insn, PacketSocket
-from hopgate.io.loop import Loop
+from hopgate.io.loop import FastPath, Loop
+from hopgate.pipeline.actions import Action, Replay
 from hopgate.pipeline.router import Router
 from tests.unit.frames import (
     CLIENT4,
@@ -97,10 +98,12 @@ class FakeClock:
 
 
 @contextmanager
-def running(r: Router, clock: FakeClock) -> Iterator[tuple[Loop, PairSocket, PairSocket]]:
+def running(
+    r: Router, clock: FakeClock, fastpath: FastPath | None = None
+) -> Iterator[tuple[Loop, PairSocket, PairSocket]]:
     """The loop over the router's two ports (gw-c, gw-u), running in a thread."""
     socks = [PairSocket("gw-c"), PairSocket("gw-u")]
-    loop = Loop(r, list[PacketSocket](socks), clock=clock)
+    loop = Loop(r, list[PacketSocket](socks), clock=clock, fastpath=fastpath)
     thread = threading.Thread(target=loop.run, name="hopgate-loop", daemon=True)
     thread.start()
     try:
@@ -168,11 +171,11 @@ def test_a_frame_that_makes_the_pipeline_raise_is_counted_and_the_loop_goes_on()
     process = r.process
     seen: list[int] = []
 
-    def flaky(frame: Any, port: int, now: float) -> Any:
+    def flaky(frame: Any, port: int, now: float, again: bool = False) -> Any:
         seen.append(port)
         if len(seen) == 1:
             raise RuntimeError("a bug met a packet")
-        return process(frame, port, now)
+        return process(frame, port, now, again)
 
     r.process = flaky  # type: ignore[method-assign]
     with running(r, FakeClock(1.0)) as (loop, gw_c, gw_u):
@@ -181,3 +184,65 @@ def test_a_frame_that_makes_the_pipeline_raise_is_counted_and_the_loop_goes_on()
         assert gw_u.get()[IP].dst == SERVER4  # the second frame
         assert loop.call(lambda: loop.internal_errors).result(WAIT) == 1
         assert gw_u.nothing_sent()
+
+
+class Replaying:
+    """A fast path whose program answers every replay with ``answer``."""
+
+    def __init__(self, answer: tuple[int, bytes] | None) -> None:
+        self.answer = answer
+        self.given: list[tuple[bytes, int]] = []
+
+    def sync(self, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float:
+        return 1e9
+
+    def link_down(self, port: int) -> None:
+        pass
+
+    def link_up(self, port: int, ifindex: int) -> None:
+        pass
+
+    def replay(self, frame: bytes | bytearray | memoryview, port: int) -> tuple[int, bytes] | None:
+        self.given.append((bytes(frame), port))
+        return self.answer
+
+
+def replaying_router() -> Router:
+    """A router whose pipeline gives every frame it reads to the fast path
+    (as it does a held connection's segment from before the handover)."""
+    r = resolved_router()
+    process = r.process
+
+    def replay_first(frame: Any, port: int, now: float, again: bool = False) -> list[Action]:
+        if again:
+            return process(frame, port, now, again)
+        r.counters.rx_packets[port] += 1
+        return [Replay(port, frame, None)]  # type: ignore[arg-type]  # no NAT: no connection
+
+    r.process = replay_first  # type: ignore[method-assign]
+    return r
+
+
+def test_what_the_program_makes_of_a_replayed_frame_leaves_by_its_port() -> None:
+    made = bytes(Ether(src=GW_U_MAC, dst=UPSTREAM_MAC) / IP(src=CLIENT4, dst=SERVER4) / UDP())
+    fast = Replaying((1, made))
+    with running(replaying_router(), FakeClock(1.0), fast) as (_, gw_c, gw_u):
+        frame = udp_to_server()
+        gw_c.put(frame)
+        assert bytes(gw_u.get()) == made
+        assert fast.given == [(bytes(frame), 0)]
+        assert gw_c.nothing_sent()
+
+
+def test_a_replayed_frame_the_program_passes_up_goes_through_the_pipeline_once() -> None:
+    fast = Replaying(None)
+    r = replaying_router()
+    with running(r, FakeClock(1.0), fast) as (_, gw_c, gw_u):
+        gw_c.put(udp_to_server())
+        out = gw_u.get()
+        assert out[IP].dst == SERVER4 and out[IP].ttl == 63, "the pipeline did not forward it"
+        assert len(fast.given) == 1
+        assert r.counters.rx_packets[0] == 1, "the frame was counted twice"

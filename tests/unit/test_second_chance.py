@@ -42,7 +42,7 @@ from scapy.packet import Packet
 from hopgate.control import config, metrics, status, views
 from hopgate.control.config import ConfigError
 from hopgate.pipeline import conntrack
-from hopgate.pipeline.actions import Drop, DropReason, Transmit
+from hopgate.pipeline.actions import Drop, DropReason, Replay, Transmit
 from hopgate.pipeline.conntrack import Conn, TcpState
 from hopgate.pipeline.model import RelaySpec, RouterSpec
 from hopgate.pipeline.relay import SECOND_CHANCE_ETHERTYPE
@@ -52,6 +52,7 @@ from hopgate.xdp.libbpf import XDP_PASS, XDP_REDIRECT, BpfObject
 from tests.unit import lb_frames as L
 from tests.unit.frames import mac
 from tests.unit.nat_frames import checksums_ok
+from tests.unit.test_xdp_nat import _executed
 from tests.unit.wire import Host, Wire
 
 ECMP_MAC = "02:00:00:00:52:01"
@@ -506,7 +507,7 @@ def as_copy(frame: bytes) -> bytes:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_a_copy_of_a_connection_the_fast_path_holds_goes_up_and_leaves_as_the_programs(
+def test_a_copy_of_a_connection_the_fast_path_holds_goes_up_and_leaves_by_the_program(
     obj: BpfObject, v6: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(conntrack, "TCP_OFFLOAD_AFTER", 0)  # handed over at once
@@ -520,17 +521,19 @@ def test_a_copy_of_a_connection_the_fast_path_holds_goes_up_and_leaves_as_the_pr
     copy = as_copy(ack(1001))
     verdict, up = run_program(obj, copy, L.B)
     assert verdict == XDP_PASS and up == copy, "the fast path took a second-chance copy"
-    # ... which takes the connection back and sends it on, as the program did.
-    sent = [a for a in r.process(bytearray(up), L.B, 0.5) if isinstance(a, Transmit)]
+    # ... which finds it the connection's, and gives it back to the program as
+    # a plain frame of the connection: it leaves as the program sent the
+    # segment, and the connection stays the program's.
+    actions = r.process(bytearray(up), L.B, 0.5)
+    assert [type(a) for a in actions] == [Replay]
+    sent = _executed(obj, tables, r, actions, 0.5)
     assert [(a.port, bytes(a.frame)) for a in sent] == [(L.S, direct)], (
-        "the pipeline forwarded the copy otherwise than the fast path the segment"
+        "the copy left otherwise than the fast path sent the segment"
     )
-    assert r.nat.table.counters["fastpath-taken-back"] == 1
+    counters = r.nat.table.counters
+    assert (counters["fastpath-replayed"], counters["fastpath-taken-back"]) == (1, 0)
     assert r.cluster is not None and r.cluster.chance.copies_forwarded == 1
-    # Established and in window still: handed to the program again (at the
-    # loop's next sync), which forwards the next segment as before.
-    assert conn in (r.nat.table.to_offload or ())
-    assert tables.sync_connections(r.nat.table) == []
+    assert conn in r.nat.table.offloaded and conn not in (r.nat.table.to_offload or ())
     verdict, again = run_program(obj, ack(1001), L.B)
     assert verdict == XDP_REDIRECT and again == direct
 

@@ -69,6 +69,11 @@ def test_the_next_hopgate_takes_over_the_flows_the_program_kept(obj: BpfObject) 
     nxt = N.nat_router()
     assert nxt.nat is not None
     assert persist.restore(nxt.nat, text.splitlines(), 4.0, 1000.5).restored == 2
+    # The same, with the pipeline alone: what it would send (``nxt``'s pipeline
+    # gives a segment of a connection the program holds to the program).
+    ref = N.nat_router()
+    assert ref.nat is not None
+    assert persist.restore(ref.nat, text.splitlines(), 4.0, 1000.5).restored == 2
     # Meanwhile the program went on: a segment further in the TCP stream.
     data = bytes(N.inside(_tcp(a, srv, 41000, 80, "A", seq, 501)))
     assert _run(obj, data, C)[0] == XDP_REDIRECT
@@ -87,7 +92,7 @@ def test_the_next_hopgate_takes_over_the_flows_the_program_kept(obj: BpfObject) 
         assert not nxt.nat.table.to_offload
         for frame, at in ((bytes(N.inside(orig)), C), (bytes(N.outside(reply)), U), (data, C)):
             verdict, out = _run(again, frame, at)
-            sent = _sent(nxt, frame, at, 4.5)
+            sent = _sent(ref, frame, at, 4.5)
             assert verdict == XDP_REDIRECT, "the taken-over fast path passed up a kept flow"
             assert len(sent) == 1 and bytes(sent[0].frame) == out, (
                 "the taken-over fast path forwarded otherwise than the new pipeline"

@@ -20,7 +20,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet
 
 from hopgate.packet.proto import PROTO_UDP
-from hopgate.pipeline.actions import Transmit
+from hopgate.pipeline.actions import Action, Replay, Transmit
 from hopgate.pipeline.conntrack import FAST_PATH_GRACE, Conn
 from hopgate.pipeline.router import Router
 from hopgate.xdp import tables as T
@@ -48,6 +48,26 @@ def _run(obj: BpfObject, frame: bytes, port: int) -> tuple[int, bytes]:
 
 def _sent(router: Router, frame: bytes, port: int, now: float) -> list[Transmit]:
     return [a for a in router.process(bytearray(frame), port, now) if isinstance(a, Transmit)]
+
+
+def _executed(
+    obj: BpfObject, tables: T.Tables, router: Router, actions: list[Action], now: float
+) -> list[Transmit]:
+    """What ``router`` sends of ``actions``, run as the loop runs them
+    (io/loop.py): a ``Replay`` through the program's replay entry, and if the
+    program passes it up, through the pipeline again."""
+    sent: list[Transmit] = []
+    for a in actions:
+        if isinstance(a, Transmit):
+            sent.append(a)
+        elif isinstance(a, Replay):
+            obj.update("port_of", ctypes.c_uint32(LO), ctypes.c_uint32(a.port + 1))
+            got = tables.replay(a.frame, LO)
+            if got is None:
+                sent += _executed(obj, tables, router, router.fast_path_passed(a, now), now)
+            else:
+                sent.append(Transmit(*got))
+    return sent
 
 
 def _conn(router: Router) -> Conn:

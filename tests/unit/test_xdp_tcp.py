@@ -32,7 +32,7 @@ from hopgate.xdp import tables as T
 from hopgate.xdp.libbpf import XDP_PASS, XDP_REDIRECT, BpfObject
 from tests.unit import nat_frames as N
 from tests.unit.frames import C, U
-from tests.unit.test_xdp_nat import _conn, _run, _sent, _tables
+from tests.unit.test_xdp_nat import _conn, _executed, _run, _sent, _tables
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 
@@ -173,8 +173,49 @@ class Pair:
         else:
             assert verdict == XDP_PASS
             assert out == frame, "hopgate's fast path changed a frame it passed up"
-            got = [bytes(t.frame) for t in _sent(self.fast, frame, port, self.now)]
+            got = self.pipeline(frame, port)
             assert got == expected, "the pipeline behind hopgate's fast path answered otherwise"
+        self.check()
+
+    def pipeline(self, frame: bytes, port: int) -> list[bytes]:
+        """What the router with the fast path sends of a frame that reached its
+        pipeline, its actions run as the loop runs them."""
+        actions = self.fast.process(bytearray(frame), port, self.now)
+        return [
+            bytes(t.frame) for t in _executed(self.obj, self.tables, self.fast, actions, self.now)
+        ]
+
+    def reordered(
+        self,
+        late: list[tuple[bytes, int]],
+        meanwhile: list[tuple[bytes, int]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Segments that came in the order ``late``, then ``meanwhile``, ``late``
+        just before the handover: the program forwards ``meanwhile`` as they
+        come, and the pipeline reads ``late`` from its socket only after (they
+        waited there).  ``ref``, the pipeline alone, takes them all in the
+        order they came.  Each router sends each segment as the other does,
+        and their trackers end the same."""
+        expected = []
+        for frame, port in (*late, *meanwhile):
+            self.now += 0.01
+            expected.append([bytes(t.frame) for t in _sent(self.ref, frame, port, self.now)])
+        for i, (frame, port) in enumerate(meanwhile, len(late)):
+            verdict, out = _run(self.obj, frame, port)
+            assert verdict == XDP_REDIRECT and [out] == expected[i], (
+                "hopgate's fast path forwarded otherwise than the pipeline",
+                i,
+                verdict,
+            )
+            self.forwarded += 1
+            self.sync()
+        for i, (frame, port) in enumerate(late):
+            assert self.pipeline(frame, port) == expected[i], (
+                "hopgate with its fast path answered a segment from before the handover otherwise"
+            )
+        self.check()
+
+    def check(self) -> None:
         self.sync()
         a, b = self.ref.nat.table.connections(), self.table.connections()  # type: ignore[union-attr]
         assert len(a) == len(b)
@@ -271,6 +312,108 @@ def test_a_segment_that_moves_the_state_takes_the_connection_back(
     # The segment the program forwarded is counted on the connection.
     assert conn.packets_reply == _conn(pair.ref).packets_reply
     assert not pair.obj.keys("flows", T.FlowKey) and not pair.obj.keys("tcp_conns", ctypes.c_uint32)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_segments_from_before_the_handover_are_the_programs_and_the_connection_stays(
+    obj: BpfObject, v6: bool
+) -> None:
+    """Segments received before the handover reach the pipeline after it (they
+    waited in its socket), after later ones the program forwarded: the
+    pipeline gives them to the program, which forwards them as the pipeline
+    would have as they came, learning from them; the connection stays the
+    program's.  (Taking it back at each of them made the handover flap under
+    a fast stream.)"""
+    talk = _talk(v6)
+    pair = Pair(obj, talk)
+    conn = _conn(pair.fast)
+    late = [talk.segment(1, "PA", 1000), talk.segment(0, "A"), talk.segment(1, "PA", 500)]
+    meanwhile = [talk.segment(1, "PA", 1000), talk.segment(0, "A"), talk.segment(1, "PA", 200)]
+    pair.reordered(late, meanwhile)
+    counters = pair.table.counters
+    assert (counters["fastpath-replayed"], counters["fastpath-taken-back"]) == (3, 0)
+    assert conn in pair.table.offloaded and conn in pair.tables._ids
+    before = pair.forwarded
+    pair.step(*talk.segment(0, "A"))
+    assert pair.forwarded == before + 1, "the program no longer forwards after the late segments"
+
+
+@pytest.mark.parametrize(("flags", "ttl"), [("FA", 64), ("A", 1)], ids=["fin", "ttl-1"])
+def test_a_segment_from_before_the_handover_that_the_program_passes_takes_it_back(
+    obj: BpfObject, flags: str, ttl: int
+) -> None:
+    """A late segment the program would not forward (a FIN; a TTL to answer,
+    which it passes up before it looks at the connection, marking nothing) goes
+    back to the pipeline, with the connection, and is answered as the pipeline
+    alone answers it."""
+    talk = _talk(False)
+    pair = Pair(obj, talk)
+    conn = _conn(pair.fast)
+    pair.reordered([talk.segment(0, flags, ttl=ttl, advance=ttl > 1)])
+    counters = pair.table.counters
+    assert (counters["fastpath-replayed"], counters["fastpath-replay-passed"]) == (1, 1)
+    assert counters["fastpath-taken-back"] == 1
+    assert conn not in pair.tables._ids
+    assert _conn(pair.fast).state == _conn(pair.ref).state
+
+
+def test_a_segment_from_before_the_handover_beyond_the_window_goes_to_the_pipeline(
+    obj: BpfObject,
+) -> None:
+    """A late ACK of data never sent was out of window as it came too (what a
+    side has sent only grows): the program passes it up, and the pipeline,
+    taking the connection back, drops it as the pipeline alone does."""
+    talk = _talk(False)
+    pair = Pair(obj, talk)
+    pair.reordered([talk.segment(0, "A", ack=talk.server.nxt + 10_000)])
+    counters, ref = pair.table.counters, pair.ref.nat.table.counters  # type: ignore[union-attr]
+    assert counters["tcp-out-of-window"] == ref["tcp-out-of-window"] == 1
+    assert (counters["fastpath-replay-passed"], counters["fastpath-taken-back"]) == (1, 1)
+
+
+def test_a_segment_from_before_the_handover_too_old_as_it_came_goes_through(
+    obj: BpfObject,
+) -> None:
+    """The one answer that differs from the pipeline's: a late ACK that was
+    already too old as it came (its ack more than a window behind) goes
+    through, learning nothing, where the pipeline alone drops it.  The program
+    cannot tell it from one that became too old while it waited (the next
+    test); TCP ignores an old ACK."""
+    talk = _talk(False, None, None)  # no scaling: the ack window is 66,000
+    pair = Pair(obj, talk)
+    conn = _conn(pair.fast)
+    before = _tracker(pair.tables, conn)
+    frame, port = talk.segment(0, "A", ack=talk.server.nxt - 70_000)
+    assert _sent(pair.ref, frame, port, pair.now) == []  # the pipeline alone drops it
+    (sent,) = pair.pipeline(frame, port)
+    assert IP(sent[14:])[TCP].ack == (talk.server.nxt - 70_000) % 2**32
+    assert _tracker(pair.tables, conn)[:12] == before[:12], "the program learned from it"
+    counters = pair.table.counters
+    assert (counters["fastpath-replayed"], counters["fastpath-taken-back"]) == (1, 0)
+    assert counters["tcp-out-of-window"] == 0
+
+
+def test_a_segment_in_window_as_it_came_but_stale_when_read_goes_through(
+    obj: BpfObject,
+) -> None:
+    """A client's ACK that came just before the handover, read by the pipeline
+    only after the program forwarded more than a window of the server's data:
+    it was in window as it came, so it goes through, though the program's
+    tracker, ahead now, finds its ack too old (Linux, taking segments in the
+    order they came, passes it).  The program learns nothing from it."""
+    talk = _talk(False, None, None)  # no scaling: the ack window is 66,000
+    pair = Pair(obj, talk)
+    conn = _conn(pair.fast)
+    late = [talk.segment(0, "A")]  # acknowledges what the server has sent so far
+    meanwhile = []
+    for _ in range(7):  # 70,000 bytes, acknowledged as they go
+        meanwhile += [talk.segment(1, "PA", 1000) for _ in range(10)]
+        meanwhile.append(talk.segment(0, "A"))
+    pair.reordered(late, meanwhile)
+    counters = pair.table.counters
+    assert counters["tcp-out-of-window"] == 0, "a segment in window as it came was dropped"
+    assert (counters["fastpath-replayed"], counters["fastpath-taken-back"]) == (1, 0)
+    assert conn in pair.table.offloaded and conn in pair.tables._ids
 
 
 def test_out_of_window_goes_up_and_the_next_segment_in_window_hands_it_over_again(

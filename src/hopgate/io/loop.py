@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 from hopgate.io.afpacket import Filters, PacketSocket
 from hopgate.io.links import Change, LinkMonitor
 from hopgate.io.reactor import Reactor
-from hopgate.pipeline.actions import DropReason, ToHost, Transmit
+from hopgate.pipeline.actions import DropReason, Replay, ToHost, Transmit
 from hopgate.pipeline.router import Router
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ class FastPath(Protocol):
     def link_down(self, port: int) -> None: ...
 
     def link_up(self, port: int, ifindex: int) -> None: ...
+
+    def replay(self, frame: bytes | bytearray | memoryview, port: int) -> tuple[int, bytes] | None:
+        """Run a frame the router gives back to the program (``Replay``) through
+        it: the port and frame to send, or None if the program passed it up."""
 
 
 class HostSide(Protocol):
@@ -303,6 +307,22 @@ class Loop:
                     sockets[a.port].send(a.frame)
                 elif a.__class__ is ToHost:
                     self._to_host(a.port, a.frame)
+                elif a.__class__ is Replay:
+                    self._replay(a, now)
+
+    def _replay(self, replay: Replay, now: float) -> None:
+        """A segment the router gives back to the fast path: what the program
+        forwards is sent; what it passes up goes through the pipeline, which
+        takes its connection back."""
+        fast = self.fastpath
+        got = fast.replay(replay.frame, replay.port) if fast is not None else None
+        try:
+            if got is None:
+                self._execute(self.router.fast_path_passed(replay, now))
+            elif got[0] < len(self.sockets):
+                self.sockets[got[0]].send(got[1])
+        except Exception:  # noqa: BLE001 - no packet may stop the router
+            self._internal_error(replay.port)
 
     def _to_host(self, port: int, frame: bytes | bytearray | memoryview) -> None:
         host = self.hosts.get(port)
@@ -371,6 +391,8 @@ class Loop:
                 sockets[a.port].send(a.frame)
             elif a.__class__ is ToHost:
                 self._to_host(a.port, a.frame)
+            elif a.__class__ is Replay:
+                self._replay(a, self.clock())
 
     def _internal_error(self, port: int) -> None:
         """A bug met a packet.  Count it, log it (not every time), keep forwarding."""

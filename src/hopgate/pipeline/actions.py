@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from hopgate.packet.types import Buffer
+
+if TYPE_CHECKING:
+    from hopgate.pipeline.conntrack import Conn
 
 
 class DropReason(StrEnum):
@@ -106,4 +109,16 @@ class ToHost(NamedTuple):
     frame: Buffer
 
 
-Action = Transmit | Drop | ToHost
+class Replay(NamedTuple):
+    """Give ``frame``, as it arrived on ``port``, to the fast path: a segment of
+    ``conn``, a TCP connection the XDP program holds, that it is the program's
+    to judge (``ConnTable.held``).  The I/O layer runs the program on it and
+    sends what it forwards; if the program passes it up, the pipeline takes
+    the connection back and handles it (``Router.fast_path_passed``)."""
+
+    port: int
+    frame: bytearray | memoryview  # the pipeline's to handle again, if passed up
+    conn: Conn
+
+
+Action = Transmit | Drop | ToHost | Replay

@@ -318,6 +318,9 @@ class ConnTable:
         # pipeline gets one of its segments (its tracker read back into
         # ``conn.tcp``): the I/O layer's, set with ``start_offloading``.
         self.take_back: Callable[[Conn], None] | None = None
+        # Whether the fast path holds a TCP connection handed to it and has
+        # passed none of its segments up (see ``held``): the I/O layer's too.
+        self.fast_path_holds: Callable[[Conn], bool] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -529,13 +532,42 @@ class ConnTable:
             offload.add(conn)
             self.offloaded.add(conn)
 
-    def start_offloading(self, take_back: Callable[[Conn], None]) -> None:
+    def start_offloading(
+        self, take_back: Callable[[Conn], None], holds: Callable[[Conn], bool]
+    ) -> None:
         """A fast path is there from now on: note the connections to hand to
         it, those it can take already first.  ``take_back``: how to take one
-        back (see ``take_back``)."""
+        back (see ``take_back``); ``holds``: whether it holds one still
+        (see ``held``)."""
         self.take_back = take_back
+        self.fast_path_holds = holds
         self.to_offload = {c for c in self.connections() if self.offloadable(c)}
         self.offloaded |= self.to_offload
+
+    def held(self, conn: Conn) -> bool:
+        """Whether a segment of ``conn`` that reached the pipeline is the fast
+        path's to judge: ``conn`` is a TCP connection handed to it, and the
+        program has passed none of its segments up (it marks the tracker when
+        it does).  Such a segment was received before the handover, and waited
+        in the pipeline's socket meanwhile (or the program passed it up before
+        it looked at the connection: too big, a TTL to answer...; given back,
+        it passes it up again).  Given back to the program (``Replay``), it is
+        judged against the program's tracker, and the connection stays there:
+        taking it back at every handover's backlog made the handover flap."""
+        if conn not in self.offloaded or conn.key_orig[PROTO] != PROTO_TCP:
+            return False
+        pending = self.to_offload
+        if pending is not None and conn in pending:
+            return False  # not handed over yet: the pipeline's segment
+        holds = self.fast_path_holds
+        return holds is not None and holds(conn)
+
+    def take_back_now(self, conn: Conn) -> None:
+        """The fast path passed up a segment of ``conn`` given back to it: the
+        connection is the pipeline's again, before the segment is handled."""
+        self.counters["fastpath-replay-passed"] += 1
+        if conn in self.offloaded:
+            self._take_back(conn)
 
     def _take_back(self, conn: Conn) -> None:
         """A segment of a TCP connection handed to the fast path has come to the

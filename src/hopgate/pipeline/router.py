@@ -15,7 +15,7 @@ from typing import Literal
 
 from hopgate.packet import addr as A
 from hopgate.packet import ethernet
-from hopgate.pipeline.actions import Action, DropReason
+from hopgate.pipeline.actions import Action, DropReason, Replay
 from hopgate.pipeline.conntrack import Side
 from hopgate.pipeline.context import Frame, Packet
 from hopgate.pipeline.counters import Counters
@@ -204,15 +204,17 @@ class Router:
 
     # -- the entry points --------------------------------------------------------
 
-    def process(self, frame: Frame, port: int, now: float) -> list[Action]:
+    def process(self, frame: Frame, port: int, now: float, again: bool = False) -> list[Action]:
         """Handle one frame received on ``port``.  The pipeline owns ``frame`` from
         here on: it may change it in place, send it, or keep it until a neighbour
-        answers, so the caller must not reuse its buffer."""
+        answers, so the caller must not reuse its buffer.  ``again``: a frame
+        counted already (see ``fast_path_passed``)."""
         out: list[Action] = []
         size = len(frame)
         c = self.counters
-        c.rx_packets[port] += 1
-        c.rx_bytes[port] += size
+        if not again:
+            c.rx_packets[port] += 1
+            c.rx_bytes[port] += size
         p = self.ports[port]
         if size > p.max_frame:
             self.emit.drop(port, DropReason.FRAME_EXCEEDS_MTU, out)
@@ -273,6 +275,13 @@ class Router:
             if isinstance(got, DropReason):
                 self._nat_refused(got, pkt)
                 return out
+            table = nat.table
+            if table.offloaded and isinstance(got, Side) and table.held(got.conn):
+                # Received before its connection went to the fast path: the
+                # program's to judge, against its own tracker.
+                table.counters["fastpath-replayed"] += 1
+                self.emit.replay(port, frame, got.conn, out)
+                return out
             plan = got
         l2_group = frame[0] & 1 == 1 and not (
             self.cluster is not None and self.cluster.accepts(frame, l3, plan)
@@ -290,6 +299,13 @@ class Router:
         else:
             self.emit.drop(port, way, out)  # type: ignore[arg-type]  # a DropReason
         return out
+
+    def fast_path_passed(self, replay: Replay, now: float) -> list[Action]:
+        """The fast path passed up a frame it was given (``replay``): its
+        connection is the pipeline's again, and the frame is handled as any."""
+        if self.nat is not None:
+            self.nat.table.take_back_now(replay.conn)
+        return self.process(replay.frame, replay.port, now, again=True)
 
     def from_host(self, frame: Frame | bytes, port: int, now: float) -> list[Action]:
         """A frame the host's kernel sent on ``port``'s host interface

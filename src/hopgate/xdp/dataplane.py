@@ -383,6 +383,20 @@ class FastPath:
             # The port's frames all go to the pipeline's socket: slower, still right.
             self._failed(f"{self.router.ports[port].name} up", e)
 
+    def replay(self, frame: bytes | bytearray | memoryview, port: int) -> tuple[int, bytes] | None:
+        """A segment of a connection the program holds, that arrived on ``port``
+        before the handover (the router's ``Replay``): run through the program.
+        The port to send what it made of it by, and that frame; None if the
+        program passed it up, or could not be run (the pipeline's then)."""
+        a = self._attached.get(port)
+        if a is None:
+            return None
+        try:
+            return self.tables.replay(frame, a.ifindex)
+        except BpfError as e:
+            self._failed("replay", e)
+            return None
+
     def _failed(self, what: str, e: BpfError) -> None:
         self.sync_errors += 1
         n = self.sync_errors

@@ -215,6 +215,7 @@ struct {
  * hopgate's ports, as port_of says), C_COUNT counters each. */
 enum { C_PASSED, C_FORWARDED, C_COUNT };
 #define NO_PORT MAX_PORTS
+#define REPLAYING 0x10000 /* an ingress port's flag: hopgate_replay's run */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -486,6 +487,14 @@ static __always_inline int send(struct ethhdr *eth, struct port *egress, const _
 	return bpf_redirect_map(&tx, out_port, XDP_PASS);
 }
 
+/* ipv4's and ipv6's verdict: a frame forwarded is XDP_REDIRECT with the port it
+ * leaves by above the low byte (the caller's to take apart: the stack has no
+ * room for another variable). */
+static __always_inline int sent(int verdict, __u32 out_port)
+{
+	return verdict == XDP_REDIRECT ? (int)(XDP_REDIRECT | out_port << 8) : verdict;
+}
+
 static __always_inline int zero16(const __u8 *a)
 {
 	__u32 any = 0;
@@ -618,12 +627,17 @@ static __always_inline int neg(__u32 a)
 /* tcptrack's in_window for a plain ACK on an established connection whose
  * sides have both been heard from, under the tracker's lock: 1 if it lies in
  * both windows (and the tracker has learned from it); if not, 1 all the same
- * when the connection is tracked liberally (``liberal``: the router's
- * tcp_be_liberal; or either side's flag), learning nothing, as tcptrack; else
- * 0 (the pipeline decides).  ``s``: the sending side, ``r``: the other. */
+ * when the connection is tracked liberally (``liberal`` has LIBERAL: the
+ * router's tcp_be_liberal; or either side's flag), learning nothing, as
+ * tcptrack; or, with OLD_OK (a replay: see tcp_segment), when it is only too
+ * old; else 0 (the pipeline decides).  ``s``: the sending side, ``r``: the
+ * other. */
+#define LIBERAL 1
+#define OLD_OK 2
 static __always_inline int in_window(struct tcp_side *s, struct tcp_side *r, __u32 seq, __u32 ack,
 				     __u32 end, __u32 win, int liberal)
 {
+	int old_ok = liberal & OLD_OK;
 	__u32 s_end = s->end, s_maxend = s->maxend, s_maxwin = s->maxwin, s_maxack = s->maxack;
 	__u32 s_flags = s->flags, r_end = r->end, r_maxend = r->maxend, r_maxwin = r->maxwin;
 	__u32 r_flags = r->flags;
@@ -631,11 +645,13 @@ static __always_inline int in_window(struct tcp_side *s, struct tcp_side *r, __u
 
 	if (!s_maxwin || !r_maxwin || s->scale > 14)
 		return 0;
-	if (!(neg(seq - s_maxend - 1) &&		/* I: not beyond what the receiver allows */
-	      neg(s_end - r_maxwin - 1 - end) &&	/* II: not too old */
-	      neg(ack - r_end - 1) &&			/* III: acks nothing unsent */
+	liberal = liberal & LIBERAL || (s_flags | r_flags) & T_BE_LIBERAL;
+	if (!(neg(seq - s_maxend - 1) && /* I: not beyond what the receiver allows */
+	      neg(ack - r_end - 1)))	 /* III: acks nothing unsent */
+		return liberal;
+	if (!(neg(s_end - r_maxwin - 1 - end) &&	 /* II: not too old */
 	      neg(r_end - max_ack_window - 1 - ack))) /* IV: not too old an ack */
-		return liberal || (s_flags | r_flags) & T_BE_LIBERAL;
+		return liberal || old_ok;
 	win <<= s->scale;
 	if (s_maxwin < win)
 		s->maxwin = win;
@@ -665,8 +681,14 @@ static __always_inline int in_window(struct tcp_side *s, struct tcp_side *r, __u
 /* A segment on a TCP flow: 1 if it goes through here (a plain ACK within the
  * windows; the tracker has learned from it, as the pipeline's would have), 0
  * if it goes up, and with it the connection.  ``len``: its TCP header and
- * data. */
-static __always_inline int tcp_segment(struct flow *fl, struct tcphdr *tcp, void *end, __u32 len)
+ * data.  ``replay`` (hopgate_replay): a plain ACK from before the handover,
+ * judged only now, after later segments went by.  One only too old now (its
+ * data or its ack more than a window behind: checks II and IV) may have been
+ * in window as it came: it goes through, learning nothing, as with
+ * tcp_be_liberal.  One beyond the windows or acking data not sent (I, III)
+ * was so as it came too (those edges only move on): it goes up. */
+static __always_inline int tcp_segment(struct flow *fl, struct tcphdr *tcp, void *end, __u32 len,
+				       int replay)
 {
 	struct tcp_conn *tc = bpf_map_lookup_elem(&tcp_conns, &fl->tcp);
 	if (!tc)
@@ -683,7 +705,7 @@ static __always_inline int tcp_segment(struct flow *fl, struct tcphdr *tcp, void
 		win = bpf_ntohs(tcp->window);
 		seg_end = seq + (len - doff);
 	}
-	int ok = 0, liberal = router_liberal();
+	int ok = 0, liberal = (router_liberal() ? LIBERAL : 0) | (replay ? OLD_OK : 0);
 	__u32 unacked = 0;
 	bpf_spin_lock(&tc->lock);
 	if (!tc->taken && plain) {
@@ -693,9 +715,11 @@ static __always_inline int tcp_segment(struct flow *fl, struct tcphdr *tcp, void
 			ok = in_window(&tc->side[0], &tc->side[1], seq, ack, seg_end, win, liberal);
 	}
 	if (ok) {
-		tc->last_index = SEG_ACK;
-		tc->last_dir = fl->dir;
-		tc->last_end = seg_end;
+		if (!replay) { /* the last segment: a replayed one came before it */
+			tc->last_index = SEG_ACK;
+			tc->last_dir = fl->dir;
+			tc->last_end = seg_end;
+		}
 		unacked = (tc->side[0].flags | tc->side[1].flags) & T_DATA_UNACKNOWLEDGED;
 	} else {
 		tc->taken = 1;
@@ -784,7 +808,7 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 	if (!egress || total > egress->mtu)
 		return pass(in);
 	/* The last question: a TCP segment the tracker does not take goes up. */
-	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, len))
+	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, len, in & REPLAYING))
 		return pass(in);
 	if (nb)
 		stamp(nb);
@@ -796,7 +820,7 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 	/* TTL - 1, the checksum updated as ipv4.decrement_ttl does (RFC 1624). */
 	ip->ttl -= 1;
 	ip->check = bpf_htons(adjust(bpf_ntohs(ip->check), 0xFEFF));
-	return send(eth, egress, mac, in, out_port);
+	return sent(send(eth, egress, mac, in, out_port), out_port);
 }
 
 /* Multicast, link-local, ::, ::1: addresses the pipeline treats apart. */
@@ -865,7 +889,7 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 	struct port *egress = bpf_map_lookup_elem(&ports, &out_port);
 	if (!egress || total > egress->mtu)
 		return pass(in);
-	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, plen))
+	if (fl && fl->tcp != NO_TRACKER && !tcp_segment(fl, (void *)l4, end, plen, in & REPLAYING))
 		return pass(in);
 	if (nb)
 		stamp(nb);
@@ -874,7 +898,7 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 		on_flow(fl, l4, ip->nexthdr, end, total);
 	}
 	ip->hop_limit -= 1;
-	return send(eth, egress, mac, in, out_port);
+	return sent(send(eth, egress, mac, in, out_port), out_port);
 }
 
 /* A frame on its way out (bpf_redirect_map done; the redirect happens when the
@@ -910,8 +934,12 @@ static __always_inline int cut_padding(struct xdp_md *ctx)
 	return XDP_REDIRECT;
 }
 
-SEC("xdp")
-int hopgate_fastpath(struct xdp_md *ctx)
+/* The program's work on one frame: its verdict, and for a frame forwarded the
+ * port it leaves by above the low byte (see ``sent``).  ``replay``: 0, or
+ * REPLAYING for hopgate_replay's run, carried in ipv4's and ipv6's ingress
+ * port (the stack has no room for another argument); its counters then
+ * count nothing, the slot being out of range: hopgate counts a replay. */
+static __always_inline int fastpath(struct xdp_md *ctx, int replay)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -931,14 +959,50 @@ int hopgate_fastpath(struct xdp_md *ctx)
 		return pass(in); /* no hopgate has renewed it in time */
 	int verdict;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		verdict = ipv4(eth, ingress, in, end);
+		verdict = ipv4(eth, ingress, in | replay, end);
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		verdict = ipv6(eth, ingress, in, end);
+		verdict = ipv6(eth, ingress, in | replay, end);
 	else
 		return pass(in);
-	if (verdict == XDP_REDIRECT)
-		return cut_padding(ctx);
+	if ((verdict & 0xFF) == XDP_REDIRECT) {
+		int cut = cut_padding(ctx);
+
+		return cut == XDP_REDIRECT ? verdict : cut;
+	}
 	return verdict;
+}
+
+SEC("xdp")
+int hopgate_fastpath(struct xdp_md *ctx)
+{
+	return fastpath(ctx, 0) & 0xFF;
+}
+
+/* The replay (docs/fastpath.md, "Segments from before the handover"): a
+ * segment of a TCP connection the program holds that reached the pipeline all
+ * the same, because it was received before the connection was handed over, is
+ * run through the program by hopgate (BPF_PROG_TEST_RUN), as if it arrived
+ * now.  The program judges it against its own tracker, under its lock, as any
+ * other (but see tcp_segment).  The frame is not sent from here: hopgate sends
+ * what the program made of it out of the port left in ``replay_out``; if the
+ * program passes it, the pipeline takes the connection back and handles it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} replay_out SEC(".maps");
+
+SEC("xdp")
+int hopgate_replay(struct xdp_md *ctx)
+{
+	int verdict = fastpath(ctx, REPLAYING);
+	__u32 zero = 0;
+	__u32 *slot = bpf_map_lookup_elem(&replay_out, &zero);
+
+	if (slot)
+		*slot = (verdict & 0xFF) == XDP_REDIRECT ? (__u32)verdict >> 8 : NO_PORT;
+	return verdict & 0xFF;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -25,10 +25,11 @@ from hopgate.pipeline.conntrack import Conn, ConnTable
 from hopgate.pipeline.nat import Nat
 from hopgate.pipeline.neighbours import Entry, State
 from hopgate.pipeline.router import Router
-from hopgate.xdp.libbpf import BpfError, BpfObject, CValue
+from hopgate.xdp.libbpf import XDP_REDIRECT, BpfError, BpfObject, CValue
 
 OBJECT = Path(__file__).with_name("fastpath.o")
 PROGRAM = "hopgate_fastpath"
+REPLAY = "hopgate_replay"  # the program run on a held connection's late segment (``replay``)
 MAX_PORTS = 64
 PASS_PORT = 0xFFFFFFFF  # no port: the packet goes to the pipeline
 MAX_HOPS = 16  # next hops of a route the program picks among; more: the pipeline's
@@ -360,8 +361,7 @@ class Tables:
         if nat is not None:
             self._guard(nat)
             if offload:
-                table = nat.table
-                table.start_offloading(lambda conn: self._take_back(conn, table))
+                self._start_offloading(nat.table)
 
     def forward_until(self, until: float | None) -> None:
         """The program forwards until ``until`` (the pipeline's clock), or for
@@ -434,7 +434,7 @@ class Tables:
                 self.obj.delete("tcp_conns", number)
         if nat is not None:
             table = nat.table
-            table.start_offloading(lambda conn: self._take_back(conn, table))
+            self._start_offloading(table)
             assert table.to_offload is not None
             table.to_offload -= set(self._ids)
         return taken
@@ -594,6 +594,42 @@ class Tables:
             self.obj.delete("flows", self._flow_key(conn, direction))
         if conn.tcp is not None and ids:
             self.obj.delete("tcp_conns", ctypes.c_uint32(ids[0]))
+
+    def _start_offloading(self, table: ConnTable) -> None:
+        table.start_offloading(lambda conn: self._take_back(conn, table), self.holds)
+
+    def holds(self, conn: Conn) -> bool:
+        """Whether the program holds ``conn``, a TCP connection, and has passed
+        none of its segments up (its tracker is not marked taken).  A failure
+        is noted in ``failed`` for the loop: the answer is then no (the
+        pipeline takes the connection back, as it did before it asked)."""
+        ids = self._ids.get(conn)
+        if ids is None:
+            return False
+        tc = TcpConn()
+        try:
+            found = self.obj.lookup("tcp_conns", ctypes.c_uint32(ids[0]), tc, lock=True)
+        except BpfError as e:
+            self.failed.append(e)
+            return False
+        return found and not tc.taken
+
+    def replay(
+        self, frame: bytes | bytearray | memoryview, ifindex: int
+    ) -> tuple[int, bytes] | None:
+        """Run the program on ``frame`` as if it had just arrived on
+        ``ifindex`` (``BPF_PROG_TEST_RUN``, fastpath.c's ``hopgate_replay``): a
+        segment of a connection it holds, received before the handover.  What
+        it learns from it stays in its tracker, what it forwarded on the flow
+        is counted there.  Returns the port to send the frame by and the frame
+        as the program made it, or None if the program passed it up (it is the
+        pipeline's then, as is the connection).  Raises ``BpfError``."""
+        got = self.obj.test_run(REPLAY, bytes(frame), ifindex)
+        if got.verdict != XDP_REDIRECT:
+            return None
+        out = ctypes.c_uint32(MAX_PORTS)
+        self.obj.lookup("replay_out", ctypes.c_uint32(0), out)
+        return out.value, got.frame
 
     def _take_back(self, conn: Conn, table: ConnTable) -> None:
         """``take_back`` as the pipeline calls it, in its per-packet path: a
