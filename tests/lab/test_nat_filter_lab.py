@@ -20,7 +20,6 @@ from hopgate.lab.netns import Namespace, Process
 from hopgate.lab.topologies import NAT_ADDR, NatLab
 
 A = NAT_ADDR
-GW = "hopgate (gw) in the NAT lab"
 FLOW_PORT = 47000  # the inside host's port of the live flow
 SINK_PORT = 7777  # the server's UDP sink
 
@@ -95,9 +94,11 @@ def _drops(lab: NatLab, reason: str) -> int:
     return int(lab.status()["drops"].get(reason, 0))
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[NatLab]:
-    with NatLab("hopgate", servers=False) as lab:
+@pytest.fixture(scope="module", params=["afpacket", "xdp"])
+def lab(request: pytest.FixtureRequest) -> Iterator[NatLab]:
+    """The NAT lab on each data plane: what hopgate must filter or translate
+    goes up to the pipeline through the XDP program too."""
+    with NatLab("hopgate", servers=False, dataplane=request.param) as lab:
         r1 = lab.ns("r1")
         # r1 is told the way to the inside prefixes: nothing but hopgate stops it
         r1.route("198.18.1.0/24", A.gw_u4)
@@ -116,10 +117,10 @@ def test_udp_from_outside_to_an_inside_address_is_not_delivered(lab: NatLab, fam
     before = _drops(lab, "nat-unsolicited")
     _udp_send(lab.ns("r1"), inside_addr, port, "unsolicited", count=5)
     assert _wait_for(lambda: _drops(lab, "nat-unsolicited") >= before + 1), (
-        f"{GW} counted no nat-unsolicited drop: {lab.status()['drops']}"
+        f"{lab.gateway} counted no nat-unsolicited drop: {lab.status()['drops']}"
     )
     time.sleep(0.5)
-    assert not _datagrams(listener, "unsolicited"), f"{GW} let UDP in: {_heard(listener)}"
+    assert not _datagrams(listener, "unsolicited"), f"{lab.gateway} let UDP in: {_heard(listener)}"
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,9 @@ def test_a_fragmented_ping_to_the_outside_address_is_answered(
 ) -> None:
     dst = A.gw_u4 if family == 4 else A.gw_u6
     ping = tools.ping(lab.ns(src), dst, count=3, size=3000)
-    assert ping.received >= 1, f"{GW} did not answer ping -s 3000 to {dst}: {ping.run.output}"
+    assert ping.received >= 1, (
+        f"{lab.gateway} did not answer ping -s 3000 to {dst}: {ping.run.output}"
+    )
 
 
 def _frame(lab: NatLab, packet: Packet) -> bytes:
@@ -147,7 +150,7 @@ def _inject_until_counted(lab: NatLab, frames: list[bytes], reason: str) -> None
         tools.inject(lab.ns("r1"), "r1-d", frames)
         if _wait_for(lambda: _drops(lab, reason) >= before + len(frames), 2.0):
             return
-    raise AssertionError(f"{GW} did not count {reason}: {lab.status()['drops']}")
+    raise AssertionError(f"{lab.gateway} did not count {reason}: {lab.status()['drops']}")
 
 
 def _icmp_heard(listener: Process, type_code: str) -> list[str]:
@@ -160,7 +163,7 @@ def test_forged_icmp_about_a_live_flow_is_not_delivered_inside(lab: NatLab) -> N
     icmp4 = _listen(inside1, "icmp4-listener", "icmp4")
     _udp_send(inside1, A.server4, SINK_PORT, "flow", count=2, sport=FLOW_PORT)
     assert _wait_for(lambda: _datagrams(sink4, "flow")), (
-        f"{GW}: the flow did not pass: {sink4.output()}"
+        f"{lab.gateway}: the flow did not pass: {sink4.output()}"
     )
     port = _datagrams(sink4, "flow")[0]  # as it left hopgate
     # what r1 would quote of a 1400-byte packet of the flow it could not pass on
@@ -178,7 +181,9 @@ def test_forged_icmp_about_a_live_flow_is_not_delivered_inside(lab: NatLab) -> N
         tools.inject(r1, "r1-d", [genuine])
         if _wait_for(lambda: _icmp_heard(icmp4, "0304"), 2.0):
             break
-    assert _icmp_heard(icmp4, "0304"), f"{GW} did not deliver a genuine frag-needed: {lab.status()}"
+    assert _icmp_heard(icmp4, "0304"), (
+        f"{lab.gateway} did not deliver a genuine frag-needed: {lab.status()}"
+    )
     heard = len(_heard(icmp4))
     forged = {
         "nat-icmp-redirect": [error(ICMP(type=5, code=1, gw=A.r1_d4))],
@@ -187,7 +192,9 @@ def test_forged_icmp_about_a_live_flow_is_not_delivered_inside(lab: NatLab) -> N
     for reason, frames in forged.items():
         _inject_until_counted(lab, frames, reason)
     time.sleep(0.5)
-    assert len(_heard(icmp4)) == heard, f"{GW} delivered forged ICMP inside: {_heard(icmp4)}"
+    assert len(_heard(icmp4)) == heard, (
+        f"{lab.gateway} delivered forged ICMP inside: {_heard(icmp4)}"
+    )
 
 
 def test_a_packet_too_big_below_1280_is_not_delivered_inside(lab: NatLab) -> None:
@@ -196,7 +203,7 @@ def test_a_packet_too_big_below_1280_is_not_delivered_inside(lab: NatLab) -> Non
     icmp6 = _listen(inside1, "icmp6-listener", "icmp6")
     _udp_send(inside1, A.server6, SINK_PORT + 1, "flow6", count=2, sport=FLOW_PORT)
     assert _wait_for(lambda: _datagrams(sink6, "flow6")), (
-        f"{GW}: the IPv6 flow did not pass: {sink6.output()}"
+        f"{lab.gateway}: the IPv6 flow did not pass: {sink6.output()}"
     )
     port = _datagrams(sink6, "flow6")[0]
     big = bytes(
@@ -211,8 +218,10 @@ def test_a_packet_too_big_below_1280_is_not_delivered_inside(lab: NatLab) -> Non
         tools.inject(r1, "r1-d", [ptb(1280)])
         if _wait_for(lambda: _icmp_heard(icmp6, "0200"), 2.0):
             break
-    assert _icmp_heard(icmp6, "0200"), f"{GW} did not deliver a genuine Packet Too Big"
+    assert _icmp_heard(icmp6, "0200"), f"{lab.gateway} did not deliver a genuine Packet Too Big"
     heard = len(_heard(icmp6))
     _inject_until_counted(lab, [ptb(1000), ptb(0), ptb(65535)], "nat-bad-mtu")
     time.sleep(0.5)
-    assert len(_heard(icmp6)) == heard, f"{GW} delivered a forged Packet Too Big: {_heard(icmp6)}"
+    assert len(_heard(icmp6)) == heard, (
+        f"{lab.gateway} delivered a forged Packet Too Big: {_heard(icmp6)}"
+    )
