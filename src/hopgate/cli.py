@@ -595,7 +595,16 @@ def lab() -> None:
     "  bgp: ecmp-lb with the router learning the VIP from the nodes over BGP (BIRD).",
 )
 @click.option("--kernel", is_flag=True, help="Linux (with nftables for nat) as gw, not hopgate.")
-def lab_up(name: str | None, topology: str, kernel: bool) -> None:
+@click.option(
+    "--dataplane",
+    type=click.Choice(["afpacket", "xdp"]),
+    default="afpacket",
+    show_default=True,
+    help="hopgate's [dataplane] mode: the Python pipeline alone, or behind the XDP fast path"
+    " (the lab gives the peers of hopgate's interfaces the XDP program a veth needs to take"
+    " redirected frames).  Not for ecmp, whose nodes are servers.",
+)
+def lab_up(name: str | None, topology: str, kernel: bool, dataplane: str) -> None:
     """Build a lab and leave it running."""
     from hopgate.lab.bgplab import BgpLab
     from hopgate.lab.ecmplab import ECMP_ADDR, EcmpLab
@@ -606,28 +615,32 @@ def lab_up(name: str | None, topology: str, kernel: bool) -> None:
     _need_root()
     if topology not in ("router", "nat") and kernel:
         _fail(f"the {topology} topology has no kernel version (--kernel is for router and nat)")
+    if dataplane != "afpacket" and (kernel or topology == "ecmp"):
+        _fail("--dataplane is hopgate's: not with --kernel, nor for ecmp (its nodes are servers)")
     mode = "kernel" if kernel else "hopgate"
     try:
         built: RouterLab | NatLab | LbLab | EcmpLab
         if topology == "router":
-            built = RouterLab(mode, name)
+            built = RouterLab(mode, name, dataplane=dataplane)
         elif topology == "nat":
-            built = NatLab(mode, name)
+            built = NatLab(mode, name, dataplane=dataplane)
         elif topology == "lb":
-            built = LbLab(name)
+            built = LbLab(name, dataplane=dataplane)
         elif topology == "bgp":
-            built = BgpLab(name)
+            built = BgpLab(name, dataplane=dataplane)
+        elif topology == "ecmp":
+            built = EcmpLab("servers", name)
+            built.start_relays()
         else:
-            built = EcmpLab("servers" if topology == "ecmp" else "hopgate", name)
-            if topology == "ecmp":
-                built.start_relays()
+            built = EcmpLab("hopgate", name, dataplane=dataplane)
     except LabError as e:
         _fail(str(e))
     if isinstance(built, EcmpLab):
         _ecmp_lab_up(built, ECMP_ADDR.shared4)
         return
     # Leave it running: the lab's processes are in their own sessions and survive us.
-    click.echo(f"lab {built.name} is up: {topology}, {mode} as gw")
+    shown = mode if kernel else f"{mode} ({dataplane})"
+    click.echo(f"lab {built.name} is up: {topology}, {shown} as gw")
     for ns in built.lab.namespaces.values():
         click.echo(f"  {ns.role:8} ip netns exec {ns.name} ...")
     if topology == "router":
@@ -663,6 +676,8 @@ def _ecmp_lab_up(built: EcmpLab, shared: str) -> None:
     what = "servers with hopgate relay" if built.kind == "servers" else "hopgate nodes, [relay]"
     if isinstance(built, BgpLab):
         what = "hopgate nodes announcing the VIP over BGP, [relay]"
+    if built.kind == "hopgate":
+        what += f" ({built.dataplane})"
     click.echo(f"lab {built.name} is up: {what}")
     for ns in built.lab.namespaces.values():
         click.echo(f"  {ns.role:8} ip netns exec {ns.name} ...")

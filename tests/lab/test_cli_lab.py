@@ -65,13 +65,15 @@ def test_lab_up_list_down() -> None:
 
 
 def test_lab_up_lb_topology() -> None:
+    """The load-balancer lab, on the XDP data plane (``--dataplane``)."""
     name = f"hgt{secrets.token_hex(3)}"
     try:
         up = subprocess.run(
-            [*HOPGATE, "lab", "up", "--topology", "lb", "--name", name],
+            [*HOPGATE, "lab", "up", "--topology", "lb", "--name", name, "--dataplane", "xdp"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert up.returncode == 0, up.stderr
+        assert "hopgate (xdp) as gw" in up.stdout, up.stdout
         assert f"{name}-client curl http://198.18.100.1/" in up.stdout
         got = subprocess.run(
             ["ip", "netns", "exec", f"{name}-client", "curl", "-s", "http://198.18.100.1/"],
@@ -83,5 +85,10 @@ def test_lab_up_lb_topology() -> None:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert kernel.returncode == 1 and "no kernel version" in kernel.stderr
+        both = subprocess.run(
+            [*HOPGATE, "lab", "up", "--topology", "nat", "--kernel", "--dataplane", "xdp"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert both.returncode == 1 and "--dataplane is hopgate's" in both.stderr, both.stderr
     finally:
         destroy(name)
