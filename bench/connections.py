@@ -118,7 +118,7 @@ from bench.forwarding import (
     fnat_service,
 )
 from bench.quiet import measure_quietly
-from bench.report import publish
+from bench.report import gateway_args, need_lab_machine, publish
 from hopgate.lab.netns import LabError, Namespace, Process
 from hopgate.lab.topologies import NAT_ADDR, NatLab, wait_for_listen
 
@@ -685,33 +685,17 @@ def main() -> None:
     )
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=CONCURRENCY)
-    ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     ap.add_argument(
         "--ports",
         choices=("sequential", "kernel"),
         default="sequential",
         help="the client's source ports: each of 1024-65535 in turn, or the kernel's choice",
     )
-    ap.add_argument(
-        "--gateways",
-        nargs="+",
-        choices=list(MODES),
-        default=list(MODES),
-        help="measure only these (kernel, hopgate, xdp)",
-    )
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--no-write", action="store_true", help="print the report, write nothing")
+    gateway_args(ap, SHAPES, MODES, ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root (the lab uses network namespaces)")
-    if args.rounds < 1:
-        sys.exit("bench: --rounds must be at least 1")
-    if (os.cpu_count() or 1) < 2:
-        sys.exit("bench: needs two CPUs, one for the generator and one for the gateway")
     # The bench itself, and what it starts, stay off the gateway's CPU.
-    os.sched_setaffinity(0, {GEN_CPU})
+    need_lab_machine(args, "the generator", GEN_CPU)
     rounds: Rounds = []
     for n in range(1, args.rounds + 1):
         rnd = []

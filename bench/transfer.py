@@ -109,7 +109,7 @@ from bench.forwarding import (
     _foreign_ticks,
 )
 from bench.quiet import measure_quietly
-from bench.report import publish
+from bench.report import gateway_args, need_lab_machine, publish
 from hopgate.lab import tools
 from hopgate.lab.netns import LabError, Namespace
 from hopgate.lab.topologies import BIG_FILE, OUTSIDE_MTU, serve_http, wait_for_listen
@@ -766,27 +766,13 @@ def main() -> None:
         description="TCP transfers through hopgate and the Linux kernel: NAT and FNAT."
     )
     ap.add_argument("--seconds", type=int, default=10, help="the stream's length")
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--downloads", type=int, default=DOWNLOADS, help="10 MiB downloads a run")
-    ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
-    ap.add_argument(
-        "--gateways",
-        nargs="+",
-        choices=list(MODES),
-        default=list(MODES),
-        help="measure only these (kernel, hopgate, xdp)",
-    )
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--no-write", action="store_true", help="print the report, write nothing")
+    gateway_args(ap, SHAPES, MODES, ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root (the lab uses network namespaces)")
-    if args.rounds < 1 or args.seconds < 1 or args.downloads < 1:
-        sys.exit("bench: --rounds, --seconds and --downloads must be at least 1")
-    if (os.cpu_count() or 1) < 2:
-        sys.exit("bench: needs two CPUs, one for the endpoints and one for the gateway")
+    if args.seconds < 1 or args.downloads < 1:
+        sys.exit("bench: --seconds and --downloads must be at least 1")
     # The bench itself, and what it starts, stay off the gateway's CPU.
-    os.sched_setaffinity(0, {GEN_CPU})
+    need_lab_machine(args, "the endpoints", GEN_CPU)
     rounds: Rounds = []
     for n in range(1, args.rounds + 1):
         rnd = []
