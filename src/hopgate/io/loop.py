@@ -315,8 +315,8 @@ class Loop:
         forwards is sent; what it passes up goes through the pipeline, which
         takes its connection back."""
         fast = self.fastpath
-        got = fast.replay(replay.frame, replay.port) if fast is not None else None
         try:
+            got = fast.replay(replay.frame, replay.port) if fast is not None else None
             if got is None:
                 self._execute(self.router.fast_path_passed(replay, now))
             elif got[0] < len(self.sockets):
