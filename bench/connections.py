@@ -93,7 +93,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -580,7 +580,9 @@ def _note_lines(rounds: Rounds) -> str:
     return "\n".join(lines)
 
 
-def _gateways(rounds: Rounds) -> str:
+def _gateways(rounds: Sequence[Sequence[Any]]) -> str:
+    """The gateways the rounds measured (each result has a ``gateway``), in
+    words, in their order (bench/transfer.py's report too)."""
     names = {
         KERNEL: "the Linux kernel",
         HOPGATE: "hopgate (AF_PACKET)",

@@ -87,6 +87,7 @@ from bench.connections import (
     Shape,
     _counter,
     _fast_forwarded,
+    _gateways,
     _gw_frames,
     _header,
     _pct,
@@ -662,16 +663,6 @@ def _note_lines(rounds: Rounds, downloads: int) -> str:
         " discovery took place in these transfers."
     )
     return "\n".join(lines)
-
-
-def _gateways(rounds: Rounds) -> str:
-    names = {
-        KERNEL: "the Linux kernel",
-        HOPGATE: "hopgate (AF_PACKET)",
-        XDP: 'hopgate XDP (its XDP fast path, `[dataplane] mode = "xdp"`)',
-    }
-    seen = [names[g] for g in GATEWAYS if any(r.gateway == g for rnd in rounds for r in rnd)]
-    return ", ".join(seen[:-1]) + " and " + seen[-1] if len(seen) > 1 else seen[0]
 
 
 def _machine() -> str:
