@@ -3,7 +3,7 @@ in the same lab shapes, in one run.  Writes its section of docs/benchmarks.md.
 
     .venv/bin/python -m bench.forwarding [--seconds 10] [--rounds 3] [--flows 1 [10000]]
                                          [--shapes ...] [--xdp] [--before DIR]
-                                         [--out docs/benchmarks.md]
+                                         [--sink server|next-hop] [--out docs/benchmarks.md]
 
 Three shapes: routing (client — gw — r1 — server), NAT (an inside host — gw
 translating its source — r1 — server; the kernel does it with nftables
@@ -28,8 +28,16 @@ The two CPUs are split so that each gateway gets one of its own:
   ``BPF_PROG_TEST_RUN``, an XDP program sending the frame with XDP_TX out of the
   first host's eth0, pinned with taskset).  It keeps sending whatever the
   receiver cannot take (trafgen quit on the first refused frame).  In the NAT
-  shapes the lab's bridge between the inside hosts and gw forwards on CPU 0 too,
-  in the softirq of the generator's sends.
+  shapes the frames go past the lab's bridge between the inside hosts and gw:
+  the bridge's port from the sender has a program that redirects every frame
+  into the port toward gw-c (``xdppass --to``).  So gw-c gets XDP frames in
+  every shape, and every gateway builds its own socket buffers, on CPU 1.
+  Through the bridge, the kernel's were built on CPU 0, before the gateway.
+  And CPU 0 offered 1.05 million frames a second to hopgate XDP against
+  1.6 million to the kernel (one round, NAT, sink at the next hop), while
+  CPU 1 was idle 29% of hopgate XDP's window: the sending side set the rate.
+  Why CPU 0 does more per frame when hopgate's program redirects what came
+  as a socket buffer was not looked into.
 - CPU 1: gw's receive, forwarding and sending.  gw-c has a native XDP program
   (XDP_PASS, or hopgate's own with ``--xdp``) and threaded NAPI, its NAPI thread
   pinned to CPU 1; hopgate runs pinned to CPU 1 too.  So the kernel's forwarding
@@ -50,8 +58,14 @@ The two CPUs are split so that each gateway gets one of its own:
   to CPU 0: with r1-d's NAPI threaded there, sharing CPU 0 with the generator,
   r1-d's ring refused 45% of what the kernel forwarded.
 
-The forwarded rate is what the server's eth0 counted (``rx_packets``) over the
-window, after a warm-up.  A veth counts every frame its XDP program ran on,
+``--sink next-hop``: the sink is on r1-d, the gateway's next hop, and r1
+forwards nothing.  Through r1, a frame hopgate's program redirects reaches
+r1-d without a socket buffer and r1 builds one, on CPU 1, where the kernel as
+the gateway had built it before; at the next hop nothing needs one.  The
+report is a section of its own.
+
+The forwarded rate is what the server's eth0 (or r1-d) counted (``rx_packets``)
+over the window, after a warm-up.  A veth counts every frame its XDP program ran on,
 XDP_DROP included: checked in the lab, the server's ``rx_packets`` follow r1-s's
 ``tx_packets`` (919,864 against 919,778 pps in one window, the difference the
 time between the two reads); the bench also records r1-s's count, and the
@@ -97,6 +111,9 @@ SPORT, DPORT = 40000, 9
 # FNAT: the service's address, and the gateway's source address toward r1.
 VIP, LIP = "198.18.100.1", "198.18.2.100"
 SHAPES = ("routing", "NAT", "FNAT")
+# Where the frames end: the server's eth0 (behind r1, which forwards them), or
+# r1-d, the gateway's next hop (--sink next-hop).
+SINKS = ("server", "next-hop")
 ROOT = Path(__file__).resolve().parent.parent
 
 GEN_CPU, GW_CPU = 0, 1
@@ -141,8 +158,8 @@ class Result:
     gateway: str  # KERNEL, HOPGATE, XDP or BEFORE
     flows: int
     offered_pps: float  # the generator's frames, taken by the receiver or refused
-    forwarded_pps: float  # counted by the server's eth0
-    r1_sent_pps: float  # r1-s's tx_packets: the sink's count, checked
+    forwarded_pps: float  # counted by the sink's interface
+    check_pps: float  # the sink's count, checked: r1-s's tx_packets, or gw-u's (next hop)
     lost_pps: float  # sent by gw, refused by r1-d's ring (gw-u's tx_dropped)
     cpu0_busy: float  # fractions of the window
     cpu0_softirq: float
@@ -162,7 +179,8 @@ class Result:
 
     @property
     def downstream_us(self) -> float:
-        """CPU 1's softirq time per forwarded packet: r1's and the sink's."""
+        """CPU 1's softirq time per forwarded packet: r1's (unless the sink
+        is at the next hop) and the sink's."""
         return _per_packet(self.cpu1_softirq, self.forwarded_pps)
 
 
@@ -174,6 +192,7 @@ def _per_packet(share: float, pps: float) -> float:
 class Shape:
     sender: Namespace
     peer: tuple[Namespace, str]  # the sender's eth0's other end
+    past_bridge: str | None  # the peer's bridge port toward gw-c (NAT shapes), or None
     gw: Namespace
     r1: Namespace
     server: Namespace
@@ -252,7 +271,9 @@ def _shape(shape: str, mode: str) -> Iterator[Shape]:
         lab_mode = "kernel" if mode == "kernel" else "hopgate"
         dataplane = "xdp" if mode == "xdp" else "afpacket"
         with RouterLab(lab_mode, name, servers=False, dataplane=dataplane) as rl:
-            yield Shape(rl.client, (rl.gw, "gw-c"), rl.gw, rl.r1, rl.server, rl.hopgate, rl.status)
+            yield Shape(
+                rl.client, (rl.gw, "gw-c"), None, rl.gw, rl.r1, rl.server, rl.hopgate, rl.status
+            )
     else:
         extra = FNAT_SERVICE if shape == "FNAT" else ""
         lab_mode = "kernel" if mode == "kernel" else "hopgate"
@@ -263,6 +284,7 @@ def _shape(shape: str, mode: str) -> Iterator[Shape]:
             yield Shape(
                 nl.ns("inside1"),
                 (nl.ns("lan"), "p1"),
+                "p0",
                 nl.ns("gw"),
                 nl.ns("r1"),
                 nl.ns("server"),
@@ -322,7 +344,7 @@ def _prime(s: Shape, to: str, flows: int) -> None:
     time.sleep(1.0)  # hopgate hands the streams to its fast path at the end of a turn
 
 
-def _prepare(s: Shape, mode: str, shape: str, flows: int) -> list[int]:
+def _prepare(s: Shape, mode: str, shape: str, flows: int, sink: str) -> list[int]:
     """The flows primed, XDP programs, the sink, CPU steering; returns gw-c's
     NAPI threads."""
     # Resolve the neighbours on the path while the server still answers.
@@ -334,7 +356,11 @@ def _prepare(s: Shape, mode: str, shape: str, flows: int) -> list[int]:
         "nud", "permanent",
     )  # fmt: skip
     peer_ns, peer_if = s.peer
-    if not (mode == "xdp" and peer_if == "gw-c"):  # hopgate's own program is there
+    if s.past_bridge is not None:
+        # The generator's frames go past the lab's bridge, straight into the
+        # port toward gw-c, and reach gw-c as XDP frames, as in routing.
+        _helper(peer_ns, "hopgate.lab.xdppass", "--to", s.past_bridge, peer_if)
+    elif not (mode == "xdp" and peer_if == "gw-c"):  # hopgate's own program is there
         _helper(peer_ns, "hopgate.lab.xdppass", peer_if)
     if mode == "xdp":
         link = s.gw.run("ip", "-d", "link", "show", "gw-c").stdout
@@ -342,8 +368,14 @@ def _prepare(s: Shape, mode: str, shape: str, flows: int) -> list[int]:
             raise LabError(f"hopgate attached no native XDP program to gw-c:\n{link}")
     elif peer_if != "gw-c":
         _helper(s.gw, "hopgate.lab.xdppass", "gw-c")
-    _helper(s.r1, "hopgate.lab.xdppass", "r1-d")
-    _helper(s.server, "hopgate.lab.xdppass", "--drop", "eth0")
+    if sink == "next-hop":
+        # The lab gives r1-d a passing program when hopgate runs natively: the
+        # sink replaces it, the same for every gateway.
+        s.r1.run("ip", "link", "set", "dev", "r1-d", "xdp", "off")
+        _helper(s.r1, "hopgate.lab.xdppass", "--drop", "r1-d")
+    else:
+        _helper(s.r1, "hopgate.lab.xdppass", "r1-d")
+        _helper(s.server, "hopgate.lab.xdppass", "--drop", "eth0")
     napi = _threaded_napi(s.gw, "gw-c", GW_CPU)
     if s.hopgate is not None:
         subprocess.run(
@@ -353,38 +385,34 @@ def _prepare(s: Shape, mode: str, shape: str, flows: int) -> list[int]:
 
 
 def measure(
-    shape: str,
-    mode: str,
-    seconds: float,
-    warmup: float,
-    flows: int = 1,
-    tree: Path | None = None,
-    per_call: int = PER_CALL,
+    shape: str, mode: str, flows: int, tree: Path | None, args: argparse.Namespace
 ) -> Result:
-    """One run: ``mode`` is "kernel", "hopgate" (AF_PACKET) or "xdp"."""
+    """One run: ``mode`` is "kernel", "hopgate" (AF_PACKET) or "xdp"; ``args``
+    the command line's (``seconds``, ``warmup``, ``per_call``, ``sink``)."""
+    sink = args.sink
     with _daemon_from(tree), _shape(shape, mode) as s:
-        napi = _prepare(s, mode, shape, flows)
+        napi = _prepare(s, mode, shape, flows, sink)
         pid = s.hopgate.pid if s.hopgate is not None else None
         to = VIP if shape == "FNAT" else DST
         frame = udp4(s.gw.mac("gw-c"), s.sender.mac("eth0"), SRC, to, SPORT, DPORT)
         gen = s.sender.spawn(
             "livegen", "taskset", "-c", str(GEN_CPU), sys.executable, "-m", "bench.livegen",
             "--dev", "eth0", "--frame", frame.hex(), "--flows", str(flows),
-            "--per-call", str(per_call), env=_helper_env(),
+            "--per-call", str(args.per_call), env=_helper_env(),
         )  # fmt: skip
         try:
-            time.sleep(warmup)
+            time.sleep(args.warmup)
             if not gen.alive():
                 raise LabError(f"the generator exited:\n{gen.output()}")
             fast0 = _fast_forwarded(s) if mode == "xdp" else 0
-            c0 = _counters(s)
+            c0 = _counters(s, sink)
             cpu0 = _cpu_ticks()
             ours = {os.getpid(), gen.pid, *([pid] if pid else [])}
             foreign0 = _foreign_ticks(ours)
             proc0 = [_cpu_seconds(p) for p in (*napi, gen.pid, *([pid] if pid else []))]
             t0 = time.monotonic()
-            time.sleep(seconds)
-            c1 = _counters(s)
+            time.sleep(args.seconds)
+            c1 = _counters(s, sink)
             cpu1 = _cpu_ticks()
             proc1 = [_cpu_seconds(p) for p in (*napi, gen.pid, *([pid] if pid else []))]
             foreign1 = _foreign_ticks(ours)
@@ -409,7 +437,7 @@ def measure(
             flows,
             offered_pps=rate["sent"] + rate["refused"],
             forwarded_pps=rate["sink"],
-            r1_sent_pps=rate["r1"],
+            check_pps=rate["check"],
             lost_pps=rate["lost"],
             cpu0_busy=busy0,
             cpu0_softirq=soft0,
@@ -454,12 +482,21 @@ def _foreign_ticks(ours: set[int]) -> dict[int, int]:
     return ticks
 
 
-def _counters(s: Shape) -> dict[str, int]:
-    return {
+def _counters(s: Shape, sink: str) -> dict[str, int]:
+    common = {
         "sent": _counter(s.sender, "eth0", "tx_packets"),
         "refused": _counter(s.sender, "eth0", "tx_dropped"),
         "lost": _counter(s.gw, "gw-u", "tx_dropped"),
-        "r1": _counter(s.r1, "r1-s", "tx_packets"),
+    }
+    if sink == "next-hop":
+        return {
+            **common,
+            "check": _counter(s.gw, "gw-u", "tx_packets"),
+            "sink": _counter(s.r1, "r1-d", "rx_packets"),
+        }
+    return {
+        **common,
+        "check": _counter(s.r1, "r1-s", "tx_packets"),
         "sink": _counter(s.server, "eth0", "rx_packets"),
     }
 
@@ -519,7 +556,7 @@ def _steering_rows(rounds: Rounds) -> str:
             f"| {shape} | {flows:,} | {gateway} | {_pct(r.cpu0_busy)} | "
             f"{_pct(r.cpu0_softirq)} | {_pct(r.gen_cpu)} | {_pct(r.cpu1_busy)} | "
             f"{_pct(r.cpu1_softirq)} | {_pct(r.napi_cpu)} | {hop} | "
-            f"{r.lost_pps:,.0f} | {r.r1_sent_pps:,.0f} |"
+            f"{r.lost_pps:,.0f} | {r.check_pps:,.0f} |"
         )
     return "\n".join(rows)
 
@@ -566,7 +603,7 @@ def _ratio_lines(rounds: Rounds) -> str:
             if gateway == XDP and shares:
                 lines.append(
                     f"  hopgate's XDP program forwarded {min(shares):.1%} to {max(shares):.1%}"
-                    " of the frames the server counted (by its own counters)."
+                    " of the frames the sink counted (by its own counters)."
                 )
             idle = [k for k in kers if k.cpu1_busy < 0.95]
             if gateway == HOPGATE and idle:
@@ -607,11 +644,41 @@ RATE_HEADER = _header(
 )  # fmt: skip
 TIME_HEADER = _header(
     "shape", "flows", "gateway", "CPU 0 busy", "CPU 0 softirq", "generator", "CPU 1 busy",
-    "CPU 1 softirq", "gw-c NAPI thread", "hopgate", "lost (pps)", "r1 sent (pps)",
+    "CPU 1 softirq", "gw-c NAPI thread", "hopgate", "lost (pps)", "check (pps)",
 )  # fmt: skip
 
 
-def _report(rounds: Rounds, seconds: float, per_call: int) -> str:
+def _downstream_note(sink: str) -> str:
+    """What runs downstream of the gateway on CPU 1, and how the times are split."""
+    if sink == "next-hop":
+        return """The generator has CPU 0, the gateway CPU 1, as in the section above. Here the
+sink (an XDP_DROP program) is on r1-d, the gateway's next hop: r1 forwards
+nothing, and downstream of the gateway there is only the sink's run, in softirq
+on CPU 1. Through r1 (above), a frame that hopgate's program redirects reaches
+r1-d without a socket buffer, and r1 builds one to forward it; the kernel as
+the gateway has built it already in gw-c's NAPI thread. So there r1 pays on
+CPU 1, for XDP, what the kernel pays in the gateway, and the rate counts it
+either way. Here nothing after the gateway needs a socket buffer, as a NIC's
+driver sending a redirected frame does not. *gateway* is CPU 1's busy time
+outside softirq per forwarded packet; *downstream* its softirq time per packet
+(the sink). The forwarded rate is what r1-d counted (it counts every frame its
+program ran on); *check* below is what gw-u counted as sent."""
+    return """The generator has CPU 0, the gateway CPU 1: the kernel's forwarding and
+hopgate's kernel-side receive run in gw-c's NAPI thread, pinned to CPU 1
+(threaded NAPI, gw-c having a native XDP program), and hopgate is pinned to
+CPU 1. r1's forwarding and the server's sink (an XDP_DROP program) run in
+softirq on CPU 1 too, scheduled by the gateway's sends: they cost every gateway
+about the same per packet (less at high rates, where NAPI batches more) and
+lower every rate, the kernel's most. So the gateway's own CPU time per packet
+is given apart: CPU 1's busy time outside softirq, over the forwarded packets;
+*downstream* is CPU 1's softirq time per packet (r1 and the sink). The ratio of
+those times compares the gateways' work; the ratio of rates says what each
+forwards on this machine with r1 beside it. *check* below is r1-s's count,
+which the sink's should follow. The next section has the sink at the gateway's
+next hop instead (`--sink next-hop`)."""
+
+
+def _report(rounds: Rounds, seconds: float, per_call: int, sink: str = "server") -> str:
     cpu = Path("/proc/cpuinfo").read_text()
     model = next(
         (
@@ -628,7 +695,8 @@ def _report(rounds: Rounds, seconds: float, per_call: int) -> str:
         if XDP in gateways
         else ""
     )
-    return f"""## Forwarding rate, 64-byte UDP
+    title = ", the sink at the next hop" if sink == "next-hop" else ""
+    return f"""## Forwarding rate, 64-byte UDP{title}
 
 Measured {today} by `bench/forwarding.py` ({seconds:g} s window after a warm-up),
 {len(rounds)} rounds, each measuring {_shapes_measured(rounds)} with veth pairs and
@@ -640,17 +708,7 @@ the gateway (nftables masquerade for NAT; nftables dnat and masquerade for FNAT,
 which is what FNAT does to a packet, without a load balancer's scheduling), then
 with hopgate (AF_PACKET){xdp}.{_before_note(rounds)}
 
-The generator has CPU 0, the gateway CPU 1: the kernel's forwarding and
-hopgate's kernel-side receive run in gw-c's NAPI thread, pinned to CPU 1
-(threaded NAPI, gw-c having a native XDP program), and hopgate is pinned to
-CPU 1. r1's forwarding and the server's sink (an XDP_DROP program) run in
-softirq on CPU 1 too, scheduled by the gateway's sends: they cost every gateway
-about the same per packet (less at high rates, where NAPI batches more) and
-lower every rate, the kernel's most. So the gateway's own CPU time per packet
-is given apart: CPU 1's busy time outside softirq, over the forwarded packets;
-*downstream* is CPU 1's softirq time per packet (r1 and the sink). The ratio of
-those times compares the gateways' work; the ratio of rates says what each
-forwards on this machine with r1 beside it.
+{_downstream_note(sink)}
 
 {RATE_HEADER}{_rows(rounds)}
 
@@ -662,7 +720,7 @@ round, move less.
 
 Where the time went (the same median rounds; shares of each CPU over the
 window, and of one CPU for the threads; *lost*: frames the gateway sent that
-r1-d's ring refused, per second; *r1 sent*: r1-s's count, the sink's check):
+r1-d's ring refused, per second):
 
 {TIME_HEADER}{_steering_rows(rounds)}
 
@@ -670,9 +728,10 @@ r1-d's ring refused, per second; *r1 sent*: r1-s's count, the sink's check):
   checksum 0, sent by `bench/livegen.py`: an XDP program run by the kernel's
   live-frames test run (`BPF_PROG_TEST_RUN`, {per_call:,} frames a call), writing
   the frame and returning XDP_TX, pinned to CPU 0. It keeps sending what the
-  receiver refuses ("offered" counts both). In the NAT shapes the frames cross
-  the lab's bridge to reach the gateway, which forwards them in softirq on
-  CPU 0, in the generator's time: that holds what is offered there lower. With
+  receiver refuses ("offered" counts both). In the NAT shapes a program on the
+  lab bridge's port from the inside host redirects them into the port toward
+  the gateway: they go past the bridge and reach the gateway as XDP frames,
+  as in routing, and each gateway builds its own socket buffers. With
   several flows, each frame's source port is one of that many, drawn at random
   in the program. Through the NAT and the load balancer a flow is one tracked
   connection, made an assured UDP stream before the window for every gateway
@@ -684,8 +743,13 @@ r1-d's ring refused, per second; *r1 sent*: r1-s's count, the sink's check):
 - Machine: {model}, {os.cpu_count()} CPUs, Linux {platform.release()},
   Python {platform.python_version()}.
 
-Reproduce: `.venv/bin/python -m bench.forwarding` (as root, after `scripts/bootstrap`).
+Reproduce: `.venv/bin/python -m bench.forwarding{_sink_option(sink)}` (as root, after
+`scripts/bootstrap`).
 """
+
+
+def _sink_option(sink: str) -> str:
+    return f" --sink {sink}" if sink != "server" else ""
 
 
 def _shapes_measured(rounds: Rounds) -> str:
@@ -709,7 +773,7 @@ def _measure_quietly(
 ) -> Result:
     """``measure`` with the machine to itself (bench/quiet.py)."""
     return measure_quietly(
-        lambda: measure(shape, mode, args.seconds, args.warmup, flows, tree, args.per_call),
+        lambda: measure(shape, mode, flows, tree, args),
         lambda r: r.foreign_cpu,
         FOREIGN_MAX,
     )
@@ -743,6 +807,13 @@ def main() -> None:
         "--xdp",
         action="store_true",
         help='also hopgate with [dataplane] mode = "xdp"',
+    )
+    ap.add_argument(
+        "--sink",
+        choices=SINKS,
+        default="server",
+        help="where the frames end: the server, behind r1 (r1 forwards them), or r1-d,"
+        " the gateway's next hop (its own section of the report)",
     )
     ap.add_argument("--per-call", type=int, default=PER_CALL, help="frames per live-frames call")
     ap.add_argument(
@@ -785,7 +856,8 @@ def main() -> None:
                     )
                     rnd.append(r)
         rounds.append(rnd)
-    replace_section(args.out, "forwarding", _report(rounds, args.seconds, args.per_call))
+    section = "forwarding-next-hop" if args.sink == "next-hop" else "forwarding"
+    replace_section(args.out, section, _report(rounds, args.seconds, args.per_call, args.sink))
     print(f"wrote {args.out}")
 
 

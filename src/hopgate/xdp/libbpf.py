@@ -303,6 +303,19 @@ def verdict_program(verdict: int) -> bytes:
     return mov_r0 + exit_
 
 
+BPF_FUNC_REDIRECT = 23
+
+
+def redirect_program(ifindex: int) -> bytes:
+    """An XDP program sending every frame out of ``ifindex`` (``bpf_redirect``):
+    r1 = ifindex, r2 = 0 (flags), call, exit with what it returned."""
+    mov_r1 = bytes([0xB7, 0x01, 0x00, 0x00]) + ifindex.to_bytes(4, "little")
+    mov_r2 = bytes([0xB7, 0x02, 0x00, 0x00]) + bytes(4)
+    call = bytes([0x85, 0x00, 0x00, 0x00]) + BPF_FUNC_REDIRECT.to_bytes(4, "little")
+    exit_ = bytes([0x95]) + bytes(7)
+    return mov_r1 + mov_r2 + call + exit_
+
+
 def send_live(prog_fd: int, frame: bytes, ifindex: int, count: int, batch: int = 64) -> None:
     """Send ``frame`` ``count`` times out of ``ifindex`` from the kernel: an XDP
     program returning XDP_TX run in BPF_PROG_TEST_RUN's live-frames mode.  It
