@@ -81,6 +81,12 @@ def snapshot(
         "internal_errors": loop.internal_errors,
         "dataplane": dataplane,
     }
+    chance = (state["relay"] or {}).get("second_chance")
+    if chance is not None:
+        # The peers' copies the XDP program forwarded never reached the pipeline.
+        fast_copies = dataplane.get("copies_forwarded", 0)
+        chance["copies_received"] += fast_copies
+        chance["copies_forwarded"] += fast_copies
     for key, part in (sections or {}).items():
         out[key] = part()
     out.update(counters)

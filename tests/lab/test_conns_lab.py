@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from hopgate.lab import tools
 from hopgate.lab.netns import Namespace
 from hopgate.lab.topologies import NAT_ADDR, NatLab, start_hopgate
@@ -94,9 +96,13 @@ def _flood(lab: NatLab) -> int:
     return tracked
 
 
-def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table() -> None:
-    with NatLab("hopgate", extra_config=EXTRA, servers=False) as lab:
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table(
+    dataplane: str,
+) -> None:
+    with NatLab("hopgate", extra_config=EXTRA, servers=False, dataplane=dataplane) as lab:
         gw = lab.ns("gw")
+        who = f"{lab.gateway} in {gw.name}"
         # the same daemon with a metrics port ([admin] is already in the lab's config)
         config = lab.config_path.read_text()
         line = f'socket = "{lab.admin_socket}"\n'
@@ -107,10 +113,10 @@ def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table
         lab.hopgate = start_hopgate(gw, lab.config_path, lab.admin_socket)
         for host in ("inside1", "inside2"):  # hopgate learns the hosts and r1
             p = tools.ping(lab.ns(host), A.server4, count=3, interval=0.2)
-            assert p.received >= 1, f"gw (hopgate): no ping through it from {host}: {p.run.output}"
+            assert p.received >= 1, f"{who}: no ping through it from {host}: {p.run.output}"
 
         tracked = _flood(lab)
-        assert tracked >= WANTED, f"gw (hopgate) tracks {tracked} connections after the flood"
+        assert tracked >= WANTED, f"{who} tracks {tracked} connections after the flood"
 
         ping = lab.ns("inside2").spawn("ping-10ms", "ping", "-n", "-i", "0.01", A.server4)
         time.sleep(1.0)
@@ -122,28 +128,28 @@ def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table
         assert ping.popen is not None
         ping.popen.wait(10)
         out = ping.output()
-        assert listing.returncode == 0, f"gw (hopgate): hopgate conns failed: {listing.stderr}"
+        assert listing.returncode == 0, f"{who}: hopgate conns failed: {listing.stderr}"
         got = json.loads(listing.stdout)
         assert got["total"] == got["shown"] == len(got["connections"]) >= tracked - 100, (
-            f"gw (hopgate): listed {got['total']}/{got['shown']}/{len(got['connections'])}"
+            f"{who}: listed {got['total']}/{got['shown']}/{len(got['connections'])}"
             f" of {tracked} connections"
         )
         stats = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         rtt = re.search(r"rtt min/avg/max/mdev = [\d.]+/([\d.]+)/([\d.]+)/", out)
-        assert stats and rtt, f"gw (hopgate): ping through it gave no summary:\n{out[-2000:]}"
+        assert stats and rtt, f"{who}: ping through it gave no summary:\n{out[-2000:]}"
         sent, received = int(stats.group(1)), int(stats.group(2))
         avg_rtt, max_rtt = float(rtt.group(1)), float(rtt.group(2))
         print(
             f"\nlisting {got['total']} connections ({len(listing.stdout) / 1e6:.0f} MB):"
-            f" {wall:.1f}s; ping every 10 ms through gw (hopgate) meanwhile:"
+            f" {wall:.1f}s; ping every 10 ms through {who} meanwhile:"
             f" {received}/{sent} answered, RTT avg {avg_rtt} ms, max {max_rtt} ms"
         )
         # the ping ran through the whole listing, and little of it was lost
         assert sent >= 50 * wall and received >= 0.9 * sent, (
-            f"gw (hopgate): ping through it during the listing: {received}/{sent} answered"
+            f"{who}: ping through it during the listing: {received}/{sent} answered"
         )
         assert max_rtt < MAX_RTT_MS, (
-            f"gw (hopgate): ping RTT through it reached {max_rtt} ms while listing"
+            f"{who}: ping RTT through it reached {max_rtt} ms while listing"
             f" {got['total']} connections ({wall:.1f}s)"
         )
 
@@ -151,25 +157,24 @@ def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table
         assert _http_code(gw, "GET", "/metrics") == "200"
         for method, path in (("GET", "/status"), ("GET", "/conns"), ("POST", "/conns/flush")):
             code = _http_code(gw, method, path)
-            assert code == "404", f"gw (hopgate): {method} {path} on the metrics port: {code}"
+            assert code == "404", f"{who}: {method} {path} on the metrics port: {code}"
         assert lab.status()["nat"]["connections"] >= tracked - 100
 
         # --delete with filters: the flows to one destination port (a quarter of them)
         deleted = _hopgate("conns", "-s", lab.admin_socket, "--delete", "--port", "5001", "--json")
-        assert deleted.returncode == 0, f"gw (hopgate): hopgate conns --delete: {deleted.stderr}"
+        assert deleted.returncode == 0, f"{who}: hopgate conns --delete: {deleted.stderr}"
         n = json.loads(deleted.stdout)["deleted"]
-        assert tracked // DPORTS - 100 <= n <= FLOWS // DPORTS, f"gw (hopgate): deleted {n}"
+        assert tracked // DPORTS - 100 <= n <= FLOWS // DPORTS, f"{who}: deleted {n}"
         left = _hopgate("conns", "-s", lab.admin_socket, "--port", "5001", "--json")
-        assert json.loads(left.stdout)["total"] == 0, f"gw (hopgate): left {left.stdout[:500]}"
+        assert json.loads(left.stdout)["total"] == 0, f"{who}: left {left.stdout[:500]}"
 
         started = time.monotonic()
         flushed = _hopgate("conns", "-s", lab.admin_socket, "--flush")
         print(f"flush: {flushed.stdout.strip()} in {time.monotonic() - started:.1f}s")
-        assert flushed.returncode == 0, f"gw (hopgate): hopgate conns --flush: {flushed.stderr}"
+        assert flushed.returncode == 0, f"{who}: hopgate conns --flush: {flushed.stderr}"
         m = re.fullmatch(r"([\d,]+) connections deleted\n", flushed.stdout)
         assert m and int(m.group(1).replace(",", "")) >= tracked - n - 100, flushed.stdout
         nat = lab.status()["nat"]
         assert nat["connections"] == 0 and nat["mappings"] == 0, (
-            f"gw (hopgate) after the flush: {nat['connections']} connections,"
-            f" {nat['mappings']} mappings"
+            f"{who} after the flush: {nat['connections']} connections, {nat['mappings']} mappings"
         )

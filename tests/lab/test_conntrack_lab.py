@@ -20,7 +20,6 @@ from hopgate.lab.netns import Namespace
 from hopgate.lab.topologies import HTTP_PORT, NAT_ADDR, NatLab
 
 A = NAT_ADDR
-GW = "hopgate (NAT)"
 BLACKHOLE = "198.19.200.0/24"  # r1 drops it silently: no ICMP error to answer each probe
 
 
@@ -36,11 +35,13 @@ def _hw(ns: Namespace, ifname: str) -> bytes:
     return bytes.fromhex(ns.mac(ifname).replace(":", ""))
 
 
-def test_a_thousand_short_connections_through_a_table_of_a_hundred() -> None:
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_a_thousand_short_connections_through_a_table_of_a_hundred(dataplane: str) -> None:
     """Closed connections leave at their TIME_WAIT timeout, and closing ones make
     room when the table is full: every connection succeeds."""
+    gw = f"hopgate (NAT, {dataplane})"
     extra = "[nat]\nmax_connections = 100\n\n[nat.timeouts]\ntcp_time_wait = 2\n"
-    with NatLab("hopgate", extra_config=extra) as lab:
+    with NatLab("hopgate", extra_config=extra, dataplane=dataplane) as lab:
         config = lab.lab.dir / "curl-1000.cfg"
         url = f"http://{A.server4}:{HTTP_PORT}/index.html"
         config.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * 1000)
@@ -49,22 +50,24 @@ def test_a_thousand_short_connections_through_a_table_of_a_hundred() -> None:
             timeout=240,
         )  # fmt: skip
         codes = r.stdout.split()
-        assert codes.count("200") == 1000, f"{GW}: {codes.count('200')} of 1000 curls: {r.stderr}"
+        assert codes.count("200") == 1000, f"{gw}: {codes.count('200')} of 1000 curls: {r.stderr}"
         state = lab.status()
-        assert state["drops"].get("conntrack-table-full", 0) == 0, (GW, state["drops"])
-        assert state["nat"]["connections"] <= 100, (GW, state["nat"])
+        assert state["drops"].get("conntrack-table-full", 0) == 0, (gw, state["drops"])
+        assert state["nat"]["connections"] <= 100, (gw, state["nat"])
         time.sleep(2 + 1 + 1.5)  # TIME_WAIT, a tick of expiry, and some slack
         left = _conns(lab, "--protocol", "tcp", "--port", str(HTTP_PORT))
-        assert left["total"] == 0, f"{GW}: still listed after TIME_WAIT: {left}"
+        assert left["total"] == 0, f"{gw}: still listed after TIME_WAIT: {left}"
         nat = lab.status()["nat"]
-        assert nat["mappings"] == 0, (GW, nat)
+        assert nat["mappings"] == 0, (gw, nat)
 
 
-def test_a_flood_of_bare_acks_does_not_lock_out_another_inside_host() -> None:
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_a_flood_of_bare_acks_does_not_lock_out_another_inside_host(dataplane: str) -> None:
     # At 7,000 a second for 5 s, the pickups would need 35,000 entries: the table
     # is full for most of the flood, and early drop makes the room.
+    gw = f"hopgate (NAT, {dataplane})"
     extra = "[nat]\nmax_connections = 20000\n\n[nat.timeouts]\ntcp_unacknowledged = 5\n"
-    with NatLab("hopgate", extra_config=extra) as lab:
+    with NatLab("hopgate", extra_config=extra, dataplane=dataplane) as lab:
         lab.ns("r1").run("ip", "route", "add", "blackhole", BLACKHOLE)
         in2 = lab.ns("inside2")
         gw_mac, mine = _hw(lab.ns("gw"), "gw-c"), _hw(in2, "eth0")
@@ -101,16 +104,16 @@ def test_a_flood_of_bare_acks_does_not_lock_out_another_inside_host() -> None:
         ping.popen.wait(60)
         out = ping.output()
         m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        assert m and m.group(1) == m.group(2) == "60", f"{GW}: ping during the flood: {out}"
+        assert m and m.group(1) == m.group(2) == "60", f"{gw}: ping during the flood: {out}"
         failed = [d.run.output for d in downloads if not d.ok]
-        assert downloads and not failed, f"{GW}: {len(failed)} of {len(downloads)} curls: {failed}"
+        assert downloads and not failed, f"{gw}: {len(failed)} of {len(downloads)} curls: {failed}"
         assert result["sent"] == 100_000, f"the flood: {result}"
         nat = lab.status()["nat"]
-        assert nat["counters"].get("connections-early-dropped", 0) > 0, (GW, nat)
+        assert nat["counters"].get("connections-early-dropped", 0) > 0, (gw, nat)
         # the pickups leave within tcp_unacknowledged (5 s) and a tick
         time.sleep(max(0.0, started + result["seconds"] + 5 + 1 + 1.5 - time.monotonic()))
         left = _conns(lab, "--address", "198.19.200.7")
-        assert left["total"] == 0, f"{GW}: pickups still listed: {left['total']}"
+        assert left["total"] == 0, f"{gw}: pickups still listed: {left['total']}"
 
 
 @pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
@@ -119,7 +122,7 @@ def test_a_blind_rst_does_not_end_a_dnat_transfer(dataplane: str) -> None:
     of window and dropped, and the transfer completes.  With the XDP fast
     path the transfer is the program's when they come: it passes each RST up,
     and the pipeline, taking the connection back, judges it."""
-    gw = f"{GW} ({dataplane})"
+    gw = f"hopgate (NAT, {dataplane})"
     with NatLab("hopgate", dataplane=dataplane) as lab:
         www = lab.lab.dir / "www-inside"
         (www / "8M.bin").write_bytes(bytes(range(256)) * (8 * 1024 * 1024 // 256))
@@ -171,7 +174,8 @@ def test_a_blind_rst_does_not_end_a_dnat_transfer(dataplane: str) -> None:
             assert counters.get("fastpath-taken-back", 0) >= 1, (gw, counters)
 
 
-def test_a_syn_flood_at_one_vip_through_a_small_table() -> None:
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_a_syn_flood_at_one_vip_through_a_small_table(dataplane: str) -> None:
     """The issue's case: 100k spoofed SYNs at 8k a second at one VIP, through a
     table of 20,000.  Early drop makes room for real clients (a 10 MB download
     through the flooded service completes during the flood), and the other
@@ -179,8 +183,8 @@ def test_a_syn_flood_at_one_vip_through_a_small_table() -> None:
     from hopgate.lab.lblab import LB_ADDR, LbLab
 
     b = LB_ADDR
-    with LbLab(extra_config="[nat]\nmax_connections = 20000\n") as lab:
-        gw = f"hopgate (LB, {lab.ns('gw').name})"
+    with LbLab(extra_config="[nat]\nmax_connections = 20000\n", dataplane=dataplane) as lab:
+        gw = f"hopgate (LB, {dataplane}, {lab.ns('gw').name})"
         others = ("web6", "echo6", "maglev")
         deadline = time.monotonic() + 20
         while not all(x["up"] for s in others for x in lab.backends(s).values()):

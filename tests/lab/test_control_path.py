@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from hopgate.lab import tools
 from hopgate.lab.frames import tcp4
 from hopgate.lab.lblab import LB_ADDR, LbLab
@@ -90,9 +92,10 @@ def _syn_frames(dst_mac: bytes, vip: str, port: int) -> list[bytes]:
     return frames
 
 
-def test_a_syn_flood_at_one_vip_leaves_the_other_services_backends_up() -> None:
-    with LbLab() as lab:
-        gw = f"hopgate ({lab.ns('gw').name})"
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_a_syn_flood_at_one_vip_leaves_the_other_services_backends_up(dataplane: str) -> None:
+    with LbLab(dataplane=dataplane) as lab:
+        gw = f"{lab.gateway} in {lab.ns('gw').name}"
         others = ("maglev", "echo")  # tcp and icmp checks, of backends the flood reaches
         deadline = time.monotonic() + 20
         while not all(b["up"] for s in others for b in lab.backends(s).values()):

@@ -178,20 +178,32 @@ def test_conns_lists_what_the_nat_tracks(nat_lab: NatLab) -> None:
     assert "Connections:" in text and A.gw_u4 in text
 
 
-def test_an_idle_udp_mapping_expires_after_its_timeout() -> None:
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_an_idle_udp_mapping_expires_after_its_timeout(dataplane: str) -> None:
     with NatLab(
-        "hopgate", extra_config="[nat.timeouts]\nudp = 3\nudp_stream = 3\n", servers=False
+        "hopgate",
+        extra_config="[nat.timeouts]\nudp = 3\nudp_stream = 3\n",
+        servers=False,
+        dataplane=dataplane,
     ) as lab:
         _udp_out(lab.ns("inside1"), A.server4, range(9000, 9001))
-        assert _conns(lab, "--protocol", "udp", "--port", "9000")["total"] == 1
+        listed = _conns(lab, "--protocol", "udp", "--port", "9000")
+        assert listed["total"] == 1, (lab.gateway, listed)
         time.sleep(4.5)
-        assert _conns(lab, "--protocol", "udp", "--port", "9000")["total"] == 0
+        listed = _conns(lab, "--protocol", "udp", "--port", "9000")
+        assert listed["total"] == 0, (lab.gateway, "not expired", listed)
         nat = lab.status()["nat"]
-        assert nat["counters"]["connections-expired"] >= 1 and nat["mappings"] == 0
+        assert nat["counters"]["connections-expired"] >= 1 and nat["mappings"] == 0, (
+            lab.gateway,
+            nat,
+        )
 
 
-def test_past_the_table_limit_unanswered_flows_make_room_and_old_ones_go_on() -> None:
-    with NatLab("hopgate", extra_config="[nat]\nmax_connections = 4\n") as lab:
+@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
+def test_past_the_table_limit_unanswered_flows_make_room_and_old_ones_go_on(
+    dataplane: str,
+) -> None:
+    with NatLab("hopgate", extra_config="[nat]\nmax_connections = 4\n", dataplane=dataplane) as lab:
         iperf = lab.ns("inside1").spawn(
             "iperf-long", "iperf3", "-c", A.server4, "-t", "5", "--json"
         )  # two TCP connections: control and data
@@ -200,15 +212,15 @@ def test_past_the_table_limit_unanswered_flows_make_room_and_old_ones_go_on() ->
         assert iperf.popen is not None
         iperf.popen.wait(30)
         result = json.loads(iperf.output())
-        assert "error" not in result, result.get("error")
-        assert result["end"]["sum_received"]["bytes"] > 1_000_000
+        assert "error" not in result, (lab.gateway, result.get("error"))
+        assert result["end"]["sum_received"]["bytes"] > 1_000_000, (lab.gateway, result["end"])
         state = lab.status()
         # iperf's two assured connections stay; the unanswered UDP flows take the
         # other two slots in turn (early drop), none refused
         nat = state["nat"]
-        assert nat["counters"].get("connections-early-dropped", 0) >= 26, ("hopgate", nat)
-        assert state["drops"].get("conntrack-table-full", 0) == 0, ("hopgate", state["drops"])
-        assert nat["connections"] <= 4, ("hopgate", nat)
+        assert nat["counters"].get("connections-early-dropped", 0) >= 26, (lab.gateway, nat)
+        assert state["drops"].get("conntrack-table-full", 0) == 0, (lab.gateway, state["drops"])
+        assert nat["connections"] <= 4, (lab.gateway, nat)
 
 
 def test_a_udp_stream_is_counted_whichever_plane_forwards_it(nat_lab: NatLab) -> None:

@@ -163,6 +163,9 @@ def test_a_download_goes_on_when_its_node_leaves_the_ecmp_route(
         assert after[holder]["segments_sent"] == before[holder]["segments_sent"], (
             f"{gw}, out of the route, sent segments to its peers"
         )
+        if cluster.dataplane == "xdp":  # the copies of the connection it holds
+            fast = cluster.status(holder)["dataplane"]
+            assert fast.get("copies_forwarded", 0) > 0, f"{gw}: its program forwarded none: {fast}"
         for n in NODES:
             assert cluster.status(n)["internal_errors"] == 0, cluster.gateway(n)
         text = fetch(cluster.socket_of(holder), "/metrics").decode()

@@ -28,6 +28,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -39,8 +40,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
+from hopgate import daemon
 from hopgate.control import config, metrics, status, views
 from hopgate.control.config import ConfigError
+from hopgate.io.afpacket import IoCounters
 from hopgate.pipeline import conntrack
 from hopgate.pipeline.actions import Drop, DropReason, Replay, Transmit
 from hopgate.pipeline.conntrack import Conn, TcpState
@@ -454,6 +457,52 @@ def test_status_and_metrics_show_the_counts() -> None:
 # -- the XDP fast path ---------------------------------------------------------------
 
 PEER4, PEER_MAC = "198.18.12.7", "02:00:00:00:0b:07"  # on lb_frames' gw-b, as its peer
+
+
+class _Loop:
+    internal_errors = 0
+
+    def link_status(self, port: int) -> dict[str, Any]:
+        return {}
+
+    def host_status(self, port: int) -> None:
+        return None
+
+
+class _Socket:
+    def update_stats(self) -> IoCounters:
+        return IoCounters()
+
+
+class _FastPath:
+    """What FastPath.snapshot gives, its program having forwarded 3 copies."""
+
+    def __init__(self, ports: int) -> None:
+        self.ports = ports
+
+    def snapshot(self) -> dict[str, Any]:
+        per_port = [{"passed": 0, "forwarded": 3 if p == L.B else 0} for p in range(self.ports)]
+        return {"mode": "xdp", "passed": 0, "forwarded": 3, "copies_forwarded": 3,
+                "sync_errors": 0, "ports": per_port}  # fmt: skip
+
+
+def test_status_counts_the_copies_the_fast_path_forwarded_with_the_pipelines() -> None:
+    spec = RelaySpec(("gw-b",), (ipaddress.ip_address(PEER4),))
+    r = L.lb_router(L.service(), L.service6(), relay=spec)
+    assert r.cluster is not None
+    r.cluster.chance.copies_received, r.cluster.chance.copies_forwarded = 2, 1
+    sockets: Any = [_Socket() for _ in r.ports]
+    loop: Any = _Loop()
+    fast: Any = _FastPath(len(r.ports))
+    state = json.loads(json.dumps(daemon.snapshot(r, loop, sockets, 0.0, "t.toml", fast)))
+    chance = state["relay"]["second_chance"]
+    assert (chance["copies_received"], chance["copies_forwarded"]) == (5, 4), chance
+    assert state["dataplane"]["copies_forwarded"] == 3
+    text = metrics.render(state).decode()
+    assert "hopgate_second_chance_copies_forwarded_total 4.0" in text
+    assert "hopgate_second_chance_copies_received_total 5.0" in text
+
+
 LO = 1  # test runs need a real ingress device: lo stands for each port in turn
 
 
@@ -507,35 +556,55 @@ def as_copy(frame: bytes) -> bytes:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_a_copy_of_a_connection_the_fast_path_holds_goes_up_and_leaves_by_the_program(
+def test_a_copy_of_a_connection_the_fast_path_holds_leaves_by_the_program(
     obj: BpfObject, v6: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(conntrack, "TCP_OFFLOAD_AFTER", 0)  # handed over at once
     r, tables, conn, ack = balanced_and_offloaded(obj, v6)
-    assert r.nat is not None
+    assert r.nat is not None and r.cluster is not None
     # The segment from the router: the program forwards it to the backend.
     verdict, direct = run_program(obj, ack(1001), L.B)
     assert verdict == XDP_REDIRECT, "the fast path passed up an offloaded connection's ACK"
-    # The same segment (a retransmission) as a peer's copy: the program leaves
-    # it to the pipeline, untouched ...
+    # The same segment (a retransmission) as a peer's copy: the program
+    # forwards it as it forwarded the segment, its IP EtherType back.
     copy = as_copy(ack(1001))
-    verdict, up = run_program(obj, copy, L.B)
-    assert verdict == XDP_PASS and up == copy, "the fast path took a second-chance copy"
-    # ... which finds it the connection's, and gives it back to the program as
-    # a plain frame of the connection: it leaves as the program sent the
-    # segment, and the connection stays the program's.
-    actions = r.process(bytearray(up), L.B, 0.5)
+    verdict, out = run_program(obj, copy, L.B)
+    assert verdict == XDP_REDIRECT and out == direct, "the copy left otherwise than the segment"
+    assert tables.replay(copy, LO) == (L.S, direct), "the copy left by another port"
+    counts = tables.counters(len(r.ports))[L.B]
+    assert (counts["copies"], counts["forwarded"], counts["passed"]) == (1, 2, 0), counts
+    # The pipeline, had the copy come up to it (before the handover), finds it
+    # the connection's and gives it back to the program as a plain frame of
+    # the connection: the same answer, and the connection stays the program's.
+    actions = r.process(bytearray(copy), L.B, 0.5)
     assert [type(a) for a in actions] == [Replay]
     sent = _executed(obj, tables, r, actions, 0.5)
     assert [(a.port, bytes(a.frame)) for a in sent] == [(L.S, direct)], (
-        "the copy left otherwise than the fast path sent the segment"
+        "the pipeline sent the copy otherwise than the fast path"
     )
     counters = r.nat.table.counters
     assert (counters["fastpath-replayed"], counters["fastpath-taken-back"]) == (1, 0)
-    assert r.cluster is not None and r.cluster.chance.copies_forwarded == 1
+    assert r.cluster.chance.copies_forwarded == 1
     assert conn in r.nat.table.offloaded and conn not in (r.nat.table.to_offload or ())
-    verdict, again = run_program(obj, ack(1001), L.B)
-    assert verdict == XDP_REDIRECT and again == direct
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+def test_a_copy_the_program_may_not_forward_goes_up_untouched(
+    obj: BpfObject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a port that takes no copies, or a FIN the tracker leaves to the
+    pipeline: up, still a copy, for the pipeline to judge."""
+    monkeypatch.setattr(conntrack, "TCP_OFFLOAD_AFTER", 0)
+    r, tables, _, ack = balanced_and_offloaded(obj, False)
+    copy = as_copy(ack(1001))
+    verdict, up = run_program(obj, copy, L.S)  # the backends' side: no second chance
+    assert verdict == XDP_PASS and up == copy, "the fast path took a copy on gw-s"
+    fin = IP(src=L.CLIENT4, dst=L.VIP4) / TCP(sport=41000, dport=80, flags="FA", seq=1001, ack=5001)
+    copy = as_copy(bytes(L.via_b(fin)))
+    verdict, up = run_program(obj, copy, L.B)
+    assert verdict == XDP_PASS and up == copy, "the fast path forwarded a copy of a FIN"
+    counts = tables.counters(len(r.ports))
+    assert counts[L.B]["copies"] == 0 and counts[L.B]["passed"] == 1, counts
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")

@@ -414,6 +414,9 @@ class FastPath:
         except BpfError as e:
             self._failed("counters", e)
             per_port = [{} for _ in ports]
+        # Per interface, the verdicts; the copies it forwarded are the second
+        # chance's (the daemon adds them to its counts).
+        copies = sum(c.pop("copies", 0) for c in per_port)
         totals: dict[str, int] = {}
         for c in per_port:
             for k, v in c.items():
@@ -424,6 +427,7 @@ class FastPath:
             "interfaces": sorted(ports[p].name for p in self._attached),
             "sync_errors": self.sync_errors,
             **totals,
+            "copies_forwarded": copies,
             "ports": per_port,
         }
 

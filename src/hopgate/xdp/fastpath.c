@@ -28,6 +28,7 @@ struct port {
 	__u32 ifindex;
 	__u16 mtu;
 	__u8 mac[6];
+	__u32 copies; /* 1: it takes the peers' second-chance copies */
 };
 
 struct route_key {
@@ -213,9 +214,11 @@ struct {
 
 /* Per ingress port (NO_PORT: a frame from an interface that is not one of
  * hopgate's ports, as port_of says), C_COUNT counters each. */
-enum { C_PASSED, C_FORWARDED, C_COUNT };
+enum { C_PASSED, C_FORWARDED, C_COPIES, C_COUNT };
 #define NO_PORT MAX_PORTS
 #define REPLAYING 0x10000 /* an ingress port's flag: hopgate_replay's run */
+#define COPY 0x20000	  /* an ingress port's flag: a peer's second-chance copy */
+#define ETH_P_SECOND_CHANCE 0x88B5 /* pipeline/relay.py's SECOND_CHANCE_ETHERTYPE */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -787,6 +790,8 @@ static __attribute__((noinline)) int ipv4(struct ethhdr *eth, struct port *ingre
 		/* NAT's connection: it leaves translated, as the pipeline's Side says. */
 		__builtin_memcpy(&dst, fl->addrs + 4, 4);
 	} else {
+		if (in & COPY) /* of no connection held here: the pipeline's to drop */
+			return pass(in);
 		if (bpf_map_lookup_elem(&special4, &ip->saddr) ||
 		    bpf_map_lookup_elem(&special4, &ip->daddr))
 			return pass(in);
@@ -872,6 +877,8 @@ static __attribute__((noinline)) int ipv6(struct ethhdr *eth, struct port *ingre
 	if (fl) {
 		dst = fl->addrs + 16;
 	} else {
+		if (in & COPY)
+			return pass(in);
 		if (bpf_map_lookup_elem(&special6, saddr) || bpf_map_lookup_elem(&special6, daddr))
 			return pass(in);
 		if (nat && (guarded6(saddr) || guarded6(daddr)))
@@ -934,11 +941,59 @@ static __always_inline int cut_padding(struct xdp_md *ctx)
 	return XDP_REDIRECT;
 }
 
+/* A second-chance copy's IP EtherType, by its packet's version (0: neither). */
+static __always_inline __u16 copy_proto(struct ethhdr *eth, void *end)
+{
+	__u8 *version = (void *)(eth + 1);
+
+	if ((void *)(version + 1) > end)
+		return 0;
+	if (*version >> 4 == 4)
+		return bpf_htons(ETH_P_IP);
+	return *version >> 4 == 6 ? bpf_htons(ETH_P_IPV6) : 0;
+}
+
+/* A copy after ipv4 or ipv6 (still a copy: they do not touch its EtherType):
+ * forwarded, it leaves with its IP EtherType back.  Counted here, where the
+ * port is looked up again (theirs counted nothing, the slot being out of
+ * range; the caller's stack has no room to keep it), unless replayed. */
+static __attribute__((noinline)) int copied(struct xdp_md *ctx, int replay, int verdict)
+{
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = (void *)(long)ctx->data;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *known = bpf_map_lookup_elem(&port_of, &ifindex);
+	__u32 in = known && *known && *known <= MAX_PORTS ? *known - 1 : NO_PORT;
+
+	if ((verdict & 0xFF) != XDP_REDIRECT) {
+		if (!replay && verdict == XDP_PASS)
+			count(in, C_PASSED, 0);
+		return verdict;
+	}
+	if ((void *)(eth + 1) > end)
+		return XDP_DROP; /* cannot be: the frame was forwarded */
+	__u16 proto = copy_proto(eth, end);
+	if (!proto)
+		return XDP_DROP;
+	eth->h_proto = proto;
+	if (!replay) {
+		count(in, C_FORWARDED, 0);
+		count(in, C_COPIES, 0);
+	}
+	return verdict;
+}
+
 /* The program's work on one frame: its verdict, and for a frame forwarded the
  * port it leaves by above the low byte (see ``sent``).  ``replay``: 0, or
  * REPLAYING for hopgate_replay's run, carried in ipv4's and ipv6's ingress
  * port (the stack has no room for another argument); its counters then
- * count nothing, the slot being out of range: hopgate counts a replay. */
+ * count nothing, the slot being out of range: hopgate counts a replay.
+ *
+ * A peer's second-chance copy (docs/behaviour.md, "A cluster behind ECMP:
+ * second chance"), on a port that takes them, is the IP packet it carries,
+ * forwarded only on a connection's flow: ipv4 and ipv6 get COPY with the
+ * port, and pass up one of no flow (the pipeline drops it, counting the miss).
+ * Forwarded, it leaves with its IP EtherType back; it is counted here. */
 static __always_inline int fastpath(struct xdp_md *ctx, int replay)
 {
 	void *data = (void *)(long)ctx->data;
@@ -950,20 +1005,31 @@ static __always_inline int fastpath(struct xdp_md *ctx, int replay)
 	if (!known || !*known || *known > MAX_PORTS)
 		return pass(NO_PORT);
 	__u32 in = *known - 1;
+	if (expired()) /* first: little lives across the call (the stack limit) */
+		return pass(in); /* no hopgate has renewed it in time */
 	if ((void *)(eth + 1) > end || eth->h_source[0] & 1 || eth->h_dest[0] & 1)
 		return pass(in);
 	struct port *ingress = bpf_map_lookup_elem(&ports, &in);
 	if (!ingress || !same_mac(eth->h_dest, ingress->mac))
 		return pass(in);
-	if (expired())
-		return pass(in); /* no hopgate has renewed it in time */
+	__u16 proto = eth->h_proto;
+	__u32 copy = 0;
+	if (proto == bpf_htons(ETH_P_SECOND_CHANCE) && ingress->copies) {
+		proto = copy_proto(eth, end);
+		copy = COPY;
+	}
 	int verdict;
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		verdict = ipv4(eth, ingress, in | replay, end);
-	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		verdict = ipv6(eth, ingress, in | replay, end);
+	if (proto == bpf_htons(ETH_P_IP))
+		verdict = ipv4(eth, ingress, in | replay | copy, end);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		verdict = ipv6(eth, ingress, in | replay | copy, end);
 	else
 		return pass(in);
+	/* Only ctx lives on past the call (the stack limit): the rest is read again. */
+	eth = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if ((void *)(eth + 1) <= end && eth->h_proto == bpf_htons(ETH_P_SECOND_CHANCE))
+		verdict = copied(ctx, replay, verdict);
 	if ((verdict & 0xFF) == XDP_REDIRECT) {
 		int cut = cut_padding(ctx);
 

@@ -37,7 +37,12 @@ MAX_GROUPS = 1024  # multipath routes per family
 
 
 class Port(ctypes.Structure):
-    _fields_ = [("ifindex", ctypes.c_uint32), ("mtu", ctypes.c_uint16), ("mac", ctypes.c_uint8 * 6)]
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("mtu", ctypes.c_uint16),
+        ("mac", ctypes.c_uint8 * 6),
+        ("copies", ctypes.c_uint32),  # 1: it takes the peers' second-chance copies
+    ]
 
 
 class RouteKey(ctypes.Structure):
@@ -219,7 +224,8 @@ TAKEN_OVER = (*(n for n in LAYOUTS if n != "crc_table"), "counters")
 
 # The program's counters (fastpath.c's enum), by index, for each ingress port
 # (then one set, unread here, for frames from an interface that is not a port).
-COUNTERS = ("passed", "forwarded")
+# "copies": the peers' second-chance copies it forwarded (counted in "forwarded" too).
+COUNTERS = ("passed", "forwarded", "copies")
 
 
 def _be(addr: int) -> int:
@@ -722,7 +728,8 @@ class Tables:
     def set_port(self, router: Router, port: int, ifindex: int) -> None:
         """``port`` is up on interface ``ifindex`` with the router's MAC and MTU for it."""
         p = router.ports[port]
-        value = Port(ifindex, p.mtu, _mac(p.mac))
+        copies = router.cluster is not None and port in router.cluster.second_chance
+        value = Port(ifindex, p.mtu, _mac(p.mac), int(copies))
         if self._collect is not None and self._ports.get(port) == bytes(value):
             # A refill, and the port as it is: only its entry is kept.
             self._put("port_of", ctypes.c_uint32(ifindex), ctypes.c_uint32(port + 1))
