@@ -11,8 +11,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from hopgate.lab import tools
 from hopgate.lab.netns import Namespace
 from hopgate.lab.topologies import NAT_ADDR, NatLab, start_hopgate
@@ -96,11 +94,12 @@ def _flood(lab: NatLab) -> int:
     return tracked
 
 
-@pytest.mark.parametrize("dataplane", ["afpacket", "xdp"])
-def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table(
-    dataplane: str,
-) -> None:
-    with NatLab("hopgate", extra_config=EXTRA, servers=False, dataplane=dataplane) as lab:
+def test_listing_200k_connections_keeps_forwarding_and_a_flush_empties_the_table() -> None:
+    # On AF_PACKET only: the flows are unanswered UDP, which the XDP program
+    # never holds, and the pings through hopgate meanwhile are the pipeline's
+    # on either plane: what this tests, the listing, the flush and the metrics
+    # port, is the control plane's, the same on both.
+    with NatLab("hopgate", extra_config=EXTRA, servers=False) as lab:
         gw = lab.ns("gw")
         who = f"{lab.gateway} in {gw.name}"
         # the same daemon with a metrics port ([admin] is already in the lab's config)

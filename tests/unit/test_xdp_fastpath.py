@@ -357,15 +357,26 @@ def ecmp_frames(draw: st.DrawFn) -> tuple[Packet, bool]:
     return ip / l4 / (b"x" * 18), l4 is not error
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.fixture(scope="module")
+def ecmp_fastpath() -> Iterator[BpfObject]:
+    """The program with an ECMP router's tables (each example's router is
+    built alike: the program's tables are that router's)."""
+    with BpfObject(T.OBJECT) as obj:
+        _tables(obj, ecmp_router())
+        yield obj
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=ecmp_frames())
-def test_multipath_picks_the_pipelines_next_hop(case: tuple[Packet, bool]) -> None:
+def test_multipath_picks_the_pipelines_next_hop(
+    ecmp_fastpath: BpfObject, case: tuple[Packet, bool]
+) -> None:
     ip, hashed = case
     router = ecmp_router()
     frame = bytes(F.from_client(ip))
-    with BpfObject(T.OBJECT) as obj:
-        _tables(obj, router)
-        got = obj.test_run(T.PROGRAM, frame, LO)
+    got = ecmp_fastpath.test_run(T.PROGRAM, frame, LO)
     out = [a for a in router.process(bytearray(frame), F.C, 1.0) if isinstance(a, Transmit)]
     assert len(out) == 1, f"the pipeline did not forward {ip.summary()}"
     if not hashed:

@@ -48,13 +48,19 @@ class LabError(Exception):
 
 def _proc_start_time(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot; tells a pid reused by
-    another process from the one the lab started."""
+    another process from the one the lab started.  None once it has ended,
+    reaped or not: a lab's processes outlive the ``hopgate lab up`` that
+    started them, and the process that inherits them (pid 1) may never reap
+    them."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name may hold spaces and parentheses: fields follow the last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie, or dead
+        return None
+    return int(fields[19])
 
 
 @dataclass

@@ -992,7 +992,8 @@ static __attribute__((noinline)) int copied(struct xdp_md *ctx, int replay, int 
  * A peer's second-chance copy (docs/behaviour.md, "A cluster behind ECMP:
  * second chance"), on a port that takes them, is the IP packet it carries,
  * forwarded only on a connection's flow: ipv4 and ipv6 get COPY with the
- * port, and pass up one of no flow (the pipeline drops it, counting the miss).
+ * port, and pass up one of no flow (the pipeline's: a miss, or a connection
+ * it holds).
  * Forwarded, it leaves with its IP EtherType back; it is counted here. */
 static __always_inline int fastpath(struct xdp_md *ctx, int replay)
 {
