@@ -139,9 +139,14 @@ def test_with_the_relay_every_download_completes(servers: EcmpLab, family: int) 
     # (that would double the count).  A few more may be seen than r1 counted
     # after the baseline: errors about the flows the previous test left stalled,
     # sent just before it and still waiting in a relay's socket that had just
-    # started (seen 200 for 191 sent, once, on a loaded machine).
+    # started (seen 200 for 191 sent, once, on a loaded machine).  A few fewer
+    # too: r1 counts an error as it makes it, and the Linux hops on the way to
+    # the relay may lose some when the machine is loaded (seen 203 of 221 once,
+    # none dropped at the relays' sockets, every download complete).
     slack = max(10, sent // 10)
-    assert sent > 0 and sent <= seen <= sent + slack, (sent, seen, after)
+    assert sent > 0 and sent - slack <= seen <= sent + slack, (
+        f"the relays ({servers.gateway()}) saw {seen} of the {sent} errors r1 sent: {after}"
+    )
     assert 0 < relayed <= seen
 
 
