@@ -43,7 +43,6 @@ from scapy.packet import Packet
 from hopgate import daemon
 from hopgate.control import config, metrics, status, views
 from hopgate.control.config import ConfigError
-from hopgate.io.afpacket import IoCounters
 from hopgate.pipeline import conntrack
 from hopgate.pipeline.actions import Drop, DropReason, Replay, Transmit
 from hopgate.pipeline.conntrack import Conn, TcpState
@@ -55,6 +54,7 @@ from hopgate.xdp.libbpf import XDP_PASS, XDP_REDIRECT, BpfObject
 from tests.unit import lb_frames as L
 from tests.unit.frames import mac
 from tests.unit.nat_frames import checksums_ok
+from tests.unit.test_state_views import _Loop, _Socket
 from tests.unit.test_xdp_nat import _executed
 from tests.unit.wire import Host, Wire
 
@@ -457,21 +457,6 @@ def test_status_and_metrics_show_the_counts() -> None:
 # -- the XDP fast path ---------------------------------------------------------------
 
 PEER4, PEER_MAC = "198.18.12.7", "02:00:00:00:0b:07"  # on lb_frames' gw-b, as its peer
-
-
-class _Loop:
-    internal_errors = 0
-
-    def link_status(self, port: int) -> dict[str, Any]:
-        return {}
-
-    def host_status(self, port: int) -> None:
-        return None
-
-
-class _Socket:
-    def update_stats(self) -> IoCounters:
-        return IoCounters()
 
 
 class _FastPath:
